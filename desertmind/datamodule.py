@@ -1,0 +1,147 @@
+"""LightningDataModule for the Duality off-road dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from desertmind.dataset import OffroadDataset
+from desertmind.imageio import DatasetError
+from desertmind.layout import list_images, list_split
+from desertmind.stats import WEIGHTINGS, class_weights, scan
+from desertmind.transforms import PRESETS, build_transform, normalize
+
+
+class OffroadDataModule(L.LightningDataModule):
+    """Train / val / test / predict data of one dataset root; arguments mirror the config.
+
+    Hooks:
+        setup: pairs the stage's files (missing folders, unpaired or empty splits fail here,
+            before any training).
+        *_dataloader: uint8 batches; train shuffles and drops the last incomplete batch
+            (BatchNorm cannot train on a batch of one).
+        on_after_batch_transfer: normalises images on the device and makes masks int64, so
+            the host-to-device copy stays uint8.
+
+    Args:
+        root: dataset root holding the split folders.
+        train_dir, val_dir, test_dir, predict_dir: split folders under ``root``;
+            ``predict_dir`` may also be any folder of images (absolute or relative).
+        batch_size: training batch size; ``eval_batch_size`` defaults to it.
+        num_workers: DataLoader worker processes (persistent when > 0).
+        image_size: (height, width) every image is resized to; None keeps the full size.
+        train_preset: augmentation preset, one of :data:`~desertmind.transforms.PRESETS`.
+        crop_size: square crop side for the ``crop`` and ``strong`` presets.
+        class_weighting: ``none``, ``inverse_log`` or ``median_frequency``, computed from the
+            train split's statistics (see ``desertmind check-data``).
+        stats_path: where those statistics are cached; default ``ROOT/desertmind_stats.json``.
+        pin_memory: pinned host memory; None means on when CUDA is available.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/offroad",
+        train_dir: str = "train",
+        val_dir: str = "val",
+        test_dir: str | None = None,
+        predict_dir: str | None = None,
+        batch_size: int = 4,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        image_size: tuple[int, int] | None = None,
+        train_preset: str = "none",
+        crop_size: int = 512,
+        class_weighting: str = "none",
+        stats_path: str | None = None,
+        pin_memory: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if train_preset not in PRESETS:
+            raise ValueError(f"unknown train_preset {train_preset!r}; choose one of {PRESETS}")
+        if class_weighting not in WEIGHTINGS:
+            raise ValueError(
+                f"unknown class_weighting {class_weighting!r}; choose one of {WEIGHTINGS}")
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self.datasets: dict[str, OffroadDataset] = {}
+        self._weights: torch.Tensor | None = None
+
+    def _eval_transform(self):
+        return build_transform("none", self.hparams.image_size)
+
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        if stage == "fit":
+            train = list_split(self.root, hp.train_dir)
+            if len(train) < hp.batch_size:
+                raise DatasetError(f"{self.root / hp.train_dir}: {len(train)} training images, "
+                                   f"fewer than batch_size={hp.batch_size}")
+            self.datasets["train"] = OffroadDataset(
+                train, build_transform(hp.train_preset, hp.image_size, hp.crop_size))
+        if stage in ("fit", "validate"):
+            self.datasets["val"] = OffroadDataset(list_split(self.root, hp.val_dir),
+                                                  self._eval_transform())
+        if stage == "test":
+            if hp.test_dir is None:
+                raise DatasetError("no test split configured: set --data.test_dir (a labelled "
+                                   "split folder under the dataset root)")
+            self.datasets["test"] = OffroadDataset(list_split(self.root, hp.test_dir),
+                                                   self._eval_transform())
+        if stage == "predict":
+            if hp.predict_dir is None:
+                raise DatasetError("no images to predict: set --data.predict_dir")
+            folder = Path(hp.predict_dir)
+            if not folder.is_dir() and (self.root / folder).is_dir():
+                folder = self.root / folder
+            self.datasets["predict"] = OffroadDataset(list_images(folder),
+                                                      self._eval_transform())
+
+    def class_weights(self) -> torch.Tensor | None:
+        """Loss weights per class from the train split's statistics, or None (cached)."""
+        hp = self.hparams
+        if hp.class_weighting == "none":
+            return None
+        if self._weights is None:
+            stats = scan(self.root, [hp.train_dir], hp.stats_path)["splits"][hp.train_dir]
+            if stats["problems"]:
+                raise DatasetError(f"{self.root / hp.train_dir}: cannot compute class weights; "
+                                   f"problems found: {stats['problems'][0]} (run "
+                                   "`desertmind check-data` for the full list)")
+            weights = class_weights(stats, hp.class_weighting)
+            self._weights = torch.as_tensor(weights, dtype=torch.float32)
+        return self._weights
+
+    def _loader(self, split: str, train: bool = False) -> DataLoader:
+        hp = self.hparams
+        workers = hp.num_workers
+        pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
+        return DataLoader(
+            self.datasets[split],
+            batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
+            shuffle=train,
+            drop_last=train,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=pin,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        batch["image"] = normalize(batch["image"])
+        if "mask" in batch:
+            batch["mask"] = batch["mask"].long()
+        return batch

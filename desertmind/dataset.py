@@ -1,0 +1,59 @@
+"""The torch Dataset over one split of the Duality off-road dataset."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from desertmind.classes import IGNORE_INDEX
+from desertmind.layout import Sample, load_pair
+
+
+class OffroadDataset(Dataset):
+    """Samples of one split as dicts: ``image`` uint8 (3, H, W), ``mask`` uint8 (H, W), ``name``.
+
+    Images stay uint8 so the host-to-device copy is 4x smaller than float; normalisation is
+    done on the device by :class:`~desertmind.datamodule.OffroadDataModule`. Unknown raw mask
+    values are ignored (255) and reported once per value and process with a warning.
+    """
+
+    def __init__(self, samples: list[Sample], transform: Callable | None = None) -> None:
+        self.samples = samples
+        self.transform = transform if transform is not None else A.Compose([A.ToTensorV2()])
+        self._reported: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        image, mask, raw = load_pair(sample)
+        if mask is None:
+            out = self.transform(image=image)
+            return {"image": out["image"], "name": sample.name}
+        self._report_unknown(sample, mask, raw)
+        out = self.transform(image=image, mask=mask)
+        mask_t = out["mask"]
+        if not isinstance(mask_t, torch.Tensor):
+            mask_t = torch.from_numpy(np.ascontiguousarray(mask_t))
+        return {"image": out["image"], "mask": mask_t, "name": sample.name}
+
+    def _report_unknown(self, sample: Sample, mask: np.ndarray, raw: np.ndarray) -> None:
+        unknown = mask == IGNORE_INDEX
+        if not unknown.any():
+            return
+        values, counts = np.unique(raw[unknown], return_counts=True)
+        new = {int(v): int(c) for v, c in zip(values, counts, strict=True)
+               if int(v) not in self._reported}
+        if new:
+            self._reported.update(new)
+            listed = ", ".join(f"{v}: {c} px" for v, c in new.items())
+            warnings.warn(
+                f"{sample.mask}: raw mask values not in the class table ({listed}) are "
+                f"ignored (index {IGNORE_INDEX}); each value is reported once. Run "
+                "`desertmind check-data` for totals over the dataset.", stacklevel=2)

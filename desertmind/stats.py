@@ -1,0 +1,227 @@
+"""Dataset scan: per-file checks, class statistics, their JSON cache, and class weights.
+
+``desertmind check-data`` and the data module's class weights both come from :func:`scan`.
+Statistics are cached per split in a JSON file, keyed by a fingerprint of the split's file
+names, sizes and modification times, so a second scan of an unchanged dataset reads no image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from desertmind.classes import CLASS_NAMES, CLASSES, IGNORE_INDEX, NUM_CLASSES
+from desertmind.imageio import DatasetError
+from desertmind.layout import (
+    IMAGE_DIR,
+    MASK_DIR,
+    Sample,
+    list_split,
+    load_pair,
+    missing_root_message,
+)
+
+STATS_VERSION = 1
+STATS_FILE = "desertmind_stats.json"
+LABELLED_SPLITS = ("train", "val")  # splits that must have masks
+WEIGHTINGS = ("none", "inverse_log", "median_frequency")
+
+
+def default_stats_path(root: str | Path) -> Path:
+    """``ROOT/desertmind_stats.json``, or a per-root file in the user cache if ROOT is read-only."""
+    root = Path(root).resolve()
+    if os.access(root, os.W_OK):
+        return root / STATS_FILE
+    digest = hashlib.sha1(str(root).encode()).hexdigest()[:16]
+    return Path.home() / ".cache" / "desertmind" / f"stats-{digest}.json"
+
+
+def fingerprint(root: str | Path, split: str) -> str:
+    """Hash of the split's file names, sizes and mtimes (no file is opened)."""
+    h = hashlib.sha256()
+    for sub in (IMAGE_DIR, MASK_DIR):
+        folder = Path(root) / split / sub
+        if not folder.is_dir():
+            continue
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            st = entry.stat()
+            h.update(f"{sub}/{entry.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def scan_file(sample: Sample) -> dict:
+    """Read and check one sample; return its size, class pixel counts and unknown values."""
+    try:
+        image, mask, raw = load_pair(sample)
+    except DatasetError as e:
+        return {"name": sample.name, "problem": str(e)}
+    h, w = image.shape[:2]
+    result: dict = {"name": sample.name, "size": f"{w}x{h}"}
+    if mask is None:
+        return result
+    counts = np.bincount(mask.ravel(), minlength=256)
+    result["pixels"] = counts[:NUM_CLASSES].tolist()
+    if counts[IGNORE_INDEX]:
+        values, n = np.unique(raw[mask == IGNORE_INDEX], return_counts=True)
+        result["unknown"] = {str(int(v)): int(c) for v, c in zip(values, n, strict=True)}
+    return result
+
+
+def _summarise(split: str, labelled: bool, files: list[dict], problems: list[str]) -> dict:
+    pixels = np.zeros(NUM_CLASSES, dtype=np.int64)
+    images = np.zeros(NUM_CLASSES, dtype=np.int64)
+    presence_pixels = np.zeros(NUM_CLASSES, dtype=np.int64)
+    sizes: Counter = Counter()
+    unknown: Counter = Counter()
+    unknown_files: Counter = Counter()
+    for f in files:
+        if "problem" in f:
+            problems.append(f["problem"])
+            continue
+        sizes[f["size"]] += 1
+        if "pixels" in f:
+            p = np.asarray(f["pixels"], dtype=np.int64)
+            pixels += p
+            images += p > 0
+            presence_pixels += (p > 0) * p.sum()
+        for v, c in f.get("unknown", {}).items():
+            unknown[v] += c
+            unknown_files[v] += 1
+    total = max(int(pixels.sum()), 1)
+    n_ok = sum(1 for f in files if "problem" not in f)
+    return {
+        "split": split,
+        "labelled": labelled,
+        "n_images": len(files),
+        "sizes": dict(sizes),
+        "class_pixels": pixels.tolist(),
+        "class_images": images.tolist(),
+        "class_presence_pixels": presence_pixels.tolist(),
+        "pixel_share": (pixels / total).tolist(),
+        "image_share": (images / max(n_ok, 1)).tolist(),
+        "unknown_values": {v: {"pixels": c, "files": unknown_files[v]}
+                           for v, c in sorted(unknown.items(), key=lambda kv: int(kv[0]))},
+        "problems": problems,
+    }
+
+
+def scan_split(root: str | Path, split: str, workers: int | None = None) -> dict:
+    """Check every file of ``split`` (in parallel processes) and summarise its statistics."""
+    labelled = split in LABELLED_SPLITS or (Path(root) / split / MASK_DIR).is_dir()
+    try:
+        samples = list_split(root, split, require_masks=split in LABELLED_SPLITS)
+    except DatasetError as e:
+        return _summarise(split, labelled, [], [str(e)])
+    workers = workers or os.cpu_count() or 1
+    if workers > 1 and len(samples) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            files = list(pool.map(scan_file, samples, chunksize=max(1, len(samples) // 64)))
+    else:
+        files = [scan_file(s) for s in samples]
+    return _summarise(split, labelled, files, [])
+
+
+def scan(root: str | Path, splits: list[str], stats_path: str | Path | None = None,
+         workers: int | None = None) -> dict:
+    """Statistics for ``splits`` of ``root``, from the cache where a split is unchanged.
+
+    Returns ``{"root", "classes", "splits": {name: summary}}`` and writes it to ``stats_path``
+    (default :func:`default_stats_path`). A root that does not exist raises DatasetError.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(missing_root_message(root))
+    path = Path(stats_path) if stats_path else default_stats_path(root)
+    cache = _load_cache(path)
+    result = {"version": STATS_VERSION, "root": str(root.resolve()),
+              "classes": list(CLASS_NAMES), "splits": dict(cache.get("splits", {}))}
+    changed = False
+    for split in splits:
+        fp = fingerprint(root, split)
+        cached = result["splits"].get(split)
+        if cached is not None and cached.get("fingerprint") == fp:
+            continue
+        summary = scan_split(root, split, workers)
+        summary["fingerprint"] = fp
+        result["splits"][split] = summary
+        changed = True
+    if changed:
+        _write_json(path, result)
+    result["splits"] = {s: result["splits"][s] for s in splits}
+    result["stats_path"] = str(path)
+    return result
+
+
+def _load_cache(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if data.get("version") == STATS_VERSION else {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def class_weights(split_stats: dict, method: str) -> np.ndarray | None:
+    """Per-class loss weights from a split's statistics; None for ``none``.
+
+    - ``inverse_log``: the seed's ``1 / log(1.02 + f)`` with ``f`` a class's pixel share,
+      normalised to mean 1 over the classes present.
+    - ``median_frequency``: ``median(freq) / freq_c`` (Eigen & Fergus), where ``freq_c`` is
+      the class's pixels over the pixels of the images it appears in.
+    Classes with no pixels in the split get weight 0: they never occur as a target.
+    """
+    if method not in WEIGHTINGS:
+        raise ValueError(f"unknown class weighting {method!r}; choose one of {WEIGHTINGS}")
+    if method == "none":
+        return None
+    pixels = np.asarray(split_stats["class_pixels"], dtype=np.float64)
+    present = pixels > 0
+    if not present.any():
+        raise DatasetError(f"split {split_stats['split']!r} has no labelled pixels; "
+                           "cannot compute class weights")
+    weights = np.zeros(NUM_CLASSES, dtype=np.float64)
+    if method == "inverse_log":
+        share = pixels / pixels.sum()
+        weights[present] = 1.0 / np.log(1.02 + share[present])
+        weights[present] /= weights[present].mean()
+    else:
+        freq = pixels[present] / np.asarray(split_stats["class_presence_pixels"],
+                                            dtype=np.float64)[present]
+        weights[present] = np.median(freq) / freq
+    return weights
+
+
+def format_report(result: dict) -> str:
+    """The human-readable check-data report."""
+    lines = [f"dataset {result['root']}"]
+    for split, s in result["splits"].items():
+        sizes = ", ".join(f"{k} ({v})" for k, v in s["sizes"].items()) or "-"
+        lines.append(f"\n[{split}] {s['n_images']} images"
+                     f"{'' if s['labelled'] else ' (no masks)'}; sizes: {sizes}")
+        if s["labelled"] and s["n_images"]:
+            lines.append(f"  {'class':<16}{'raw id':>7}{'pixel share':>13}{'image share':>13}")
+            for c in CLASSES:
+                lines.append(f"  {c.name:<16}{c.raw_id:>7}{s['pixel_share'][c.train_id]:>12.2%}"
+                             f"{s['image_share'][c.train_id]:>13.1%}")
+        if s["unknown_values"]:
+            lines.append("  unknown raw values (ignored, index 255): " + ", ".join(
+                f"{v}: {u['pixels']} px in {u['files']} file(s)"
+                for v, u in s["unknown_values"].items()))
+        for p in s["problems"]:
+            lines.append(f"  PROBLEM: {p}")
+    n = sum(len(s["problems"]) for s in result["splits"].values())
+    lines.append(f"\n{n} problem(s) found." if n else "\nno problems found.")
+    lines.append(f"statistics written to {result['stats_path']}")
+    return "\n".join(lines)

@@ -1,0 +1,129 @@
+"""Synthetic off-road scenes in exactly the Duality format, for tests, demos and benchmarks.
+
+Each scene has a wavy horizon, sky above and landscape below, and objects of the eight other
+classes, each with its own colour and texture so that a model can learn them. Output is
+deterministic for a seed: sample ``i`` of a split draws from ``SeedSequence([seed, split, i])``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from desertmind.classes import NUM_CLASSES, TRAIN_TO_RAW
+from desertmind.imageio import write_png
+from desertmind.layout import IMAGE_DIR, MASK_DIR
+
+TREES, LUSH, DRY_GRASS, DRY_BUSH, CLUTTER, FLOWERS, LOGS, ROCKS, LANDSCAPE, SKY = range(10)
+OBJECT_CLASSES = (DRY_GRASS, CLUTTER, ROCKS, LOGS, DRY_BUSH, LUSH, FLOWERS, TREES)  # back to front
+
+# Scene colours (RGB) and texture: noise amplitude, stripe amplitude along x and along y.
+_BASE = np.array([
+    (40, 95, 35),     # Trees: dark green, coarse noise
+    (90, 185, 70),    # Lush Bushes: bright green
+    (196, 178, 96),   # Dry Grass: straw, vertical stripes
+    (125, 92, 58),    # Dry Bushes: brown
+    (150, 138, 122),  # Ground Clutter: grey-brown speckle
+    (235, 70, 170),   # Flowers: magenta
+    (78, 48, 28),     # Logs: dark brown, horizontal grain
+    (122, 124, 132),  # Rocks: blue-grey
+    (205, 172, 125),  # Landscape: sand
+    (120, 175, 230),  # Sky: blue, vertical gradient
+], dtype=np.float32)
+_TEXTURE = np.array([
+    (28, 0, 0), (14, 0, 0), (8, 24, 0), (18, 0, 0), (40, 0, 0),
+    (20, 0, 0), (8, 0, 18), (10, 0, 0), (12, 0, 0), (3, 0, 0),
+], dtype=np.float32)
+
+
+def render_scene(rng: np.random.Generator, height: int, width: int,
+                 force: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One scene as (RGB uint8 image, uint16 raw-id mask); class ``force`` is drawn last."""
+    label = np.full((height, width), LANDSCAPE, dtype=np.uint8)
+    ys, xs = np.mgrid[0:height, 0:width]
+    horizon = (rng.uniform(0.3, 0.5) * height
+               + rng.uniform(0.0, 0.05) * height
+               * np.sin(2 * np.pi * xs[0] / (width * rng.uniform(0.5, 1.5)) + rng.uniform(0, 6.3)))
+    label[ys < horizon[None, :]] = SKY
+    s = height / 100.0  # size unit: 1% of the height
+
+    classes = [c for c in OBJECT_CLASSES if c != force and rng.random() < 0.7]
+    if force is not None:
+        classes.append(force)
+    for c in classes:
+        for _ in range(int(rng.integers(1, 4))):
+            x = int(rng.uniform(0, width))
+            top = horizon[min(x, width - 1)] + 2 * s
+            y = int(rng.uniform(top, height))
+            depth = 0.6 + 1.6 * (y - top) / max(height - top, 1.0)  # nearer is bigger
+            _draw(label, c, rng, x, y, s * depth)
+
+    image = _BASE[label].copy()
+    noise = rng.normal(0.0, 1.0, (height, width)).astype(np.float32)
+    tex = _TEXTURE[label]
+    image += (tex[..., 0] * noise)[..., None]
+    image += (tex[..., 1] * np.sin(xs * (2.2 / max(s, 0.5))))[..., None]
+    image += (tex[..., 2] * np.sin(ys * (1.6 / max(s, 0.5))))[..., None]
+    sky = label == SKY
+    image[sky] -= (50.0 * (1.0 - ys[sky] / max(horizon.max(), 1.0)))[:, None] * np.array(
+        [1.0, 0.6, 0.0], dtype=np.float32)
+    image *= rng.uniform(0.85, 1.15)
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    return image, TRAIN_TO_RAW[label]
+
+
+def _draw(label: np.ndarray, c: int, rng: np.random.Generator, x: int, y: int,
+          s: float) -> None:
+    def r(lo: float, hi: float) -> int:
+        return max(1, int(rng.uniform(lo, hi) * s))
+
+    if c == TREES:
+        trunk_h, trunk_w = r(8, 16), r(1, 2.5)
+        cv2.rectangle(label, (x - trunk_w, y - trunk_h), (x + trunk_w, y), TREES, -1)
+        cv2.ellipse(label, (x, y - trunk_h), (r(6, 12), r(8, 16)), 0, 0, 360, TREES, -1)
+    elif c == LUSH:
+        cv2.ellipse(label, (x, y), (r(5, 10), r(3, 6)), 0, 180, 360, LUSH, -1)
+    elif c == DRY_GRASS:
+        cv2.ellipse(label, (x, y), (r(12, 25), r(2, 5)), rng.uniform(-10, 10), 0, 360,
+                    DRY_GRASS, -1)
+    elif c == DRY_BUSH:
+        for _ in range(int(rng.integers(3, 6))):
+            cv2.circle(label, (x + r(-4, 4) - r(-4, 4), y - r(0, 3)), r(1.5, 3.5), DRY_BUSH, -1)
+    elif c == CLUTTER:
+        for _ in range(int(rng.integers(8, 16))):
+            cv2.circle(label, (x + int(rng.normal(0, 4 * s)), y + int(rng.normal(0, 1.5 * s))),
+                       r(0.5, 1.2), CLUTTER, -1)
+    elif c == FLOWERS:
+        for _ in range(int(rng.integers(5, 10))):
+            cv2.circle(label, (x + int(rng.normal(0, 3 * s)), y + int(rng.normal(0, 1 * s))),
+                       r(0.6, 1.2), FLOWERS, -1)
+    elif c == LOGS:
+        box = ((float(x), float(y)), (float(r(10, 20)), float(r(1.5, 3))), rng.uniform(-20, 20))
+        cv2.fillPoly(label, [cv2.boxPoints(box).astype(np.int32)], LOGS)
+    elif c == ROCKS:
+        pts = np.stack([x + rng.normal(0, 3 * s, 7), y + rng.normal(0, 2 * s, 7)], axis=1)
+        cv2.fillPoly(label, [cv2.convexHull(pts.astype(np.int32))], ROCKS)
+
+
+def generate(out: str | Path, n_train: int = 40, n_val: int = 10, height: int = 540,
+             width: int = 960, seed: int = 0, overwrite: bool = False) -> Path:
+    """Write ``OUT/{train,val}/{Color_Images,Segmentation}/NAME.png``; return ``OUT``.
+
+    Within a split, image ``i`` always contains class ``i mod 8`` among the object classes, so
+    any split of at least 8 images uses every class.
+    """
+    out = Path(out)
+    for split in ("train", "val"):
+        if (out / split).exists() and not overwrite:
+            raise FileExistsError(f"{out / split} already exists; pass --overwrite to replace it")
+    for split_id, (split, n) in enumerate((("train", n_train), ("val", n_val))):
+        for i in range(n):
+            rng = np.random.default_rng(np.random.SeedSequence([seed, split_id, i]))
+            force = OBJECT_CLASSES[i % (NUM_CLASSES - 2)]
+            image, mask = render_scene(rng, height, width, force=force)
+            name = f"synth_{split}_{i:05d}.png"
+            write_png(out / split / IMAGE_DIR / name, image, rgb=True)
+            write_png(out / split / MASK_DIR / name, mask)
+    return out

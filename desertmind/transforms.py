@@ -1,0 +1,70 @@
+"""Augmentation presets (albumentations) and the on-device normalisation.
+
+Every pipeline ends in ``ToTensorV2`` and keeps the image uint8; masks are only ever
+resampled with nearest neighbour (albumentations' default ``mask_interpolation``) and padded
+with the ignore index, so labels are never blended.
+"""
+
+from __future__ import annotations
+
+import albumentations as A
+import cv2
+import torch
+
+from desertmind.classes import IGNORE_INDEX
+
+PRESETS = ("none", "flip_color", "crop", "strong")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _resize(image_size: tuple[int, int] | None) -> list[A.BasicTransform]:
+    if image_size is None:
+        return []
+    h, w = image_size
+    return [A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST)]
+
+
+def _random_crop(size: int) -> list[A.BasicTransform]:
+    return [
+        A.PadIfNeeded(size, size, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE_INDEX),
+        A.RandomCrop(size, size),
+    ]
+
+
+def build_transform(
+    preset: str = "none",
+    image_size: tuple[int, int] | None = None,
+    crop_size: int = 512,
+) -> A.Compose:
+    """Return the training pipeline for ``preset``; ``none`` is also the eval pipeline.
+
+    - ``none``: resize to ``image_size`` (H, W), or keep the full size when it is None.
+    - ``flip_color``: + horizontal flip and brightness/contrast (the seed's phase 2).
+    - ``crop``: + random ``crop_size`` square crop and horizontal flip (the seed's phase 3).
+    - ``strong``: random rescale 0.5-2.0, crop, flip and photometric distortion
+      (MMSegmentation's default recipe).
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown augmentation preset {preset!r}; choose one of {PRESETS}")
+    steps = _resize(image_size)
+    if preset == "flip_color":
+        steps += [A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(0.2, 0.2, p=0.5)]
+    elif preset == "crop":
+        steps += _random_crop(crop_size) + [A.HorizontalFlip(p=0.5)]
+    elif preset == "strong":
+        steps += [
+            A.RandomScale(scale_limit=(-0.5, 1.0), p=1.0),
+            *_random_crop(crop_size),
+            A.HorizontalFlip(p=0.5),
+            A.ColorJitter(brightness=0.125, contrast=0.5, saturation=0.5, hue=0.05, p=0.8),
+        ]
+    return A.Compose([*steps, A.ToTensorV2()])
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float32 normalised with ImageNet mean/std, on the images' device."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
+    return (images.float() - mean) / std

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import filecmp
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from desertmind.classes import RAW_IDS
+from desertmind.cli import main
+from desertmind.imageio import read_image, read_mask
+from desertmind.synth import generate
+
+from .conftest import TINY
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
+    return bool(files) and files == sorted(p.relative_to(b) for p in b.rglob("*.png")) and all(
+        filecmp.cmp(a / f, b / f, shallow=False) for f in files)
+
+
+def test_synth_is_deterministic_for_a_seed(synth_root: Path, tmp_path: Path):
+    again = generate(tmp_path / "again", **TINY)
+    assert _same_tree(synth_root, again)
+    other = generate(tmp_path / "other", **{**TINY, "seed": TINY["seed"] + 1})
+    assert not _same_tree(synth_root, other)
+
+
+def test_synth_writes_the_duality_format_and_uses_every_class(synth_root: Path):
+    for split, n in (("train", 8), ("val", 4)):
+        images = sorted((synth_root / split / "Color_Images").glob("*.png"))
+        masks = sorted((synth_root / split / "Segmentation").glob("*.png"))
+        assert len(images) == len(masks) == n
+        assert [p.name for p in images] == [p.name for p in masks]
+    seen: set[int] = set()
+    for m in (synth_root / "train" / "Segmentation").glob("*.png"):
+        mask = read_mask(m)  # refuses anything but single-channel uint16
+        assert mask.shape == (48, 80)
+        seen |= set(np.unique(mask).tolist())
+    assert seen == set(RAW_IDS)
+    img = read_image(next((synth_root / "train" / "Color_Images").glob("*.png")))
+    assert img.shape == (48, 80, 3) and img.dtype == np.uint8
+
+
+def test_synth_cli_refuses_to_overwrite(tmp_path: Path, capsys):
+    args = ["synth", str(tmp_path / "d"), "--n-train", "2", "--n-val", "1",
+            "--height", "24", "--width", "32"]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_sky_is_above_landscape(synth_root: Path):
+    for m in (synth_root / "val" / "Segmentation").glob("*.png"):
+        mask = read_mask(m)
+        sky_rows = np.nonzero((mask == 10000).any(1))[0]
+        land_rows = np.nonzero((mask == 7100).any(1))[0]
+        assert sky_rows.min() == 0 and land_rows.max() == mask.shape[0] - 1
+        assert np.median(np.nonzero(mask == 10000)[0]) < np.median(np.nonzero(mask == 7100)[0])
+
+
+@pytest.mark.parametrize("bad", [["--n-train", "-1"], ["--height", "4"]])
+def test_synth_rejects_nonsense_arguments(tmp_path: Path, bad, capsys):
+    with pytest.raises(SystemExit):
+        main(["synth", str(tmp_path / "d"), *bad])
+    assert "must be at least" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
