@@ -6,9 +6,23 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data/offroad
 DEMO_DATA ?= data/synthetic
+LOGS ?= lightning_logs
+DM := $(BIN)/desertmind
+# extra configs after each phase's own (make demo uses -c configs/demo.yaml), and overrides
+CONFIGS ?=
+FIT_ARGS ?=
+PHASE1_ARGS ?=
+RUN_ARGS = --data.root $(DATA) --trainer.logger.init_args.save_dir $(LOGS) $(FIT_ARGS)
+P1 := $(LOGS)/phase1/checkpoints/best.ckpt
+P21 := $(LOGS)/phase2_1_head/checkpoints/best.ckpt
+P22 := $(LOGS)/phase2_2_backbone/checkpoints/best.ckpt
+P3 := $(LOGS)/phase3/checkpoints/best.ckpt
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint demo check-data bench clean
+.PHONY: help install test lint demo check-data bench clean phase1 phase2 phase3 phases \
+	scores tensorboard clean-logs
+# a failed or interrupted phase leaves no best.ckpt behind, so make never skips it
+.DELETE_ON_ERROR:
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -28,11 +42,35 @@ test: $(STAMP) ## run the test suite
 lint: $(STAMP) ## ruff check
 	$(BIN)/ruff check desertmind tests benchmarks
 
-$(DEMO_DATA)/train:
-	$(BIN)/desertmind synth $(DEMO_DATA) --n-train 48 --n-val 16 --height 135 --width 240 --seed 0
+$(DEMO_DATA)/train: | $(STAMP)
+	$(DM) synth $(DEMO_DATA) --n-train 96 --n-val 24 --height 144 --width 256 --seed 0
 
-demo: $(STAMP) $(DEMO_DATA)/train ## generate a synthetic dataset (if absent) and check it
-	$(BIN)/desertmind check-data $(DEMO_DATA)
+demo: $(STAMP) $(DEMO_DATA)/train ## synthetic data (if absent), the four phases on it, their scores
+	$(DM) check-data $(DEMO_DATA)
+	$(MAKE) --no-print-directory phases DATA=$(DEMO_DATA) LOGS=$(LOGS)/demo \
+		CONFIGS="-c configs/demo.yaml" PHASE1_ARGS="--trainer.max_epochs 14"
+
+# Each phase starts from the previous phase's best checkpoint; finished phases are skipped.
+$(P1): | $(STAMP)
+	$(DM) fit -c configs/phase1.yaml $(CONFIGS) $(RUN_ARGS) $(PHASE1_ARGS)
+$(P21): $(P1)
+	$(DM) fit -c configs/phase2_1_head.yaml $(CONFIGS) --model.init_from $< $(RUN_ARGS)
+$(P22): $(P21)
+	$(DM) fit -c configs/phase2_2_backbone.yaml $(CONFIGS) --model.init_from $< $(RUN_ARGS)
+$(P3): $(P22)
+	$(DM) fit -c configs/phase3.yaml $(CONFIGS) --model.init_from $< $(RUN_ARGS)
+
+phase1: $(P1) ## phase 1 baseline on DATA (default data/offroad)
+phase2: $(P22) ## phase 2.1 (head only) then 2.2 (backbone), earlier phases first
+phase3: $(P3) ## phase 3 (weighted CE + Dice + crops), earlier phases first
+phases: $(P3) ## all four phases
+	$(DM) scores --logs $(LOGS)
+
+scores: $(STAMP) ## best val/mIoU of each phase under LOGS
+	$(DM) scores --logs $(LOGS)
+
+tensorboard: $(STAMP) ## TensorBoard on lightning_logs (port 6006)
+	$(BIN)/tensorboard --logdir $(LOGS) --port 6006
 
 check-data: $(STAMP) ## check the dataset at DATA=path (default data/offroad)
 	$(BIN)/desertmind check-data $(DATA)
@@ -42,3 +80,6 @@ bench: $(STAMP) ## run the benchmarks (JSON on stdout)
 
 clean: ## remove the virtual environment and caches (keeps data and logs)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+clean-logs: ## delete every run under lightning_logs (keeps its README)
+	find $(LOGS) -mindepth 1 ! -name README.md -delete

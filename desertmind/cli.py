@@ -1,4 +1,9 @@
-"""The ``desertmind`` command: dataset tools as sub-commands."""
+"""The ``desertmind`` command: LightningCLI fit / validate / test / predict, plus tools.
+
+``desertmind fit|validate|test|predict -c CONFIG [--key value ...]`` goes to
+:class:`DesertMindCLI`; ``desertmind check-data`` and ``desertmind synth`` are plain argparse
+tools that do not import Lightning.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,24 @@ import argparse
 import json
 import sys
 
+from desertmind.errors import ConfigError
 from desertmind.imageio import DatasetError
 
-TOOLS = ("check-data", "synth")
+TOOLS = ("check-data", "synth", "scores")
+LIGHTNING = ("fit", "validate", "test", "predict")
+USAGE = """usage: desertmind {fit,validate,test,predict,check-data,synth} ...
+
+  fit         train a phase:            desertmind fit -c configs/phase1.yaml
+  validate    evaluate a checkpoint:    desertmind validate -c CONFIG --ckpt_path CKPT
+  test        evaluate on data.test_dir desertmind test -c CONFIG --ckpt_path CKPT
+  predict     predict data.predict_dir  desertmind predict -c CONFIG --ckpt_path CKPT
+  check-data  check a dataset and write its class statistics
+  synth       write a synthetic dataset in the Duality format
+  scores      best val/mIoU of every phase under a logs folder
+
+'desertmind COMMAND --help' shows a command's options; Lightning commands also take
+--print_config.
+"""
 
 
 def _check_data(args: argparse.Namespace) -> int:
@@ -31,6 +51,23 @@ def _synth(args: argparse.Namespace) -> int:
                    args.overwrite)
     print(f"wrote {args.n_train} train and {args.n_val} val scenes "
           f"({args.width}x{args.height}, seed {args.seed}) to {out}")
+    return 0
+
+
+def _scores(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from desertmind.checkpoints import best_score
+
+    ckpts = sorted(Path(args.logs).glob("*/checkpoints/best.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not ckpts:
+        print(f"no */checkpoints/best.ckpt under {args.logs}", file=sys.stderr)
+        return 1
+    print(f"{'phase':<22}{'best val/mIoU':>14}{'epoch':>7}")
+    for path in ckpts:
+        score, epoch = best_score(path)
+        shown = "-" if score is None else f"{score:.4f}"
+        print(f"{path.parent.parent.name:<22}{shown:>14}{epoch if epoch is not None else '-':>7}")
     return 0
 
 
@@ -77,12 +114,34 @@ def _tool_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace existing split folders")
     p.set_defaults(func=_synth)
+
+    p = sub.add_parser("scores", help="best val/mIoU of every phase under a logs folder",
+                       description="Read <logs>/<phase>/checkpoints/best.ckpt of every phase "
+                       "(oldest first) and print its best val/mIoU and the epoch it was saved at.")
+    p.add_argument("--logs", default="lightning_logs", help="logs folder (default: %(default)s)")
+    p.set_defaults(func=_scores)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``desertmind`` console script."""
+    from_shell = argv is None
     argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    if argv[0] in LIGHTNING:
+        from desertmind.checkpoints import CheckpointMismatchError
+        from desertmind.lightning_cli import DesertMindCLI
+        from desertmind.model import WeightsUnavailableError
+
+        try:
+            DesertMindCLI(args=None if from_shell else argv)
+        except (DatasetError, ConfigError, CheckpointMismatchError, WeightsUnavailableError,
+                FileNotFoundError) as e:
+            print(f"desertmind {argv[0]}: error: {e}", file=sys.stderr)
+            return 2
+        return 0
     args = _tool_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from desertmind.dataset import OffroadDataset
+from desertmind.errors import ConfigError
 from desertmind.imageio import DatasetError
 from desertmind.layout import list_images, list_split
 from desertmind.stats import WEIGHTINGS, class_weights, scan
@@ -60,9 +61,9 @@ class OffroadDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if train_preset not in PRESETS:
-            raise ValueError(f"unknown train_preset {train_preset!r}; choose one of {PRESETS}")
+            raise ConfigError(f"unknown train_preset {train_preset!r}; choose one of {PRESETS}")
         if class_weighting not in WEIGHTINGS:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown class_weighting {class_weighting!r}; choose one of {WEIGHTINGS}")
         self.save_hyperparameters()
         self.root = Path(root)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from desertmind.classes import CLASS_NAMES, CLASSES, IGNORE_INDEX, NUM_CLASSES
+from desertmind.errors import ConfigError
 from desertmind.imageio import DatasetError
 from desertmind.layout import (
     IMAGE_DIR,
@@ -183,7 +184,7 @@ def class_weights(split_stats: dict, method: str) -> np.ndarray | None:
     Classes with no pixels in the split get weight 0: they never occur as a target.
     """
     if method not in WEIGHTINGS:
-        raise ValueError(f"unknown class weighting {method!r}; choose one of {WEIGHTINGS}")
+        raise ConfigError(f"unknown class weighting {method!r}; choose one of {WEIGHTINGS}")
     if method == "none":
         return None
     pixels = np.asarray(split_stats["class_pixels"], dtype=np.float64)

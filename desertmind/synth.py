@@ -47,7 +47,7 @@ def render_scene(rng: np.random.Generator, height: int, width: int,
                + rng.uniform(0.0, 0.05) * height
                * np.sin(2 * np.pi * xs[0] / (width * rng.uniform(0.5, 1.5)) + rng.uniform(0, 6.3)))
     label[ys < horizon[None, :]] = SKY
-    s = height / 100.0  # size unit: 1% of the height
+    s = height / 60.0  # size unit; objects must stay learnable at small image sizes
 
     classes = [c for c in OBJECT_CLASSES if c != force and rng.random() < 0.7]
     if force is not None:
@@ -80,9 +80,9 @@ def _draw(label: np.ndarray, c: int, rng: np.random.Generator, x: int, y: int,
         return max(1, int(rng.uniform(lo, hi) * s))
 
     if c == TREES:
-        trunk_h, trunk_w = r(8, 16), r(1, 2.5)
+        trunk_h, trunk_w = r(5, 9), r(0.8, 1.5)
         cv2.rectangle(label, (x - trunk_w, y - trunk_h), (x + trunk_w, y), TREES, -1)
-        cv2.ellipse(label, (x, y - trunk_h), (r(6, 12), r(8, 16)), 0, 0, 360, TREES, -1)
+        cv2.ellipse(label, (x, y - trunk_h), (r(3.5, 7), r(5, 9)), 0, 0, 360, TREES, -1)
     elif c == LUSH:
         cv2.ellipse(label, (x, y), (r(5, 10), r(3, 6)), 0, 180, 360, LUSH, -1)
     elif c == DRY_GRASS:
@@ -92,13 +92,13 @@ def _draw(label: np.ndarray, c: int, rng: np.random.Generator, x: int, y: int,
         for _ in range(int(rng.integers(3, 6))):
             cv2.circle(label, (x + r(-4, 4) - r(-4, 4), y - r(0, 3)), r(1.5, 3.5), DRY_BUSH, -1)
     elif c == CLUTTER:
-        for _ in range(int(rng.integers(8, 16))):
-            cv2.circle(label, (x + int(rng.normal(0, 4 * s)), y + int(rng.normal(0, 1.5 * s))),
-                       r(0.5, 1.2), CLUTTER, -1)
+        for _ in range(int(rng.integers(6, 12))):
+            cv2.circle(label, (x + int(rng.normal(0, 3 * s)), y + int(rng.normal(0, 1.2 * s))),
+                       r(0.6, 1.3), CLUTTER, -1)
     elif c == FLOWERS:
         for _ in range(int(rng.integers(5, 10))):
-            cv2.circle(label, (x + int(rng.normal(0, 3 * s)), y + int(rng.normal(0, 1 * s))),
-                       r(0.6, 1.2), FLOWERS, -1)
+            cv2.circle(label, (x + int(rng.normal(0, 2 * s)), y + int(rng.normal(0, 0.8 * s))),
+                       r(0.8, 1.5), FLOWERS, -1)
     elif c == LOGS:
         box = ((float(x), float(y)), (float(r(10, 20)), float(r(1.5, 3))), rng.uniform(-20, 20))
         cv2.fillPoly(label, [cv2.boxPoints(box).astype(np.int32)], LOGS)

@@ -12,6 +12,7 @@ import cv2
 import torch
 
 from desertmind.classes import IGNORE_INDEX
+from desertmind.errors import ConfigError
 
 PRESETS = ("none", "flip_color", "crop", "strong")
 
@@ -47,7 +48,7 @@ def build_transform(
       (MMSegmentation's default recipe).
     """
     if preset not in PRESETS:
-        raise ValueError(f"unknown augmentation preset {preset!r}; choose one of {PRESETS}")
+        raise ConfigError(f"unknown augmentation preset {preset!r}; choose one of {PRESETS}")
     steps = _resize(image_size)
     if preset == "flip_color":
         steps += [A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(0.2, 0.2, p=0.5)]

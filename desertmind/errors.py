@@ -1,0 +1,5 @@
+"""Errors that are the user's to fix: the CLI prints their message instead of a traceback."""
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message lists the valid choices."""

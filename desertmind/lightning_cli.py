@@ -1,0 +1,53 @@
+"""LightningCLI subclass: the phase callbacks as config groups, and precision ``auto``."""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from desertmind.callbacks import BackboneFreeze, PhaseCheckpoint
+from desertmind.datamodule import OffroadDataModule
+from desertmind.module import MONITOR, SegmentationModule
+
+
+def resolve_precision(accelerator: str | None = "auto") -> str:
+    """``bf16-mixed`` on a GPU with bf16, ``16-mixed`` on other CUDA GPUs, else ``32-true``."""
+    if accelerator not in (None, "auto", "gpu", "cuda") or not torch.cuda.is_available():
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+class DesertMindCLI(LightningCLI):
+    """``desertmind fit|validate|test|predict``.
+
+    The checkpoint, early-stopping and backbone-freezing callbacks are config groups of their
+    own (``checkpoint``, ``early_stopping``, ``freeze``), so a phase config changes one value
+    with a dotted key (``early_stopping.patience: 2``) instead of repeating the callback list.
+    ``trainer.precision`` left null means auto (:func:`resolve_precision`). Optimizer and
+    scheduler are arguments of the model, which builds its own param groups, so LightningCLI's
+    automatic ``--optimizer`` (one group for every parameter) is switched off.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(SegmentationModule, OffroadDataModule,
+                         auto_configure_optimizers=False, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(PhaseCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": MONITOR, "checkpoint.mode": "max",
+            "checkpoint.filename": "best", "checkpoint.save_last": True,
+            "checkpoint.save_top_k": 1, "checkpoint.auto_insert_metric_name": False,
+            "checkpoint.enable_version_counter": False,
+        })
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.set_defaults({"early_stopping.monitor": MONITOR, "early_stopping.mode": "max"})
+        parser.add_lightning_class_args(BackboneFreeze, "freeze")
+        parser.set_defaults({"freeze.unfreeze_at_epoch": 0})
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.trainer.precision is None:
+            config.trainer.precision = resolve_precision(config.trainer.accelerator)

@@ -1,0 +1,193 @@
+"""LightningModule wrapping torchvision DeepLabV3 for the ten off-road classes."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from desertmind.checkpoints import load_weights
+from desertmind.classes import CLASS_NAMES, NUM_CLASSES
+from desertmind.errors import ConfigError
+from desertmind.losses import build_loss, parse_loss
+from desertmind.metrics import PerImageMeanIoU, SegmentationMetrics
+from desertmind.model import build_deeplabv3, set_bn_momentum
+from desertmind.schedulers import PolyLR
+
+MONITOR = "val/mIoU"
+
+
+class SegmentationModule(L.LightningModule):
+    """DeepLabV3 training, evaluation and prediction; arguments mirror the config one to one.
+
+    Hooks:
+        setup: builds the loss (class weights come from the data module) and, for ``fit``,
+            loads ``init_from``'s weights; a ``--ckpt_path`` resume is restored after this and
+            wins.
+        training_step / validation_step / test_step: loss (plus aux loss), and for evaluation
+            the per-stage metric objects, accumulated over the whole epoch.
+        on_{validation,test}_epoch_end: logs ``<stage>/mIoU`` (dataset level, the headline and
+            the checkpoint monitor), ``<stage>/mIoU_per_image`` (the seed's definition),
+            ``<stage>/pixel_acc``, ``<stage>/mean_acc`` and ``<stage>/iou/<class>``.
+        configure_optimizers: named param groups ``backbone`` (LR x ``backbone_lr_mult``),
+            ``head`` and ``aux`` for the injected optimizer, and the injected scheduler (poly
+            steps per batch, others per epoch, reduce-on-plateau on val/mIoU).
+
+    Args:
+        backbone: ``mobilenet_v3_large``, ``resnet50`` or ``resnet101``.
+        num_classes: must equal the class table's 10.
+        weights: ``none``, ``imagenet`` (backbone) or ``coco`` (whole model but the last layers).
+        aux_loss: add torchvision's auxiliary FCN head; ``aux_weight`` scales its loss.
+        loss: loss spec, e.g. ``ce``, ``weighted_ce + 0.5 dice`` (see :mod:`desertmind.losses`).
+        optimizer, scheduler: injected by LightningCLI (``class_path`` / ``init_args``).
+        backbone_lr_mult: the backbone's LR relative to the head's.
+        init_from: a previous run's checkpoint to start from, weights only.
+        bn_momentum: override BatchNorm momentum (torchvision's MobileNetV3 uses 0.01, too
+            slow for short runs from random weights); None keeps the model's.
+        channels_last: NHWC memory format (faster convolutions on recent GPUs).
+        compile: wrap the network in ``torch.compile``.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "mobilenet_v3_large",
+        num_classes: int = NUM_CLASSES,
+        weights: str = "none",
+        aux_loss: bool = False,
+        aux_weight: float = 0.4,
+        loss: str = "ce",
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        backbone_lr_mult: float = 1.0,
+        init_from: str | None = None,
+        bn_momentum: float | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_classes != NUM_CLASSES:
+            raise ConfigError(f"num_classes={num_classes} does not match the class table, which "
+                             f"has {NUM_CLASSES} classes ({', '.join(CLASS_NAMES)})")
+        parse_loss(loss)  # fail on a bad loss spec now, not after the data is loaded
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.model = build_deeplabv3(backbone, num_classes, weights, aux_loss)
+        if bn_momentum is not None:
+            set_bn_momentum(self.model, bn_momentum)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if compile:
+            self.model.compile()  # compiles __call__ in place: state_dict keys stay the same
+        self.criterion: torch.nn.Module | None = None
+        self.val_metrics = SegmentationMetrics(num_classes)
+        self.val_per_image = PerImageMeanIoU(num_classes)
+        self.test_metrics = SegmentationMetrics(num_classes)
+        self.test_per_image = PerImageMeanIoU(num_classes)
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        return self.model.backbone
+
+    def setup(self, stage: str) -> None:
+        if self.criterion is None:
+            self.criterion = build_loss(self.hparams.loss, self._class_weights())
+        if stage == "fit" and self.hparams.init_from:
+            load_weights(self.model, self.hparams.init_from)
+
+    def _class_weights(self) -> torch.Tensor | None:
+        if all(name != "weighted_ce" for _, name in parse_loss(self.hparams.loss)):
+            return None
+        dm = self.trainer.datamodule
+        return dm.class_weights() if hasattr(dm, "class_weights") else None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised float images (N, 3, H, W) -> logits (N, C, H, W)."""
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.model(images)["out"]
+
+    def _loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        images = batch["image"]
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        out = self.model(images)
+        loss = self.criterion(out["out"], batch["mask"])
+        if "aux" in out:
+            loss = loss + self.hparams.aux_weight * self.criterion(out["aux"], batch["mask"])
+        return loss, out["out"]
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, _ = self._loss(batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
+                 batch_size=batch["image"].shape[0])
+        return loss
+
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        loss, logits = self._loss(batch)
+        preds = logits.argmax(dim=1)
+        getattr(self, f"{stage}_metrics").update(preds, batch["mask"])
+        getattr(self, f"{stage}_per_image").update(preds, batch["mask"])
+        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True,
+                 batch_size=batch["image"].shape[0])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        return {"name": batch["name"], "pred": self(batch["image"]).argmax(dim=1)}
+
+    def _log_metrics(self, stage: str) -> None:
+        metrics, per_image = getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_per_image")
+        m = metrics.compute()
+        values = {f"{stage}/mIoU": m["mIoU"], f"{stage}/mIoU_per_image": per_image.compute(),
+                  f"{stage}/pixel_acc": m["pixel_acc"], f"{stage}/mean_acc": m["mean_acc"]}
+        for name, iou in zip(CLASS_NAMES, m["iou"], strict=True):
+            if not torch.isnan(iou):  # absent from target and prediction: no IoU to log
+                values[f"{stage}/iou/{name}"] = iou
+        self.log(f"{stage}/mIoU", values.pop(f"{stage}/mIoU"), prog_bar=True)
+        self.log_dict(values)
+        metrics.reset()
+        per_image.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def param_groups(self) -> list[dict]:
+        """Named groups: backbone (with ``lr_mult``), head and, if present, aux."""
+        groups = [
+            {"name": "backbone", "params": list(self.model.backbone.parameters()),
+             "lr_mult": self.hparams.backbone_lr_mult},
+            {"name": "head", "params": list(self.model.classifier.parameters()), "lr_mult": 1.0},
+        ]
+        if self.model.aux_classifier is not None:
+            groups.append({"name": "aux", "params": list(self.model.aux_classifier.parameters()),
+                           "lr_mult": 1.0})
+        return groups
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer(self.param_groups())
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * group["lr_mult"]
+        if self.scheduler is None:
+            return optimizer
+        scheduler = self.scheduler(optimizer)
+        interval = "epoch"
+        if isinstance(scheduler, PolyLR):
+            if scheduler.total_steps is None:
+                scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
+            interval = "step"
+        if isinstance(scheduler, ReduceLROnPlateau) and scheduler.mode != "max":
+            raise ConfigError(f"ReduceLROnPlateau monitors {MONITOR}, which is maximised: set "
+                             "mode: max in its init_args")
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": interval,
+                                 "monitor": MONITOR}}
+

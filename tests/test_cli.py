@@ -1,0 +1,118 @@
+"""LightningCLI: every config parses, phase values, precision auto, smoke fits and the chain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from desertmind.checkpoints import read_checkpoint
+from desertmind.cli import main
+from desertmind.lightning_cli import resolve_precision
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PHASES = ["phase1", "phase2_1_head", "phase2_2_backbone", "phase3"]
+
+
+def _print_config(capsys, *files: str) -> dict:
+    args = ["fit"]
+    for f in files:
+        args += ["-c", str(CONFIGS / f"{f}.yaml")]
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--print_config"])
+    assert e.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("files", [[p] for p in PHASES] + [[p, "demo"] for p in PHASES])
+def test_every_config_parses(capsys, files):
+    cfg = _print_config(capsys, *files)
+    assert cfg["model"]["backbone"] == "mobilenet_v3_large"
+    assert cfg["checkpoint"]["monitor"] == cfg["early_stopping"]["monitor"] == "val/mIoU"
+
+
+def test_phase1_matches_the_seed(capsys):
+    cfg = _print_config(capsys, "phase1")
+    m, d = cfg["model"], cfg["data"]
+    assert (m["weights"], m["loss"], m["init_from"], m["scheduler"]) == ("coco", "ce", None, None)
+    assert m["optimizer"]["class_path"] == "torch.optim.AdamW"
+    assert m["optimizer"]["init_args"]["lr"] == 1e-4
+    assert d["train_preset"] == "none" and d["class_weighting"] == "none"
+    assert cfg["early_stopping"]["patience"] == 3 and cfg["trainer"]["max_epochs"] == 20
+    assert cfg["freeze"]["unfreeze_at_epoch"] == 0
+    assert cfg["trainer"]["logger"]["init_args"]["name"] == "phase1"
+
+
+def test_later_phases_change_what_the_seed_changed(capsys):
+    p21 = _print_config(capsys, "phase2_1_head")
+    assert p21["model"]["init_from"] == "lightning_logs/phase1/checkpoints/best.ckpt"
+    assert p21["freeze"]["unfreeze_at_epoch"] is None
+    p22 = _print_config(capsys, "phase2_2_backbone")
+    lr = p22["model"]["optimizer"]["init_args"]["lr"]
+    assert lr * p22["model"]["backbone_lr_mult"] == pytest.approx(1e-5)
+    assert p22["freeze"]["unfreeze_at_epoch"] == 0 and p22["early_stopping"]["patience"] == 2
+    p3 = _print_config(capsys, "phase3")
+    m = p3["model"]
+    assert m["loss"] == "weighted_ce + 0.5 dice"
+    assert m["optimizer"]["init_args"]["lr"] == 5e-5
+    assert m["optimizer"]["init_args"]["lr"] * m["backbone_lr_mult"] == pytest.approx(1e-5)
+    assert m["scheduler"]["class_path"].endswith("ReduceLROnPlateau")
+    assert m["scheduler"]["init_args"]["mode"] == "max"
+    assert p3["data"]["train_preset"] == "crop" and p3["data"]["crop_size"] == 512
+    assert p3["data"]["class_weighting"] == "inverse_log"
+
+
+def test_precision_auto(monkeypatch):
+    assert resolve_precision("auto") == "32-true" or torch.cuda.is_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_precision("auto") == "bf16-mixed"
+    assert resolve_precision("cpu") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_precision("gpu") == "16-mixed"
+
+
+def tiny_args(root: Path, logs: Path) -> list[str]:
+    """Overrides that shrink any phase to seconds on a CPU."""
+    return ["-c", str(CONFIGS / "demo.yaml"), "--data.root", str(root),
+            "--data.image_size", "[32, 48]", "--data.batch_size", "2", "--data.crop_size", "32",
+            "--trainer.logger.init_args.save_dir", str(logs), "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
+            "--trainer.num_sanity_val_steps", "0", "--trainer.enable_model_summary", "false",
+            "--trainer.accelerator", "cpu", "--data.stats_path", str(logs / "stats.json")]
+
+
+def test_the_four_phases_chain_end_to_end(synth_root: Path, tmp_path: Path):
+    logs = tmp_path / "logs"
+    previous = None
+    for phase in PHASES:
+        args = ["fit", "-c", str(CONFIGS / f"{phase}.yaml"), *tiny_args(synth_root, logs)]
+        if previous:
+            args += ["--model.init_from", str(previous)]
+        assert main(args) == 0
+        best = logs / phase / "checkpoints" / "best.ckpt"
+        assert best.is_file() and (logs / phase / "checkpoints" / "last.ckpt").is_file()
+        saved = yaml.safe_load((logs / phase / "version_0" / "config.yaml").read_text())
+        assert saved["trainer"]["precision"] == "32-true"  # auto, resolved on the CPU
+        if phase == "phase2_1_head":  # backbone frozen all phase: it is phase 1's, unchanged
+            a, b = read_checkpoint(previous)["state_dict"], read_checkpoint(best)["state_dict"]
+            backbone = [k for k in a if k.startswith("model.backbone.")]
+            assert backbone and all(torch.equal(a[k], b[k]) for k in backbone)
+            assert not torch.equal(a["model.classifier.4.weight"], b["model.classifier.4.weight"])
+        previous = best
+
+
+def test_bad_data_root_is_a_clear_error(tmp_path: Path, capsys):
+    args = ["fit", "-c", str(CONFIGS / "phase1.yaml"), *tiny_args(tmp_path / "none", tmp_path)]
+    assert main(args) == 2
+    assert "desertmind synth" in capsys.readouterr().err
+
+
+def test_unknown_names_are_clear_errors(synth_root: Path, tmp_path: Path, capsys):
+    base = ["fit", "-c", str(CONFIGS / "phase1.yaml"), *tiny_args(synth_root, tmp_path)]
+    assert main([*base, "--model.backbone", "vgg16"]) == 2
+    assert "resnet50" in capsys.readouterr().err
+    assert main([*base, "--model.loss", "ce + focal"]) == 2
+    assert "weighted_ce" in capsys.readouterr().err

@@ -1,0 +1,81 @@
+"""init_from: weights only, and refusals that say what does not match."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from desertmind.checkpoints import CheckpointMismatchError, best_score, load_weights
+from desertmind.datamodule import OffroadDataModule
+from desertmind.module import SegmentationModule
+
+
+def _fit(tmp_path: Path, root: Path, module: SegmentationModule, epochs: int = 1) -> L.Trainer:
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=epochs, limit_train_batches=2,
+                        limit_val_batches=1, num_sanity_val_steps=0, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu", devices=1)
+    trainer.fit(module, OffroadDataModule(str(root), batch_size=2, num_workers=0,
+                                          image_size=(32, 48)))
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def source_ckpt(synth_root: Path, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("src")
+    trainer = _fit(tmp, synth_root, SegmentationModule(weights="none"), epochs=2)
+    path = tmp / "source.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_init_from_loads_weights_but_not_training_state(tmp_path, synth_root, source_ckpt):
+    source = torch.load(source_ckpt, weights_only=True)
+    assert source["epoch"] == 2 and source["global_step"] == 4
+    module = SegmentationModule(weights="none", init_from=str(source_ckpt))
+    seen = {}
+
+    class Spy(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen["weights"] = pl_module.model.classifier[-1].weight.detach().clone()
+            seen["epoch"], seen["step"] = trainer.current_epoch, trainer.global_step
+            seen["opt_state"] = len(trainer.optimizers[0].state)
+
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=1, limit_train_batches=1,
+                        limit_val_batches=1, num_sanity_val_steps=0, logger=False,
+                        enable_progress_bar=False, callbacks=[Spy()], accelerator="cpu")
+    trainer.fit(module, OffroadDataModule(str(synth_root), batch_size=2, num_workers=0,
+                                          image_size=(32, 48)))
+    assert torch.equal(seen["weights"], source["state_dict"]["model.classifier.4.weight"])
+    assert seen == {**seen, "epoch": 0, "step": 0, "opt_state": 0}
+
+
+def test_missing_file_is_refused(tmp_path):
+    module = SegmentationModule(weights="none")
+    with pytest.raises(FileNotFoundError, match="previous phase"):
+        load_weights(module.model, tmp_path / "nope.ckpt")
+
+
+def test_other_architecture_is_refused_listing_keys(source_ckpt):
+    with pytest.raises(CheckpointMismatchError, match="unexpected keys|missing keys") as e:
+        load_weights(SegmentationModule(weights="none", aux_loss=True).model, source_ckpt)
+    assert "aux_classifier" in str(e.value)
+
+
+def test_shape_mismatch_is_refused_listing_shapes(source_ckpt, tmp_path):
+    ckpt = torch.load(source_ckpt, weights_only=True)
+    ckpt["state_dict"]["model.classifier.4.weight"] = torch.zeros(5, 256, 1, 1)
+    bad = tmp_path / "bad.ckpt"
+    torch.save(ckpt, bad)
+    with pytest.raises(CheckpointMismatchError, match=r"classifier.4.weight: checkpoint \(5, 256"):
+        load_weights(SegmentationModule(weights="none").model, bad)
+
+
+def test_truncated_checkpoint_is_refused(source_ckpt, tmp_path):
+    bad = tmp_path / "cut.ckpt"
+    bad.write_bytes(source_ckpt.read_bytes()[:1000])
+    with pytest.raises(CheckpointMismatchError, match="cannot read"):
+        best_score(bad)

@@ -1,0 +1,85 @@
+"""Each loss against a hand computation, ignored pixels included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from desertmind.errors import ConfigError
+from desertmind.losses import SoftDiceLoss, build_loss, parse_loss
+
+
+def _case(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, 4, 3, 5, generator=g)
+    target = torch.randint(0, 3, (2, 3, 5), generator=g)  # class 3 never in the target
+    target[0, 0, :2] = 255
+    target[1, 2, 4] = 255
+    return logits, target
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    m = logits.max(1, keepdims=True)
+    return logits - m - np.log(np.exp(logits - m).sum(1, keepdims=True))
+
+
+def test_ce_ignores_ignored_pixels():
+    logits, target = _case()
+    lp = _log_softmax(logits.numpy())
+    t = target.numpy()
+    nll = [-lp[n, t[n, i, j], i, j] for n, i, j in zip(*np.nonzero(t != 255), strict=True)]
+    assert build_loss("ce")(logits, target).item() == pytest.approx(np.mean(nll), rel=1e-5)
+
+
+def test_weighted_ce_is_the_weighted_mean_over_valid_pixels():
+    logits, target = _case(1)
+    w = torch.tensor([0.5, 2.0, 1.0, 3.0])
+    lp = _log_softmax(logits.numpy())
+    t = target.numpy()
+    num = den = 0.0
+    for n, i, j in zip(*np.nonzero(t != 255), strict=True):
+        c = t[n, i, j]
+        num += -w[c].item() * lp[n, c, i, j]
+        den += w[c].item()
+    assert build_loss("weighted_ce", w)(logits, target).item() == pytest.approx(num / den, 1e-5)
+
+
+def test_dice_by_hand():
+    logits, target = _case(2)
+    p = torch.softmax(logits, 1).numpy()
+    t = target.numpy()
+    valid = t != 255
+    scores = []
+    for c in range(4):
+        tc = (t == c) & valid
+        if not tc.any():
+            continue  # absent from the target: not averaged
+        pc = p[:, c] * valid
+        scores.append((2 * (pc * tc).sum() + 1) / (pc.sum() + tc.sum() + 1))
+    expected = 1 - np.mean(scores)
+    assert SoftDiceLoss()(logits, target).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_weighted_sum_of_terms():
+    logits, target = _case(3)
+    w = torch.ones(4)
+    combined = build_loss("weighted_ce + 0.5 dice", w)(logits, target)
+    parts = build_loss("weighted_ce", w)(logits, target) + 0.5 * SoftDiceLoss()(logits, target)
+    assert combined.item() == pytest.approx(parts.item(), rel=1e-6)
+    assert parse_loss("ce + 0.5 dice") == [(1.0, "ce"), (0.5, "dice")]
+    assert parse_loss("2*ce") == [(2.0, "ce")]
+
+
+def test_all_ignored_batch_gives_zero_dice_with_a_graph():
+    logits = torch.randn(1, 4, 2, 2, requires_grad=True)
+    loss = SoftDiceLoss()(logits, torch.full((1, 2, 2), 255))
+    loss.backward()
+    assert loss.item() == 0.0 and logits.grad is not None
+
+
+def test_bad_specs_are_refused_with_the_choices():
+    with pytest.raises(ConfigError, match="weighted_ce"):
+        parse_loss("ce + focal")
+    with pytest.raises(ConfigError, match="class_weighting"):
+        build_loss("weighted_ce")

@@ -1,0 +1,76 @@
+"""Model builder: shapes per backbone, and pretrained weights that never fall back to random."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import torch.hub
+from torchvision.models.segmentation import (
+    DeepLabV3_MobileNet_V3_Large_Weights,
+    deeplabv3_mobilenet_v3_large,
+)
+
+from desertmind.errors import ConfigError
+from desertmind.model import WeightsUnavailableError, build_deeplabv3
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v3_large", "resnet50", "resnet101"])
+def test_forward_shapes_per_backbone(backbone: str):
+    model = build_deeplabv3(backbone, 10, "none", aux_loss=True).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 40, 56))
+    assert out["out"].shape == (1, 10, 40, 56) and out["aux"].shape == (1, 10, 40, 56)
+
+
+def test_without_aux_head_there_is_no_aux_output():
+    model = build_deeplabv3("mobilenet_v3_large", 10, "none", aux_loss=False).eval()
+    with torch.no_grad():
+        assert set(model(torch.randn(1, 3, 32, 32))) == {"out"}
+
+
+def test_unknown_names_list_the_choices():
+    with pytest.raises(ConfigError, match="resnet101"):
+        build_deeplabv3("vit_b_16")
+    with pytest.raises(ConfigError, match="imagenet"):
+        build_deeplabv3(weights="DEFAULT")
+
+
+@pytest.fixture
+def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    return tmp_path
+
+
+def test_offline_coco_weights_fail_with_the_file_and_where_to_put_it(torch_home, monkeypatch):
+    def no_network(url, *args, **kwargs):
+        raise urllib.error.URLError("network unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(WeightsUnavailableError) as e:
+        build_deeplabv3("mobilenet_v3_large", 10, "coco")
+    url = DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1.url
+    expected = torch_home / "hub" / "checkpoints" / os.path.basename(url)
+    assert url in str(e.value) and str(expected) in str(e.value)
+    assert "TORCH_HOME" in str(e.value)
+
+
+def test_coco_weights_load_from_the_torch_cache_and_get_new_last_layers(torch_home):
+    reference = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21,
+                                            aux_loss=True)
+    url = DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1.url
+    target = torch_home / "hub" / "checkpoints" / os.path.basename(url)
+    target.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), target)
+
+    model = build_deeplabv3("mobilenet_v3_large", 10, "coco", aux_loss=True)
+    ref = reference.state_dict()
+    got = model.state_dict()
+    assert torch.equal(got["backbone.0.0.weight"], ref["backbone.0.0.weight"])
+    assert torch.equal(got["classifier.0.convs.0.0.weight"], ref["classifier.0.convs.0.0.weight"])
+    assert model.classifier[-1].out_channels == 10 and model.aux_classifier[-1].out_channels == 10
+    assert build_deeplabv3("mobilenet_v3_large", 10, "coco").aux_classifier is None
