@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 DATA ?= data/offroad
 DEMO_DATA ?= data/synthetic
 LOGS ?= lightning_logs
+REPORTS ?= reports
 DM := $(BIN)/desertmind
 # extra configs after each phase's own (make demo uses -c configs/demo.yaml), and overrides
 CONFIGS ?=
@@ -20,7 +21,7 @@ P3 := $(LOGS)/phase3/checkpoints/best.ckpt
 
 .DEFAULT_GOAL := help
 .PHONY: help install test lint demo check-data bench clean phase1 phase2 phase3 phases \
-	scores tensorboard clean-logs
+	scores report tensorboard clean-logs
 # a failed or interrupted phase leaves no best.ckpt behind, so make never skips it
 .DELETE_ON_ERROR:
 
@@ -49,6 +50,7 @@ demo: $(STAMP) $(DEMO_DATA)/train ## synthetic data (if absent), the four phases
 	$(DM) check-data $(DEMO_DATA)
 	$(MAKE) --no-print-directory phases DATA=$(DEMO_DATA) LOGS=$(LOGS)/demo \
 		CONFIGS="-c configs/demo.yaml" PHASE1_ARGS="--trainer.max_epochs 14"
+	$(DM) report --logs $(LOGS)/demo --out $(REPORTS) --print
 
 # Each phase starts from the previous phase's best checkpoint; finished phases are skipped.
 $(P1): | $(STAMP)
@@ -66,6 +68,9 @@ phase3: $(P3) ## phase 3 (weighted CE + Dice + crops), earlier phases first
 phases: $(P3) ## all four phases
 	$(DM) scores --logs $(LOGS)
 
+report: $(STAMP) ## summary.md/.csv and charts of every run under LOGS, in REPORTS
+	$(DM) report --logs $(LOGS) --out $(REPORTS) --print
+
 scores: $(STAMP) ## best val/mIoU of each phase under LOGS
 	$(DM) scores --logs $(LOGS)
 
@@ -77,6 +82,7 @@ check-data: $(STAMP) ## check the dataset at DATA=path (default data/offroad)
 
 bench: $(STAMP) ## run the benchmarks (JSON on stdout)
 	$(BIN)/python benchmarks/data_throughput.py
+	$(BIN)/python benchmarks/dashboard_overhead.py
 
 clean: ## remove the virtual environment and caches (keeps data and logs)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

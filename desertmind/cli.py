@@ -14,7 +14,7 @@ import sys
 from desertmind.errors import ConfigError
 from desertmind.imageio import DatasetError
 
-TOOLS = ("check-data", "synth", "scores")
+TOOLS = ("check-data", "synth", "scores", "report")
 LIGHTNING = ("fit", "validate", "test", "predict")
 USAGE = """usage: desertmind {fit,validate,test,predict,check-data,synth} ...
 
@@ -25,6 +25,7 @@ USAGE = """usage: desertmind {fit,validate,test,predict,check-data,synth} ...
   check-data  check a dataset and write its class statistics
   synth       write a synthetic dataset in the Duality format
   scores      best val/mIoU of every phase under a logs folder
+  report      summary.md/.csv and charts of every run under a logs folder
 
 'desertmind COMMAND --help' shows a command's options; Lightning commands also take
 --print_config.
@@ -39,6 +40,16 @@ def _check_data(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=1))
     else:
         print(format_report(result))
+    if args.plot:
+        from desertmind.plots import class_share_figure, save
+
+        first = next((s for s in result["splits"].values() if s["labelled"] and s["n_images"]),
+                     None)
+        if first is not None:
+            title = f"{first['split']}: class shares ({first['n_images']} images)"
+            path = save(class_share_figure(first["pixel_share"], first["image_share"], title),
+                        args.plot)
+            print(f"plot written to {path}")
     problems = sum(len(s["problems"]) for s in result["splits"].values())
     unknown = any(s["unknown_values"] for s in result["splits"].values())
     return 1 if problems or (args.strict and unknown) else 0
@@ -51,6 +62,22 @@ def _synth(args: argparse.Namespace) -> int:
                    args.overwrite)
     print(f"wrote {args.n_train} train and {args.n_val} val scenes "
           f"({args.width}x{args.height}, seed {args.seed}) to {out}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from desertmind.report import ReportError, write_report
+
+    try:
+        result = write_report(args.logs, args.out)
+    except ReportError as e:
+        print(f"desertmind report: error: {e}", file=sys.stderr)
+        return 1
+    for problem in result["problems"]:
+        print(f"desertmind report: left out: {problem}", file=sys.stderr)
+    if args.print:
+        print(result["paths"]["summary.md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in result["paths"].values()))
     return 0
 
 
@@ -100,6 +127,8 @@ def _tool_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true",
                    help="also exit 1 when masks hold raw values outside the class table")
     p.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    p.add_argument("--plot", metavar="FILE", default=None,
+                   help="also write a bar chart of per-class pixel and image share (PNG)")
     p.set_defaults(func=_check_data)
 
     p = sub.add_parser("synth", help="write a synthetic dataset in the Duality format",
@@ -120,6 +149,14 @@ def _tool_parser() -> argparse.ArgumentParser:
                        "(oldest first) and print its best val/mIoU and the epoch it was saved at.")
     p.add_argument("--logs", default="lightning_logs", help="logs folder (default: %(default)s)")
     p.set_defaults(func=_scores)
+
+    p = sub.add_parser("report", help="summarise every run under a logs folder",
+                       description="Read the TensorBoard events of every run under --logs and "
+                       "write summary.md, summary.csv, curves.png and per_class_iou.png.")
+    p.add_argument("--logs", default="lightning_logs", help="logs folder (default: %(default)s)")
+    p.add_argument("--out", default="reports", help="output folder (default: %(default)s)")
+    p.add_argument("--print", action="store_true", help="print summary.md when done")
+    p.set_defaults(func=_report)
     return parser
 
 

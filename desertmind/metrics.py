@@ -24,8 +24,9 @@ class SegmentationMetrics(MulticlassJaccardIndex):
     """torchmetrics JaccardIndex per class, plus what the same confusion matrix gives for free.
 
     ``compute()`` returns a dict: ``iou`` (per class, NaN where absent), ``mIoU``,
-    ``pixel_acc`` (correct labelled pixels / labelled pixels) and ``mean_acc`` (recall averaged
-    over the classes present in the target). ``update`` takes class-index predictions (N, H, W).
+    ``pixel_acc`` (correct labelled pixels / labelled pixels), ``mean_acc`` (recall averaged
+    over the classes present in the target) and ``confmat`` (rows: target, columns:
+    prediction). ``update`` takes class-index predictions (N, H, W).
     """
 
     def __init__(self, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX) -> None:
@@ -47,7 +48,27 @@ class SegmentationMetrics(MulticlassJaccardIndex):
             "pixel_acc": (diag.sum() / cm.sum()).float() if cm.sum() > 0 else nan,
             "mean_acc": (diag[in_target] / rows[in_target]).mean().float()
             if in_target.any() else nan,
+            "confmat": self.confmat.clone(),
         }
+
+
+def per_image_miou(preds: Tensor, target: Tensor, num_classes: int = NUM_CLASSES,
+                   ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """(N,) mean IoU of each image over the classes present in it (NaN: nothing labelled).
+
+    One batched bincount builds every image's confusion matrix at once.
+    """
+    n, c = preds.shape[0], num_classes
+    valid = target != ignore_index
+    image = torch.arange(n, device=preds.device).view(n, 1, 1).expand_as(target)
+    index = (image * c * c + target.long() * c + preds.long())[valid]
+    cm = torch.bincount(index, minlength=n * c * c).view(n, c, c)
+    inter = cm.diagonal(dim1=1, dim2=2)
+    union = cm.sum(1) + cm.sum(2) - inter
+    present = union > 0
+    iou = inter.double() / union.clamp(min=1)
+    per_image = (iou * present).sum(1) / present.sum(1).clamp(min=1)
+    return torch.where(present.any(1), per_image, torch.full_like(per_image, float("nan")))
 
 
 class PerImageMeanIoU(Metric):
@@ -67,17 +88,8 @@ class PerImageMeanIoU(Metric):
         self.add_state("images", torch.tensor(0), dist_reduce_fx="sum")
 
     def update(self, preds: Tensor, target: Tensor) -> None:
-        n, c = preds.shape[0], self.num_classes
-        valid = target != self.ignore_index
-        image = torch.arange(n, device=preds.device).view(n, 1, 1).expand_as(target)
-        index = (image * c * c + target.long() * c + preds.long())[valid]
-        cm = torch.bincount(index, minlength=n * c * c).view(n, c, c)
-        inter = cm.diagonal(dim1=1, dim2=2)
-        union = cm.sum(1) + cm.sum(2) - inter
-        present = union > 0
-        iou = inter.double() / union.clamp(min=1)
-        counted = present.any(1)
-        per_image = (iou * present).sum(1) / present.sum(1).clamp(min=1)
+        per_image = per_image_miou(preds, target, self.num_classes, self.ignore_index)
+        counted = ~torch.isnan(per_image)
         self.total += per_image[counted].sum()
         self.images += counted.sum()
 

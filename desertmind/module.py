@@ -85,6 +85,8 @@ class SegmentationModule(L.LightningModule):
         self.val_per_image = PerImageMeanIoU(num_classes)
         self.test_metrics = SegmentationMetrics(num_classes)
         self.test_per_image = PerImageMeanIoU(num_classes)
+        #: the last epoch's computed metrics per stage (on the CPU), for dashboard callbacks
+        self.last_eval: dict[str, dict[str, torch.Tensor]] = {}
 
     @property
     def backbone(self) -> torch.nn.Module:
@@ -144,6 +146,7 @@ class SegmentationModule(L.LightningModule):
     def _log_metrics(self, stage: str) -> None:
         metrics, per_image = getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_per_image")
         m = metrics.compute()
+        self.last_eval[stage] = {k: v.detach().cpu() for k, v in m.items()}
         values = {f"{stage}/mIoU": m["mIoU"], f"{stage}/mIoU_per_image": per_image.compute(),
                   f"{stage}/pixel_acc": m["pixel_acc"], f"{stage}/mean_acc": m["mean_acc"]}
         for name, iou in zip(CLASS_NAMES, m["iou"], strict=True):

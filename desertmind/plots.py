@@ -1,0 +1,99 @@
+"""Figures and image grids shared by the TensorBoard callbacks, the report and the notebook."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from desertmind.classes import CLASS_NAMES, IGNORE_INDEX, PALETTE
+
+
+def new_figure(width: float, height: float) -> tuple[Figure, object]:
+    """A figure and its axes without pyplot: no GUI backend, no global state to leak."""
+    fig = Figure(figsize=(width, height), dpi=100)
+    return fig, fig.subplots()
+
+
+def confusion_matrix_figure(confmat: np.ndarray, title: str = "confusion matrix") -> Figure:
+    """Row-normalised confusion matrix (rows: ground truth, columns: prediction)."""
+    cm = np.asarray(confmat, dtype=np.float64)
+    rows = cm.sum(1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    fig, ax = new_figure(7.5, 6.5)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    n = len(norm)
+    names = CLASS_NAMES[:n]
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    ax.set_title(title)
+    for i in range(n):
+        for j in range(n):
+            if rows[i, 0] > 0 and norm[i, j] >= 0.005:
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    fig.tight_layout()
+    return fig
+
+
+def colorize(mask: np.ndarray) -> np.ndarray:
+    """Train-id mask (H, W) -> RGB uint8 in the class colours (ignore: black)."""
+    return PALETTE[np.asarray(mask, dtype=np.uint8)]
+
+
+def error_map(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """RGB: correct pixels dark grey, wrong ones red, ignored ones black."""
+    out = np.full((*target.shape, 3), 60, dtype=np.uint8)
+    out[pred != target] = (230, 30, 30)
+    out[target == IGNORE_INDEX] = 0
+    return out
+
+
+def prediction_grid(images: Sequence[np.ndarray], targets: Sequence[np.ndarray],
+                    preds: Sequence[np.ndarray], gap: int = 2) -> np.ndarray:
+    """One row per image: image | ground truth | prediction | error map (RGB uint8)."""
+    rows = []
+    for img, tgt, pred in zip(images, targets, preds, strict=True):
+        tiles = [img, colorize(tgt), colorize(pred), error_map(pred, tgt)]
+        spacer = np.full((img.shape[0], gap, 3), 255, dtype=np.uint8)
+        row = [tiles[0]]
+        for t in tiles[1:]:
+            row += [spacer, t]
+        rows.append(np.concatenate(row, axis=1))
+    width = rows[0].shape[1]
+    out = [rows[0]]
+    for r in rows[1:]:
+        out += [np.full((gap, width, 3), 255, dtype=np.uint8), r]
+    return np.concatenate(out, axis=0)
+
+
+def class_share_figure(pixel_share: Sequence[float], image_share: Sequence[float],
+                       title: str) -> Figure:
+    """Grouped bars of each class's pixel share and image share."""
+    x = np.arange(len(CLASS_NAMES))
+    fig, ax = new_figure(9, 4.5)
+    ax.bar(x - 0.2, np.asarray(pixel_share) * 100, 0.4, label="pixel share")
+    ax.bar(x + 0.2, np.asarray(image_share) * 100, 0.4, label="image share")
+    ax.set_xticks(x, CLASS_NAMES, rotation=30, ha="right")
+    ax.set_ylabel("%")
+    ax.set_yscale("symlog", linthresh=1)
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: Figure, path: str | Path) -> Path:
+    """Write a figure as PNG (through a temporary file, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    tmp.replace(path)
+    return path

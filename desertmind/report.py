@@ -1,0 +1,276 @@
+"""Phase report: read every run's TensorBoard events and write a summary, tables and charts.
+
+A run is a ``<logs>/<name>/version_N`` folder with event files (the phases, and any other run
+under the logs folder). Figures are the values the runs logged, read back unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from matplotlib.figure import Figure
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from desertmind.checkpoints import read_checkpoint
+from desertmind.classes import CLASS_NAMES
+from desertmind.plots import new_figure, save
+
+MONITOR = "val/mIoU"
+
+
+class ReportError(RuntimeError):
+    """A run's logs cannot be summarised; the message names the run."""
+
+
+@dataclass
+class RunSummary:
+    """What the report says about one run."""
+
+    run: str
+    path: Path
+    best_miou: float
+    best_epoch: int
+    pixel_acc: float | None
+    miou_per_image: float | None
+    epochs_run: int
+    early_stopped: bool | None
+    started_from: str | None = None
+    delta: float | None = None
+    per_class: dict[str, float] = field(default_factory=dict)
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    evaluation_only: bool = False  # a validate/test run: no training, one evaluation
+
+
+def find_runs(logs: str | Path) -> list[Path]:
+    """Every folder under ``logs`` holding TensorBoard event files, oldest first."""
+    logs = Path(logs)
+    if not logs.is_dir():
+        raise ReportError(f"logs folder {logs} not found (train a phase first, e.g. make demo)")
+    runs = {p.parent for p in logs.rglob("events.out.tfevents.*")}
+    return sorted(runs, key=lambda p: min(f.stat().st_mtime for f in p.glob("events.*")))
+
+
+def _phase(run_dir: Path, logs: Path) -> str:
+    """A run's name: its logger folder relative to ``logs`` (``phase1``, ``demo/phase3``)."""
+    return run_dir.parent.relative_to(logs).as_posix() if run_dir.parent != logs else run_dir.name
+
+
+def load_run(path: Path, label: str) -> RunSummary:
+    """Summarise one run from its events, its config.yaml and its phase's last.ckpt."""
+    events = EventAccumulator(str(path), size_guidance={"scalars": 0, "images": 1})
+    try:
+        events.Reload()
+    except Exception as e:  # a corrupt or half-written event file
+        raise ReportError(f"run {label} ({path}): cannot read its event files ({e})") from e
+    tags = set(events.Tags().get("scalars", []))
+    if MONITOR not in tags:
+        raise ReportError(f"run {label} ({path}): no {MONITOR} logged yet (it stopped before the "
+                          "end of its first validation epoch, or is still starting)")
+    epoch_at = {e.step: int(e.value) for e in events.Scalars("epoch")} if "epoch" in tags else {}
+
+    def at(tag: str, step: int) -> float | None:
+        if tag not in tags:
+            return None
+        values = [e.value for e in events.Scalars(tag) if e.step == step]
+        return float(values[-1]) if values else None
+
+    curve_events = events.Scalars(MONITOR)
+    curve = [(epoch_at.get(e.step, i), float(e.value)) for i, e in enumerate(curve_events)]
+    best_index = int(np.nanargmax([v for _, v in curve]))
+    best_step = curve_events[best_index].step
+    config = _read_yaml(path / "config.yaml")
+    return RunSummary(
+        run=label, path=path, best_miou=curve[best_index][1], best_epoch=curve[best_index][0],
+        pixel_acc=at("val/pixel_acc", best_step), miou_per_image=at("val/mIoU_per_image",
+                                                                    best_step),
+        epochs_run=len(curve), early_stopped=_early_stopped(path),
+        per_class={n: v for n in CLASS_NAMES if (v := at(f"val/iou/{n}", best_step)) is not None},
+        curve=curve, config=config,
+        evaluation_only=not any(t.startswith("train/") for t in tags),
+    )
+
+
+def latest_image(run_path: str | Path, tag: str) -> bytes | None:
+    """The last image logged under ``tag`` in a run's events, PNG-encoded (None if none)."""
+    events = EventAccumulator(str(run_path), size_guidance={"images": 1})
+    events.Reload()
+    if tag not in events.Tags().get("images", []):
+        return None
+    return events.Images(tag)[-1].encoded_image_string
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def _early_stopped(run_path: Path) -> bool | None:
+    last = run_path.parent / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return None
+    try:
+        callbacks = read_checkpoint(last).get("callbacks", {})
+    except Exception:
+        return None
+    for key, state in callbacks.items():
+        if key.startswith("EarlyStopping"):
+            return bool(state.get("stopped_epoch", 0))
+    return None
+
+
+def load_report(logs: str | Path = "lightning_logs") -> tuple[list[RunSummary], list[str]]:
+    """Summaries of every readable run, and one message per run that could not be read."""
+    logs = Path(logs)
+    paths = find_runs(logs)
+    phases = [_phase(p, logs) for p in paths]
+    runs, problems, by_phase = [], [], {}
+    for p, phase in zip(paths, phases, strict=True):
+        label = phase if phases.count(phase) == 1 else f"{phase}/{p.name}"
+        try:
+            run = load_run(p, label)
+        except ReportError as e:
+            problems.append(str(e))
+            continue
+        runs.append(run)
+        if run.evaluation_only:
+            run.run += " (evaluation)"
+        else:
+            by_phase[phase] = run  # the latest training run of a phase is what others start from
+    for r in runs:
+        init_from = (r.config.get("model") or {}).get("init_from")
+        if init_from:
+            source_dir = Path(init_from).parent.parent
+            try:
+                source = source_dir.resolve().relative_to(logs.resolve()).as_posix()
+            except ValueError:
+                source = source_dir.name
+            r.started_from = source
+            if source in by_phase:
+                r.delta = r.best_miou - by_phase[source].best_miou
+    return runs, problems
+
+
+COLUMNS = ("run", "best_val_mIoU", "best_epoch", "pixel_acc", "val_mIoU_per_image", "epochs_run",
+           "early_stopped", "started_from", "delta_vs_start")
+
+
+def rows(runs: list[RunSummary]) -> list[dict]:
+    """One flat row per run (the CSV), per-class IoU columns included."""
+    out = []
+    for r in runs:
+        row = {"run": r.run, "best_val_mIoU": r.best_miou, "best_epoch": r.best_epoch,
+               "pixel_acc": r.pixel_acc, "val_mIoU_per_image": r.miou_per_image,
+               "epochs_run": r.epochs_run, "early_stopped": r.early_stopped,
+               "started_from": r.started_from, "delta_vs_start": r.delta}
+        row.update({f"iou_{n}": r.per_class.get(n) for n in CLASS_NAMES})
+        out.append(row)
+    return out
+
+
+def _fmt(v, signed: bool = False) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:+.4f}" if signed else f"{v:.4f}"
+    return str(v)
+
+
+def markdown(runs: list[RunSummary], problems: list[str]) -> str:
+    """The summary as markdown: best results per run, then per-class IoU (classes x runs)."""
+    lines = ["# desertmind phase report", "",
+             "## Best results summary", "",
+             "| run | best val mIoU | epoch | pixel acc | mIoU per image (seed's) | epochs run "
+             "| early stop | started from | change |",
+             "|---|---:|---:|---:|---:|---:|---|---|---:|"]
+    for r in runs:
+        lines.append(f"| {r.run} | {_fmt(r.best_miou)} | {r.best_epoch} | {_fmt(r.pixel_acc)} | "
+                     f"{_fmt(r.miou_per_image)} | {r.epochs_run} | {_fmt(r.early_stopped)} | "
+                     f"{r.started_from or '-'} | {_fmt(r.delta, signed=True)} |")
+    if runs:
+        best = max(runs, key=lambda r: r.best_miou)
+        lines += ["", f"Best run: **{best.run}** with val mIoU {best.best_miou:.4f} "
+                      f"(epoch {best.best_epoch})."]
+    lines += ["", "## Per-class IoU at each run's best epoch", "",
+              "| class | " + " | ".join(r.run for r in runs) + " |",
+              "|---|" + "---:|" * len(runs)]
+    for name in CLASS_NAMES:
+        lines.append(f"| {name} | " + " | ".join(_fmt(r.per_class.get(name)) for r in runs)
+                     + " |")
+    lines += ["", "val mIoU is dataset-level: intersections and unions summed over the whole "
+              "validation set, averaged over the classes present in the target or the prediction. "
+              "'mIoU per image' is the seed's definition (mean over images of each image's mean "
+              "IoU), kept for comparison with its published numbers. Epochs count from 0."]
+    if problems:
+        lines += ["", "## Runs left out", ""] + [f"- {p}" for p in problems]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(runs: list[RunSummary]) -> str:
+    buf = io.StringIO()
+    table = rows(runs)
+    writer = csv.DictWriter(buf, fieldnames=list(table[0]) if table else list(COLUMNS))
+    writer.writeheader()
+    for row in table:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def curves_figure(runs: list[RunSummary]) -> Figure:
+    """val/mIoU per epoch, one line per run."""
+    fig, ax = new_figure(8, 4.5)
+    for r in runs:
+        epochs, values = zip(*r.curve, strict=True)
+        ax.plot(epochs, values, marker="o", markersize=3, label=r.run)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val mIoU (dataset level)")
+    ax.set_title("Validation mIoU per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def per_class_figure(runs: list[RunSummary]) -> Figure:
+    """Per-class IoU at each run's best epoch, grouped bars (classes x runs)."""
+    x = np.arange(len(CLASS_NAMES))
+    width = 0.8 / max(len(runs), 1)
+    fig, ax = new_figure(10, 4.8)
+    for i, r in enumerate(runs):
+        values = [r.per_class.get(n, np.nan) for n in CLASS_NAMES]
+        ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=r.run)
+    ax.set_xticks(x, CLASS_NAMES, rotation=30, ha="right")
+    ax.set_ylabel("IoU at the best epoch")
+    ax.set_ylim(0, 1)
+    ax.set_title("Per-class IoU by run")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def write_report(logs: str | Path = "lightning_logs", out: str | Path = "reports") -> dict:
+    """Write summary.md, summary.csv, curves.png and per_class_iou.png; return their paths."""
+    runs, problems = load_report(logs)
+    if not runs:
+        detail = "; ".join(problems) if problems else "no runs with event files"
+        raise ReportError(f"nothing to report under {logs}: {detail}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"summary.md": out / "summary.md", "summary.csv": out / "summary.csv"}
+    for key, text in (("summary.md", markdown(runs, problems)), ("summary.csv", csv_text(runs))):
+        tmp = paths[key].with_name(f".{key}.tmp")
+        tmp.write_text(text)
+        tmp.replace(paths[key])
+    paths["curves.png"] = save(curves_figure(runs), out / "curves.png")
+    paths["per_class_iou.png"] = save(per_class_figure(runs), out / "per_class_iou.png")
+    return {"paths": paths, "runs": runs, "problems": problems}

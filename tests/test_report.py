@@ -1,0 +1,143 @@
+"""Dashboards and the phase report, against the event files of a real tiny two-phase run."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import cv2
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
+
+from desertmind.checkpoints import best_score
+from desertmind.classes import CLASS_NAMES
+from desertmind.cli import main
+from desertmind.report import load_report, write_report
+
+from .test_cli import CONFIGS, tiny_args
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "phase_analysis.ipynb"
+
+
+@pytest.fixture(scope="module")
+def tiny_logs(synth_root: Path, tmp_path_factory) -> Path:
+    """phase1 then phase2_1_head, 3 epochs each, with the phase configs' dashboard callbacks."""
+    logs = tmp_path_factory.mktemp("runs") / "logs"
+    previous: list[str] = []
+    for phase in ("phase1", "phase2_1_head"):
+        args = ["fit", "-c", str(CONFIGS / f"{phase}.yaml"), *tiny_args(synth_root, logs),
+                "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false", *previous]
+        assert main(args) == 0
+        previous = ["--model.init_from", str(logs / phase / "checkpoints" / "best.ckpt")]
+    return logs
+
+
+def _events(run_dir: Path) -> EventAccumulator:
+    ea = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    ea.Reload()
+    return ea
+
+
+def test_report_figures_equal_the_logged_values(tiny_logs: Path):
+    runs, problems = load_report(tiny_logs)
+    assert problems == [] and [r.run for r in runs] == ["phase1", "phase2_1_head"]
+    for r in runs:
+        ea = _events(r.path)
+        miou = ea.Scalars("val/mIoU")
+        best = max(miou, key=lambda e: e.value)
+        assert r.best_miou == pytest.approx(best.value) and r.epochs_run == len(miou) == 3
+        epoch = {e.step: int(e.value) for e in ea.Scalars("epoch")}[best.step]
+        assert r.best_epoch == epoch
+        at = {tag: [e.value for e in ea.Scalars(tag) if e.step == best.step][0]
+              for tag in ("val/pixel_acc", "val/mIoU_per_image")}
+        assert r.pixel_acc == pytest.approx(at["val/pixel_acc"])
+        assert r.miou_per_image == pytest.approx(at["val/mIoU_per_image"])
+        for name, value in r.per_class.items():
+            logged = [e.value for e in ea.Scalars(f"val/iou/{name}") if e.step == best.step][0]
+            assert value == pytest.approx(logged)
+        ckpt_score, _ = best_score(r.path.parent / "checkpoints" / "best.ckpt")
+        assert r.best_miou == pytest.approx(ckpt_score)
+        assert r.early_stopped is False  # patience 3 cannot fire in 3 epochs
+    p1, p21 = runs
+    assert p21.started_from == "phase1" and p21.delta == pytest.approx(p21.best_miou - p1.best_miou)
+
+
+def test_csv_and_markdown_agree_and_plots_are_real_charts(tiny_logs: Path, tmp_path: Path):
+    assert main(["report", "--logs", str(tiny_logs), "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "summary.csv").read_text())))
+    md = (tmp_path / "summary.md").read_text()
+    assert [r["run"] for r in rows] == ["phase1", "phase2_1_head"]
+    for row in rows:
+        line = next(li for li in md.splitlines() if li.startswith(f"| {row['run']} |"))
+        assert f"{float(row['best_val_mIoU']):.4f}" in line and f"| {row['best_epoch']} |" in line
+        assert f"{float(row['pixel_acc']):.4f}" in line
+        for name in CLASS_NAMES:
+            if row[f"iou_{name}"]:
+                class_line = next(li for li in md.splitlines() if li.startswith(f"| {name} |"))
+                assert f"{float(row[f'iou_{name}']):.4f}" in class_line
+    for png in ("curves.png", "per_class_iou.png"):
+        image = cv2.imread(str(tmp_path / png))
+        assert image is not None and image.shape[0] > 300 and image.shape[1] > 600
+        assert image.std() > 10  # not a blank canvas
+
+
+def test_dashboard_images_come_at_the_configured_interval_only(tiny_logs: Path):
+    ea = _events(next((tiny_logs / "phase1").glob("version_*")))
+    steps_per_epoch = 2  # limit_train_batches; images are logged at the epoch's last global step
+    confmat = [e.step // steps_per_epoch - 1 for e in ea.Images("val/confusion_matrix")]
+    grids = [e.step // steps_per_epoch - 1 for e in ea.Images("val/predictions")]
+    assert confmat == [0, 1, 2]  # every_n_epochs: 1
+    assert grids == [1]  # every_n_epochs: 2
+    best = max(e.value for e in ea.Scalars("val/mIoU"))
+    assert ea.Scalars("hp/best_val_mIoU")[-1].value == pytest.approx(best)
+    hparams = ea.PluginTagToContent("hparams")
+    assert b"mobilenet_v3_large" in hparams["_hparams_/session_start_info"]
+    assert b"hp/best_val_mIoU" in hparams["_hparams_/experiment"]
+
+
+def test_notebook_runs_top_to_bottom(tiny_logs: Path, monkeypatch):
+    monkeypatch.setenv("DESERTMIND_LOGS", str(tiny_logs))
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4
+
+
+def test_runs_without_metrics_are_named_not_a_traceback(tiny_logs: Path, tmp_path: Path, capsys):
+    import shutil
+
+    logs = tmp_path / "logs"
+    shutil.copytree(tiny_logs, logs)
+    broken = logs / "crashed" / "version_0"
+    writer = SummaryWriter(str(broken))
+    writer.add_scalar("train/loss_step", 1.0, 0)
+    writer.close()
+    assert main(["report", "--logs", str(logs), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "crashed" in err and "no val/mIoU" in err
+    assert "Runs left out" in (tmp_path / "out" / "summary.md").read_text()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["report", "--logs", str(empty), "--out", str(tmp_path / "o2")]) == 1
+    assert str(empty) in capsys.readouterr().err
+
+
+def test_check_data_plot(synth_root: Path, tmp_path: Path):
+    out = tmp_path / "shares.png"
+    assert main(["check-data", str(synth_root), "--stats", str(tmp_path / "s.json"),
+                 "--plot", str(out)]) == 0
+    image = cv2.imread(str(out))
+    assert image is not None and image.std() > 10
+
+
+def test_write_report_returns_what_it_wrote(tiny_logs: Path, tmp_path: Path):
+    result = write_report(tiny_logs, tmp_path)
+    assert all(p.is_file() and p.stat().st_size > 0 for p in result["paths"].values())
+    assert os.path.commonpath([str(p) for p in result["paths"].values()]) == str(tmp_path)
