@@ -14,41 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+from _common import SeedDataset, machine
 from torch.utils.data import DataLoader, Dataset
 
-from desertmind.classes import CLASSES
 from desertmind.dataset import OffroadDataset
-from desertmind.layout import Sample, list_split
+from desertmind.layout import list_split
 from desertmind.synth import generate
 from desertmind.transforms import normalize
-
-
-class SeedDataset(Dataset):
-    """The seed's loader: PIL, float32 / 255 in the dataset, a boolean pass per class."""
-
-    def __init__(self, samples: list[Sample]) -> None:
-        self.samples = samples
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.samples[index]
-        image = np.array(Image.open(s.image).convert("RGB"), dtype=np.float32) / 255.0
-        raw = np.array(Image.open(s.mask))
-        mask = np.zeros(raw.shape, dtype=np.int64)
-        for c in CLASSES:
-            mask[raw == c.raw_id] = c.train_id
-        return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(mask)
 
 
 def _single(ds: Dataset, repeats: int) -> float:
@@ -73,17 +50,6 @@ def _loader(ds: Dataset, repeats: int, ours: bool) -> float:
     return n / (time.perf_counter() - start)
 
 
-def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=32)
@@ -100,7 +66,7 @@ def main() -> None:
         _single(ours, 1), _single(seed, 1)  # warm the page cache
         result = {
             "benchmark": "data_throughput",
-            "machine": _machine(),
+            "machine": machine(),
             "image_size": f"{args.width}x{args.height}",
             "images": args.images,
             "single_process_images_per_s": {"ours": _single(ours, args.repeats),

@@ -14,7 +14,7 @@ import sys
 from desertmind.errors import ConfigError
 from desertmind.imageio import DatasetError
 
-TOOLS = ("check-data", "synth", "scores", "report")
+TOOLS = ("check-data", "synth", "scores", "report", "export")
 LIGHTNING = ("fit", "validate", "test", "predict")
 USAGE = """usage: desertmind {fit,validate,test,predict,check-data,synth} ...
 
@@ -26,6 +26,7 @@ USAGE = """usage: desertmind {fit,validate,test,predict,check-data,synth} ...
   synth       write a synthetic dataset in the Duality format
   scores      best val/mIoU of every phase under a logs folder
   report      summary.md/.csv and charts of every run under a logs folder
+  export      a checkpoint to ONNX or TorchScript (dynamic batch, height, width)
 
 'desertmind COMMAND --help' shows a command's options; Lightning commands also take
 --print_config.
@@ -78,6 +79,14 @@ def _report(args: argparse.Namespace) -> int:
     if args.print:
         print(result["paths"]["summary.md"].read_text())
     print("wrote " + ", ".join(str(p) for p in result["paths"].values()))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from desertmind.export import export
+
+    out = export(args.ckpt, args.format, args.out, args.height, args.width)
+    print(f"wrote {out} ({args.format}; input: normalised float32 images N x 3 x H x W)")
     return 0
 
 
@@ -157,6 +166,17 @@ def _tool_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports", help="output folder (default: %(default)s)")
     p.add_argument("--print", action="store_true", help="print summary.md when done")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript",
+                       description="Export a checkpoint's network (logits only, no aux head) "
+                       "with dynamic batch, height and width.")
+    p.add_argument("--ckpt", required=True, help="a desertmind checkpoint (e.g. best.ckpt)")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--height", type=_int_at_least(16), default=540,
+                   help="example input height (the graph stays dynamic)")
+    p.add_argument("--width", type=_int_at_least(16), default=960)
+    p.set_defaults(func=_export)
     return parser
 
 
@@ -182,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _tool_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DatasetError, FileExistsError) as e:
+    except (DatasetError, ConfigError, FileExistsError, FileNotFoundError) as e:
         print(f"desertmind {args.tool}: error: {e}", file=sys.stderr)
         return 2
 

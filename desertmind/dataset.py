@@ -15,7 +15,8 @@ from desertmind.layout import Sample, load_pair
 
 
 class OffroadDataset(Dataset):
-    """Samples of one split as dicts: ``image`` uint8 (3, H, W), ``mask`` uint8 (H, W), ``name``.
+    """Samples as dicts: ``image`` uint8 (3, H, W), ``mask`` uint8 (H, W), ``name``, ``path``
+    and ``size`` (the original height and width; predictions are written back at it).
 
     Images stay uint8 so the host-to-device copy is 4x smaller than float; normalisation is
     done on the device by :class:`~desertmind.datamodule.OffroadDataModule`. Unknown raw mask
@@ -33,15 +34,16 @@ class OffroadDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         image, mask, raw = load_pair(sample)
+        meta = {"name": sample.name, "path": str(sample.image),
+                "size": torch.tensor(image.shape[:2])}  # original (H, W), for predictions
         if mask is None:
-            out = self.transform(image=image)
-            return {"image": out["image"], "name": sample.name}
+            return {"image": self.transform(image=image)["image"], **meta}
         self._report_unknown(sample, mask, raw)
         out = self.transform(image=image, mask=mask)
         mask_t = out["mask"]
         if not isinstance(mask_t, torch.Tensor):
             mask_t = torch.from_numpy(np.ascontiguousarray(mask_t))
-        return {"image": out["image"], "mask": mask_t, "name": sample.name}
+        return {"image": out["image"], "mask": mask_t, **meta}
 
     def _report_unknown(self, sample: Sample, mask: np.ndarray, raw: np.ndarray) -> None:
         unknown = mask == IGNORE_INDEX

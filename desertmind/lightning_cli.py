@@ -8,7 +8,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from desertmind.callbacks import BackboneFreeze, PhaseCheckpoint
 from desertmind.datamodule import OffroadDataModule
+from desertmind.errors import ConfigError
 from desertmind.module import MONITOR, SegmentationModule
+from desertmind.writer import PredictionWriter
 
 
 def resolve_precision(accelerator: str | None = "auto") -> str:
@@ -43,10 +45,22 @@ class DesertMindCLI(LightningCLI):
             "checkpoint.enable_version_counter": False,
         })
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
-        parser.set_defaults({"early_stopping.monitor": MONITOR, "early_stopping.mode": "max"})
+        # decide right after validation, before the checkpoint callback (always last) saves
+        # last.ckpt, so the checkpoint records whether early stopping fired
+        parser.set_defaults({"early_stopping.monitor": MONITOR, "early_stopping.mode": "max",
+                             "early_stopping.check_on_train_epoch_end": False})
         parser.add_lightning_class_args(BackboneFreeze, "freeze")
         parser.set_defaults({"freeze.unfreeze_at_epoch": 0})
+        parser.add_argument("--out", default=None,
+                            help="predict: folder for raw/, color/ and overlay/ PNGs")
 
+    def before_predict(self) -> None:
+        out = self.config.predict.out
+        if not out:
+            raise ConfigError("predict needs --out FOLDER for the predicted masks")
+        self.trainer.callbacks.append(PredictionWriter(out))
+        # the writer saves every batch; keeping all predictions in memory too would not scale
+        self.config_init.predict.return_predictions = False
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.trainer.precision is None:

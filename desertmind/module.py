@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from desertmind.checkpoints import load_weights
-from desertmind.classes import CLASS_NAMES, NUM_CLASSES
+from desertmind.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from desertmind.errors import ConfigError
+from desertmind.inference import predict_probs, restrict
 from desertmind.losses import build_loss, parse_loss
 from desertmind.metrics import PerImageMeanIoU, SegmentationMetrics
 from desertmind.model import build_deeplabv3, set_bn_momentum
@@ -47,6 +49,11 @@ class SegmentationModule(L.LightningModule):
             slow for short runs from random weights); None keeps the model's.
         channels_last: NHWC memory format (faster convolutions on recent GPUs).
         compile: wrap the network in ``torch.compile``.
+        tta_scales, tta_flip: test-time augmentation for validate / test / predict: softmax
+            averaged over these scales (e.g. [0.75, 1.0, 1.25]) and horizontal flips.
+        sliding_window: evaluate in overlapping square windows of this size (large images).
+        predict_classes: restrict the argmax to these class names (others are never
+            predicted); None allows all.
     """
 
     def __init__(
@@ -64,12 +71,22 @@ class SegmentationModule(L.LightningModule):
         bn_momentum: float | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        tta_scales: list[float] | None = None,
+        tta_flip: bool = False,
+        sliding_window: int | None = None,
+        predict_classes: list[str] | None = None,
     ) -> None:
         super().__init__()
         if num_classes != NUM_CLASSES:
             raise ConfigError(f"num_classes={num_classes} does not match the class table, which "
                              f"has {NUM_CLASSES} classes ({', '.join(CLASS_NAMES)})")
         parse_loss(loss)  # fail on a bad loss spec now, not after the data is loaded
+        unknown = sorted(set(predict_classes or []) - set(CLASS_NAMES))
+        if unknown:
+            raise ConfigError(f"predict_classes: unknown class(es) {unknown}; choose from "
+                              f"{list(CLASS_NAMES)}")
+        self._allowed = ([CLASS_NAMES.index(n) for n in predict_classes]
+                         if predict_classes else None)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -126,9 +143,29 @@ class SegmentationModule(L.LightningModule):
                  batch_size=batch["image"].shape[0])
         return loss
 
+    @property
+    def uses_tta(self) -> bool:
+        hp = self.hparams
+        return bool(hp.tta_flip or hp.sliding_window or (hp.tta_scales and
+                                                          list(hp.tta_scales) != [1.0]))
+
+    def eval_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Class scores for evaluation: TTA probabilities when configured, else logits."""
+        hp = self.hparams
+        if not self.uses_tta:
+            return self(images)
+        return predict_probs(self, images, hp.tta_scales or [1.0], hp.tta_flip,
+                             hp.sliding_window)
+
     def _eval_step(self, batch: dict, stage: str) -> None:
-        loss, logits = self._loss(batch)
-        preds = logits.argmax(dim=1)
+        if self.uses_tta:
+            probs = self.eval_scores(batch["image"])
+            loss = F.nll_loss(probs.clamp_min(1e-8).log(), batch["mask"],
+                              ignore_index=IGNORE_INDEX)
+            scores = probs
+        else:
+            loss, scores = self._loss(batch)
+        preds = restrict(scores, self._allowed).argmax(dim=1)
         getattr(self, f"{stage}_metrics").update(preds, batch["mask"])
         getattr(self, f"{stage}_per_image").update(preds, batch["mask"])
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True,
@@ -141,7 +178,15 @@ class SegmentationModule(L.LightningModule):
         self._eval_step(batch, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"name": batch["name"], "pred": self(batch["image"]).argmax(dim=1)}
+        """Class-id maps (uint8, on the CPU) at each image's original size."""
+        scores = restrict(self.eval_scores(batch["image"]), self._allowed)
+        preds = []
+        for i, (h, w) in enumerate(batch["size"].tolist()):
+            s = scores[i:i + 1]
+            if s.shape[-2:] != (h, w):
+                s = F.interpolate(s.float(), size=(h, w), mode="bilinear", align_corners=False)
+            preds.append(s.argmax(dim=1)[0].to(torch.uint8).cpu())
+        return {"name": batch["name"], "path": batch["path"], "pred": preds}
 
     def _log_metrics(self, stage: str) -> None:
         metrics, per_image = getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_per_image")

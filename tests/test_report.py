@@ -137,6 +137,16 @@ def test_check_data_plot(synth_root: Path, tmp_path: Path):
     assert image is not None and image.std() > 10
 
 
+def test_report_says_when_early_stopping_fired(synth_root: Path, tmp_path: Path):
+    logs = tmp_path / "logs"
+    args = ["fit", "-c", str(CONFIGS / "phase1.yaml"), *tiny_args(synth_root, logs),
+            "--trainer.max_epochs", "5", "--trainer.enable_progress_bar", "false",
+            "--early_stopping.patience", "1", "--early_stopping.min_delta", "2.0"]
+    assert main(args) == 0
+    (run,), _ = load_report(logs)
+    assert run.early_stopped is True and run.epochs_run == 2
+
+
 def test_write_report_returns_what_it_wrote(tiny_logs: Path, tmp_path: Path):
     result = write_report(tiny_logs, tmp_path)
     assert all(p.is_file() and p.stat().st_size > 0 for p in result["paths"].values())

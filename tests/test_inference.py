@@ -1,0 +1,143 @@
+"""Predict writer, TTA, sliding windows, class restriction and export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from desertmind.classes import RAW_IDS
+from desertmind.cli import main
+from desertmind.imageio import read_image, read_mask
+from desertmind.inference import predict_probs, restrict, sliding_window
+from desertmind.module import SegmentationModule
+
+from .test_cli import CONFIGS, tiny_args
+
+
+@pytest.fixture(scope="module")
+def trained(synth_root: Path, tmp_path_factory) -> tuple[Path, list[str]]:
+    """A phase-1 checkpoint from a tiny run, and the overrides that built it."""
+    logs = tmp_path_factory.mktemp("pred") / "logs"
+    args = ["-c", str(CONFIGS / "phase1.yaml"), *tiny_args(synth_root, logs),
+            "--trainer.enable_progress_bar", "false"]
+    assert main(["fit", *args]) == 0
+    return logs / "phase1" / "checkpoints" / "best.ckpt", args
+
+
+def test_predict_writes_three_pngs_per_image_at_original_size(synth_root, trained, tmp_path):
+    ckpt, args = trained
+    out = tmp_path / "out"
+    folder = synth_root / "val" / "Color_Images"  # a plain image folder, no masks needed
+    assert main(["predict", *args, "--ckpt_path", str(ckpt), "--data.predict_dir", str(folder),
+                 "--out", str(out)]) == 0
+    names = sorted(p.name for p in folder.iterdir())
+    for sub in ("raw", "color", "overlay"):
+        assert sorted(p.name for p in (out / sub).iterdir()) == names  # no temp files left
+    for name in names:
+        raw = read_mask(out / "raw" / name)  # refuses anything but single-channel uint16
+        assert raw.shape == (48, 80)  # original size, though the model saw 32x48
+        assert set(np.unique(raw)) <= set(RAW_IDS)
+        assert read_image(out / "color" / name).shape == (48, 80, 3)
+        assert read_image(out / "overlay" / name).shape == (48, 80, 3)
+
+
+def test_predict_without_out_is_refused(synth_root, trained, capsys):
+    ckpt, args = trained
+    assert main(["predict", *args, "--ckpt_path", str(ckpt), "--data.predict_dir",
+                 str(synth_root / "val")]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_predict_names_an_unreadable_image(synth_root, trained, tmp_path, capsys):
+    ckpt, args = trained
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"not a png")
+    assert main(["predict", *args, "--ckpt_path", str(ckpt), "--data.predict_dir", str(folder),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert str(folder / "broken.png") in capsys.readouterr().err
+
+
+def test_test_command_reports_the_validation_metrics(synth_root, trained, capsys):
+    ckpt, args = trained
+    assert main(["test", *args, "--ckpt_path", str(ckpt), "--data.test_dir", "val"]) == 0
+    out = capsys.readouterr().out
+    for key in ("test/mIoU", "test/mIoU_per_image", "test/pixel_acc", "test/iou/Sky"):
+        assert key in out
+
+
+def _fake_forward(images: torch.Tensor) -> torch.Tensor:
+    """Logits that depend on position, so flips and windows have something to get wrong."""
+    n, _, h, w = images.shape
+    x = torch.linspace(-1, 1, w).view(1, 1, 1, w).expand(n, 1, h, w)
+    return torch.cat([x, -x, images[:, :1]], dim=1) * 3
+
+
+def test_flip_tta_undoes_its_flip_and_scales_come_back_to_size():
+    images = torch.randn(2, 3, 20, 30)
+    plain = predict_probs(_fake_forward, images)
+    torch.testing.assert_close(predict_probs(_fake_forward, images, flip=True)[:, 2],
+                               plain[:, 2], rtol=0, atol=0.2)  # same class map, averaged
+    multi = predict_probs(_fake_forward, images, scales=[0.5, 1.0, 1.5], flip=True)
+    assert multi.shape == (2, 3, 20, 30)
+    torch.testing.assert_close(multi.sum(1), torch.ones(2, 20, 30))
+
+
+def test_sliding_window_equals_whole_image_for_a_local_model():
+    conv = torch.nn.Conv2d(3, 4, 1)  # 1x1: every window gives the same logits as the whole
+    images = torch.randn(1, 3, 37, 53)
+    with torch.no_grad():
+        torch.testing.assert_close(sliding_window(conv, images, 16), conv(images))
+        torch.testing.assert_close(sliding_window(conv, images, 64), conv(images))  # padded
+
+
+def test_restrict_never_predicts_a_suppressed_class():
+    scores = torch.randn(2, 10, 8, 8)
+    preds = restrict(scores, [8, 9]).argmax(1)
+    assert set(preds.unique().tolist()) <= {8, 9}
+    with pytest.raises(ValueError, match="Flowers"):
+        SegmentationModule(predict_classes=["Sky", "Clouds"])
+
+
+def test_tta_module_evaluates_with_averaged_probabilities(trained):
+    ckpt, _ = trained
+    module = SegmentationModule.load_from_checkpoint(ckpt, map_location="cpu", weights="none",
+                                                     tta_scales=[0.75, 1.0], tta_flip=True)
+    module.eval()
+    probs = module.eval_scores(torch.randn(1, 3, 32, 48))
+    torch.testing.assert_close(probs.sum(1), torch.ones(1, 32, 48))
+    assert module.uses_tta and not SegmentationModule(weights="none").uses_tta
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_matches_eager(trained, tmp_path, fmt):
+    ckpt, _ = trained
+    out = tmp_path / f"model.{fmt}"
+    assert main(["export", "--ckpt", str(ckpt), "--format", fmt, "--out", str(out),
+                 "--height", "64", "--width", "96"]) == 0
+    module = SegmentationModule.load_from_checkpoint(ckpt, map_location="cpu", weights="none")
+    module.eval()
+    for shape in ((1, 3, 64, 96), (2, 3, 48, 80)):  # dynamic batch, height and width
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            eager = module(x).numpy()
+        if fmt == "onnx":
+            import onnxruntime as ort
+
+            session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+            got = session.run(None, {"images": x.numpy()})[0]
+        else:
+            got = torch.jit.load(str(out))(x).detach().numpy()
+        assert got.shape == eager.shape
+        assert np.abs(got - eager).max() < 1e-3
+        assert (got.argmax(1) == eager.argmax(1)).mean() > 0.999
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_export_refuses_a_missing_checkpoint(tmp_path, capsys):
+    assert main(["export", "--ckpt", str(tmp_path / "x.ckpt"), "--out",
+                 str(tmp_path / "m.onnx")]) == 2
+    assert "not found" in capsys.readouterr().err
