@@ -80,8 +80,11 @@ tensorboard: $(STAMP) ## TensorBoard on lightning_logs (port 6006)
 check-data: $(STAMP) ## check the dataset at DATA=path (default data/offroad)
 	$(BIN)/desertmind check-data $(DATA)
 
-bench: $(STAMP) ## run the benchmarks (JSON on stdout)
+bench: $(STAMP) ## run the benchmarks, CPU-sized (JSON on stdout; figures in docs/benchmarks.md)
 	$(BIN)/python benchmarks/data_throughput.py
+	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/eval_throughput.py
+	$(BIN)/python benchmarks/inference_latency.py
 	$(BIN)/python benchmarks/dashboard_overhead.py
 
 clean: ## remove the virtual environment and caches (keeps data and logs)

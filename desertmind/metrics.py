@@ -14,24 +14,69 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from desertmind.classes import IGNORE_INDEX, NUM_CLASSES
 
 
-class SegmentationMetrics(MulticlassJaccardIndex):
-    """torchmetrics JaccardIndex per class, plus what the same confusion matrix gives for free.
+def batched_confusion(preds: Tensor, target: Tensor, num_classes: int = NUM_CLASSES,
+                      ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """(N, C, C) confusion matrix of each image (rows: target, columns: prediction).
 
-    ``compute()`` returns a dict: ``iou`` (per class, NaN where absent), ``mIoU``,
-    ``pixel_acc`` (correct labelled pixels / labelled pixels), ``mean_acc`` (recall averaged
-    over the classes present in the target) and ``confmat`` (rows: target, columns:
-    prediction). ``update`` takes class-index predictions (N, H, W).
+    One bincount for the whole batch in int32 index arithmetic. Each image owns a block of
+    ``(max target + 1) x C`` bins, so ignored pixels (target 255) fall into rows that are sliced
+    off afterwards: no mask, no gather, no copy of the batch.
+    """
+    n, c = preds.shape[0], num_classes
+    rows = max(ignore_index, c - 1) + 1
+    block = rows * c
+    offset = (torch.arange(n, device=preds.device, dtype=torch.int32) * block).view(n, 1, 1)
+    index = target.to(torch.int32) * c + preds.to(torch.int32) + offset
+    counts = torch.bincount(index.flatten(), minlength=n * block)
+    return counts.view(n, rows, c)[:, :c, :]
+
+
+def per_image_miou(preds: Tensor, target: Tensor, num_classes: int = NUM_CLASSES,
+                   ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """(N,) mean IoU of each image over the classes present in it (NaN: nothing labelled)."""
+    return _miou_of(batched_confusion(preds, target, num_classes, ignore_index))
+
+
+def _miou_of(cms: Tensor) -> Tensor:
+    inter = cms.diagonal(dim1=-2, dim2=-1)
+    union = cms.sum(-1) + cms.sum(-2) - inter
+    present = union > 0
+    iou = inter.double() / union.clamp(min=1)
+    per_image = (iou * present).sum(-1) / present.sum(-1).clamp(min=1)
+    return torch.where(present.any(-1), per_image, torch.full_like(per_image, float("nan")))
+
+
+class SegmentationMetrics(MulticlassJaccardIndex):
+    """torchmetrics JaccardIndex per class, plus what the same confusion matrices give for free.
+
+    ``update`` takes class-index predictions (N, H, W) and builds every image's confusion
+    matrix with one bincount: their sum feeds JaccardIndex's own ``confmat`` state (so its
+    per-class IoU and DDP synchronisation are torchmetrics'), and each image's mean IoU feeds
+    the seed's per-image definition. ``compute()`` returns a dict: ``iou`` (per class, NaN
+    where absent), ``mIoU``, ``mIoU_per_image``, ``pixel_acc`` (correct labelled pixels /
+    labelled pixels), ``mean_acc`` (recall averaged over the classes present in the target) and
+    ``confmat`` (rows: target, columns: prediction).
     """
 
     def __init__(self, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__(num_classes=num_classes, average="none", ignore_index=ignore_index,
                          zero_division=float("nan"), validate_args=False)
+        self.add_state("image_miou_sum", torch.tensor(0.0, dtype=torch.float64),
+                       dist_reduce_fx="sum")
+        self.add_state("images", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        cms = batched_confusion(preds, target, self.num_classes, self.ignore_index)
+        self.confmat += cms.sum(0)
+        per_image = _miou_of(cms)
+        counted = ~torch.isnan(per_image)
+        self.image_miou_sum += per_image[counted].sum()
+        self.images += counted.sum()
 
     def compute(self) -> dict[str, Tensor]:  # states are already synchronised in here
         iou = super().compute().float()
@@ -45,55 +90,10 @@ class SegmentationMetrics(MulticlassJaccardIndex):
         return {
             "iou": iou,
             "mIoU": iou[present].mean() if present.any() else nan,
+            "mIoU_per_image": (self.image_miou_sum / self.images).float()
+            if self.images > 0 else nan,
             "pixel_acc": (diag.sum() / cm.sum()).float() if cm.sum() > 0 else nan,
             "mean_acc": (diag[in_target] / rows[in_target]).mean().float()
             if in_target.any() else nan,
             "confmat": self.confmat.clone(),
         }
-
-
-def per_image_miou(preds: Tensor, target: Tensor, num_classes: int = NUM_CLASSES,
-                   ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """(N,) mean IoU of each image over the classes present in it (NaN: nothing labelled).
-
-    One batched bincount builds every image's confusion matrix at once.
-    """
-    n, c = preds.shape[0], num_classes
-    valid = target != ignore_index
-    image = torch.arange(n, device=preds.device).view(n, 1, 1).expand_as(target)
-    index = (image * c * c + target.long() * c + preds.long())[valid]
-    cm = torch.bincount(index, minlength=n * c * c).view(n, c, c)
-    inter = cm.diagonal(dim1=1, dim2=2)
-    union = cm.sum(1) + cm.sum(2) - inter
-    present = union > 0
-    iou = inter.double() / union.clamp(min=1)
-    per_image = (iou * present).sum(1) / present.sum(1).clamp(min=1)
-    return torch.where(present.any(1), per_image, torch.full_like(per_image, float("nan")))
-
-
-class PerImageMeanIoU(Metric):
-    """The seed's mIoU: mean over images of the mean IoU of the classes present in each image.
-
-    Images without a labelled pixel are not counted.
-    """
-
-    full_state_update = False
-    higher_is_better = True
-
-    def __init__(self, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
-        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("images", torch.tensor(0), dist_reduce_fx="sum")
-
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        per_image = per_image_miou(preds, target, self.num_classes, self.ignore_index)
-        counted = ~torch.isnan(per_image)
-        self.total += per_image[counted].sum()
-        self.images += counted.sum()
-
-    def compute(self) -> Tensor:
-        if self.images == 0:
-            return torch.tensor(float("nan"))
-        return (self.total / self.images).float()

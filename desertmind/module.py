@@ -13,7 +13,7 @@ from desertmind.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from desertmind.errors import ConfigError
 from desertmind.inference import predict_probs, restrict
 from desertmind.losses import build_loss, parse_loss
-from desertmind.metrics import PerImageMeanIoU, SegmentationMetrics
+from desertmind.metrics import SegmentationMetrics
 from desertmind.model import build_deeplabv3, set_bn_momentum
 from desertmind.schedulers import PolyLR
 
@@ -99,9 +99,7 @@ class SegmentationModule(L.LightningModule):
             self.model.compile()  # compiles __call__ in place: state_dict keys stay the same
         self.criterion: torch.nn.Module | None = None
         self.val_metrics = SegmentationMetrics(num_classes)
-        self.val_per_image = PerImageMeanIoU(num_classes)
         self.test_metrics = SegmentationMetrics(num_classes)
-        self.test_per_image = PerImageMeanIoU(num_classes)
         #: the last epoch's computed metrics per stage (on the CPU), for dashboard callbacks
         self.last_eval: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -167,7 +165,6 @@ class SegmentationModule(L.LightningModule):
             loss, scores = self._loss(batch)
         preds = restrict(scores, self._allowed).argmax(dim=1)
         getattr(self, f"{stage}_metrics").update(preds, batch["mask"])
-        getattr(self, f"{stage}_per_image").update(preds, batch["mask"])
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True,
                  batch_size=batch["image"].shape[0])
 
@@ -189,10 +186,10 @@ class SegmentationModule(L.LightningModule):
         return {"name": batch["name"], "path": batch["path"], "pred": preds}
 
     def _log_metrics(self, stage: str) -> None:
-        metrics, per_image = getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_per_image")
+        metrics = getattr(self, f"{stage}_metrics")
         m = metrics.compute()
         self.last_eval[stage] = {k: v.detach().cpu() for k, v in m.items()}
-        values = {f"{stage}/mIoU": m["mIoU"], f"{stage}/mIoU_per_image": per_image.compute(),
+        values = {f"{stage}/mIoU": m["mIoU"], f"{stage}/mIoU_per_image": m["mIoU_per_image"],
                   f"{stage}/pixel_acc": m["pixel_acc"], f"{stage}/mean_acc": m["mean_acc"]}
         for name, iou in zip(CLASS_NAMES, m["iou"], strict=True):
             if not torch.isnan(iou):  # absent from target and prediction: no IoU to log
@@ -200,7 +197,6 @@ class SegmentationModule(L.LightningModule):
         self.log(f"{stage}/mIoU", values.pop(f"{stage}/mIoU"), prog_bar=True)
         self.log_dict(values)
         metrics.reset()
-        per_image.reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from desertmind.metrics import PerImageMeanIoU, SegmentationMetrics
+from desertmind.metrics import SegmentationMetrics, per_image_miou
 
 
 def _batches(seed: int = 0, n_batches: int = 3):
@@ -39,15 +39,14 @@ def _reference(batches, c: int = 10):
 
 
 def test_dataset_level_metrics_match_numpy():
-    metric, per_image = SegmentationMetrics(), PerImageMeanIoU()
+    metric = SegmentationMetrics()
     for preds, target in _batches():
         metric.update(preds, target)
-        per_image.update(preds, target)
     got, ref = metric.compute(), _reference(_batches())
     np.testing.assert_allclose(got["iou"].numpy(), ref["iou"], rtol=1e-6)
     for key in ("mIoU", "pixel_acc", "mean_acc"):
         assert got[key].item() == pytest.approx(ref[key], rel=1e-6)
-    assert per_image.compute().item() == pytest.approx(ref["per_image"], rel=1e-6)
+    assert got["mIoU_per_image"].item() == pytest.approx(ref["per_image"], rel=1e-6)
 
 
 def test_classes_absent_from_target_and_prediction_are_excluded_not_zero():
@@ -64,8 +63,8 @@ def test_per_image_definition_differs_from_dataset_level():
     # image 1 is perfect on a tiny class, image 2 misses a big one: the two definitions disagree
     t = torch.tensor([[[0, 0, 0, 1]], [[0, 0, 0, 0]]])
     p = torch.tensor([[[0, 0, 0, 1]], [[0, 0, 1, 1]]])
-    metric, per_image = SegmentationMetrics(), PerImageMeanIoU()
+    metric = SegmentationMetrics()
     metric.update(p, t)
-    per_image.update(p, t)
-    assert per_image.compute().item() == pytest.approx((1.0 + 0.25) / 2)
+    assert per_image_miou(p, t).tolist() == pytest.approx([1.0, 0.25])
+    assert metric.compute()["mIoU_per_image"].item() == pytest.approx((1.0 + 0.25) / 2)
     assert metric.compute()["mIoU"].item() == pytest.approx((5 / 7 + 1 / 3) / 2)
