@@ -21,7 +21,7 @@ P3 := $(LOGS)/phase3/checkpoints/best.ckpt
 
 .DEFAULT_GOAL := help
 .PHONY: help install test lint demo check-data bench clean phase1 phase2 phase3 phases \
-	scores report tensorboard clean-logs
+	scores report resume tensorboard clean-logs
 # a failed or interrupted phase leaves no best.ckpt behind, so make never skips it
 .DELETE_ON_ERROR:
 
@@ -67,6 +67,10 @@ phase2: $(P22) ## phase 2.1 (head only) then 2.2 (backbone), earlier phases firs
 phase3: $(P3) ## phase 3 (weighted CE + Dice + crops), earlier phases first
 phases: $(P3) ## all four phases
 	$(DM) scores --logs $(LOGS)
+
+resume: $(STAMP) ## resume PHASE (e.g. PHASE=phase1) from its last.ckpt after a crash
+	@test -n "$(PHASE)" || { echo "usage: make resume PHASE=phase1|phase2_1_head|phase2_2_backbone|phase3"; exit 2; }
+	$(DM) fit -c configs/$(PHASE).yaml $(CONFIGS) $(RUN_ARGS) --ckpt_path last
 
 report: $(STAMP) ## summary.md/.csv and charts of every run under LOGS, in REPORTS
 	$(DM) report --logs $(LOGS) --out $(REPORTS) --print

@@ -97,8 +97,25 @@ class PhaseCheckpoint(ModelCheckpoint):
     ``save_dir`` and ``name`` (e.g. ``lightning_logs/phase1/checkpoints/best.ckpt``).
     """
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def resolve_dirpath(self, trainer: L.Trainer) -> None:
+        """Fill in the default folder from the trainer's logger (before ``--ckpt_path last``
+        is looked up, which happens before any callback's setup)."""
         if self.dirpath is None and trainer.logger is not None:
             logger = trainer.logger
             self.dirpath = str(Path(logger.save_dir or ".") / str(logger.name) / "checkpoints")
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.resolve_dirpath(trainer)
         super().setup(trainer, pl_module, stage)
+
+
+class StepCheckpoint(PhaseCheckpoint):
+    """Also refresh ``last.ckpt`` every ``every_n_train_steps`` optimizer steps (0: never).
+
+    A crash then loses at most that many steps: ``--ckpt_path last`` resumes from here, in the
+    middle of an epoch if need be. It writes only ``last.ckpt``, beside the phase's best.
+    """
+
+    def __init__(self, every_n_train_steps: int = 0) -> None:
+        super().__init__(monitor=None, save_top_k=0, save_last=True,
+                         every_n_train_steps=every_n_train_steps, every_n_epochs=0)

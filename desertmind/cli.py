@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from desertmind.errors import ConfigError
+from desertmind.errors import ConfigError, NonFiniteLossError
 from desertmind.imageio import DatasetError
 
 TOOLS = ("check-data", "synth", "scores", "report", "export")
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             DesertMindCLI(args=None if from_shell else argv)
         except (DatasetError, ConfigError, CheckpointMismatchError, WeightsUnavailableError,
-                FileNotFoundError) as e:
+                NonFiniteLossError, FileNotFoundError) as e:
             print(f"desertmind {argv[0]}: error: {e}", file=sys.stderr)
             return 2
         return 0

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
-from desertmind.dataset import OffroadDataset
+from desertmind.dataset import OffroadDataset, seed_worker
 from desertmind.errors import ConfigError
 from desertmind.imageio import DatasetError
 from desertmind.layout import list_images, list_split
@@ -53,9 +55,9 @@ class OffroadDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 2,
         image_size: tuple[int, int] | None = None,
-        train_preset: str = "none",
+        train_preset: Literal["none", "flip_color", "crop", "strong"] = "none",
         crop_size: int = 512,
-        class_weighting: str = "none",
+        class_weighting: Literal["none", "inverse_log", "median_frequency"] = "none",
         stats_path: str | None = None,
         pin_memory: bool | None = None,
     ) -> None:
@@ -80,8 +82,10 @@ class OffroadDataModule(L.LightningDataModule):
             if len(train) < hp.batch_size:
                 raise DatasetError(f"{self.root / hp.train_dir}: {len(train)} training images, "
                                    f"fewer than batch_size={hp.batch_size}")
+            # drawn from torch's RNG, which seed_everything controls
+            seed = int(torch.randint(2**31 - 1, ()).item())
             self.datasets["train"] = OffroadDataset(
-                train, build_transform(hp.train_preset, hp.image_size, hp.crop_size))
+                train, build_transform(hp.train_preset, hp.image_size, hp.crop_size, seed))
         if stage in ("fit", "validate"):
             self.datasets["val"] = OffroadDataset(list_split(self.root, hp.val_dir),
                                                   self._eval_transform())
@@ -119,14 +123,24 @@ class OffroadDataModule(L.LightningDataModule):
         hp = self.hparams
         workers = hp.num_workers
         pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
+        dataset = self.datasets[split]
+        sampler = None
+        trainer = self.trainer
+        if not train and trainer is not None and trainer.world_size > 1:
+            # every sample exactly once across processes: the default DistributedSampler pads
+            # with repeated samples, which would count them twice in the metrics
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size,
+                                                   rank=trainer.global_rank, shuffle=False)
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
             shuffle=train,
+            sampler=sampler,
             drop_last=train,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=pin,
+            worker_init_fn=seed_worker,
         )
 
     def train_dataloader(self) -> DataLoader:

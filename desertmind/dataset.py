@@ -14,6 +14,17 @@ from desertmind.classes import IGNORE_INDEX
 from desertmind.layout import Sample, load_pair
 
 
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed the worker's augmentations from torch's worker seed.
+
+    torch derives each worker's seed from the main process's RNG (set by seed_everything), per
+    epoch and worker, so augmentations are reproducible and differ between workers.
+    """
+    info = torch.utils.data.get_worker_info()
+    if info is not None and hasattr(info.dataset, "reseed"):
+        info.dataset.reseed(info.seed % 2**32)
+
+
 class OffroadDataset(Dataset):
     """Samples as dicts: ``image`` uint8 (3, H, W), ``mask`` uint8 (H, W), ``name``, ``path``
     and ``size`` (the original height and width; predictions are written back at it).
@@ -27,6 +38,11 @@ class OffroadDataset(Dataset):
         self.samples = samples
         self.transform = transform if transform is not None else A.Compose([A.ToTensorV2()])
         self._reported: set[int] = set()
+
+    def reseed(self, seed: int) -> None:
+        """Give the augmentation pipeline its own random state (each DataLoader worker does)."""
+        if hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(seed)
 
     def __len__(self) -> int:
         return len(self.samples)

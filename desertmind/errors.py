@@ -3,3 +3,7 @@
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message lists the valid choices."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stops before the step is applied."""

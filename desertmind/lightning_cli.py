@@ -6,10 +6,11 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from desertmind.callbacks import BackboneFreeze, PhaseCheckpoint
+from desertmind.callbacks import BackboneFreeze, PhaseCheckpoint, StepCheckpoint
 from desertmind.datamodule import OffroadDataModule
 from desertmind.errors import ConfigError
 from desertmind.module import MONITOR, SegmentationModule
+from desertmind.provenance import Provenance
 from desertmind.writer import PredictionWriter
 
 
@@ -20,12 +21,28 @@ def resolve_precision(accelerator: str | None = "auto") -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
+SCHEDULERS_HINT = (
+    "model.scheduler takes a class_path: desertmind.schedulers.PolyLR (per step), "
+    "torch.optim.lr_scheduler.CosineAnnealingLR, torch.optim.lr_scheduler.ReduceLROnPlateau "
+    "(mode: max), torch.optim.lr_scheduler.StepLR or any other torch.optim.lr_scheduler class")
+
+
+class _Parser(LightningArgumentParser):
+    """Adds the valid choices to jsonargparse's message for a scheduler it cannot import."""
+
+    def error(self, message: str, *args, **kwargs):
+        if "lr_scheduler" in message or "scheduler" in message.lower():
+            message = f"{message}\n  {SCHEDULERS_HINT}"
+        return super().error(message, *args, **kwargs)
+
+
 class DesertMindCLI(LightningCLI):
     """``desertmind fit|validate|test|predict``.
 
     The checkpoint, early-stopping and backbone-freezing callbacks are config groups of their
-    own (``checkpoint``, ``early_stopping``, ``freeze``), so a phase config changes one value
-    with a dotted key (``early_stopping.patience: 2``) instead of repeating the callback list.
+    own (``checkpoint``, ``step_checkpoint``, ``early_stopping``, ``freeze``), so a phase
+    config changes one value with a dotted key (``early_stopping.patience: 2``) instead of
+    repeating the callback list. Every run also writes ``provenance.json`` beside its logs.
     ``trainer.precision`` left null means auto (:func:`resolve_precision`). Optimizer and
     scheduler are arguments of the model, which builds its own param groups, so LightningCLI's
     automatic ``--optimizer`` (one group for every parameter) is switched off.
@@ -33,6 +50,8 @@ class DesertMindCLI(LightningCLI):
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("trainer_defaults", {"callbacks": [Provenance()]})
+        kwargs.setdefault("parser_class", _Parser)
         super().__init__(SegmentationModule, OffroadDataModule,
                          auto_configure_optimizers=False, **kwargs)
 
@@ -44,6 +63,7 @@ class DesertMindCLI(LightningCLI):
             "checkpoint.save_top_k": 1, "checkpoint.auto_insert_metric_name": False,
             "checkpoint.enable_version_counter": False,
         })
+        parser.add_lightning_class_args(StepCheckpoint, "step_checkpoint")
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         # decide right after validation, before the checkpoint callback (always last) saves
         # last.ckpt, so the checkpoint records whether early stopping fired
@@ -53,6 +73,11 @@ class DesertMindCLI(LightningCLI):
         parser.set_defaults({"freeze.unfreeze_at_epoch": 0})
         parser.add_argument("--out", default=None,
                             help="predict: folder for raw/, color/ and overlay/ PNGs")
+
+    def before_fit(self) -> None:
+        for callback in self.trainer.checkpoint_callbacks:
+            if isinstance(callback, PhaseCheckpoint):
+                callback.resolve_dirpath(self.trainer)
 
     def before_predict(self) -> None:
         out = self.config.predict.out

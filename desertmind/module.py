@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from desertmind.checkpoints import load_weights
 from desertmind.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
-from desertmind.errors import ConfigError
+from desertmind.errors import ConfigError, NonFiniteLossError
 from desertmind.inference import predict_probs, restrict
 from desertmind.losses import build_loss, parse_loss
 from desertmind.metrics import SegmentationMetrics
@@ -58,9 +60,9 @@ class SegmentationModule(L.LightningModule):
 
     def __init__(
         self,
-        backbone: str = "mobilenet_v3_large",
+        backbone: Literal["mobilenet_v3_large", "resnet50", "resnet101"] = "mobilenet_v3_large",
         num_classes: int = NUM_CLASSES,
-        weights: str = "none",
+        weights: Literal["none", "imagenet", "coco"] = "none",
         aux_loss: bool = False,
         aux_weight: float = 0.4,
         loss: str = "ce",
@@ -137,6 +139,12 @@ class SegmentationModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch)
+        if not torch.isfinite(loss):  # before backward: no weight, optimizer or file changes
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at global step {self.global_step} (epoch "
+                f"{self.current_epoch}, batch {batch_idx}); stopping. The checkpoints written "
+                "so far are untouched: resume from the last good one with --ckpt_path, or "
+                "lower the learning rate.")
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
                  batch_size=batch["image"].shape[0])
         return loss

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class RunSummary:
     curve: list[tuple[int, float]] = field(default_factory=list)
     config: dict = field(default_factory=dict)
     evaluation_only: bool = False  # a validate/test run: no training, one evaluation
+    provenance: dict = field(default_factory=dict)
 
 
 def find_runs(logs: str | Path) -> list[Path]:
@@ -93,6 +95,7 @@ def load_run(path: Path, label: str) -> RunSummary:
         per_class={n: v for n in CLASS_NAMES if (v := at(f"val/iou/{n}", best_step)) is not None},
         curve=curve, config=config,
         evaluation_only=not any(t.startswith("train/") for t in tags),
+        provenance=_read_json(path / "provenance.json"),
     )
 
 
@@ -109,6 +112,13 @@ def _read_yaml(path: Path) -> dict:
     try:
         return yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError):
+        return {}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
         return {}
 
 
@@ -210,6 +220,22 @@ def markdown(runs: list[RunSummary], problems: list[str]) -> str:
               "validation set, averaged over the classes present in the target or the prediction. "
               "'mIoU per image' is the seed's definition (mean over images of each image's mean "
               "IoU), kept for comparison with its published numbers. Epochs count from 0."]
+    lines += ["", "## Provenance", "",
+              "| run | desertmind | git commit | dirty | torch | lightning | device | dataset |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        p = r.provenance
+        if not p:
+            lines.append(f"| {r.run} | - | - | - | - | - | - | no provenance.json |")
+            continue
+        v, git, dev, data = p.get("versions", {}), p.get("git", {}), p.get("device", {}), \
+            p.get("dataset") or {}
+        sizes = ", ".join(f"{k} {n}" for k, n in data.get("images_per_split", {}).items())
+        lines.append(
+            f"| {r.run} | {v.get('desertmind')} | {str(git.get('commit'))[:12]} | "
+            f"{_fmt(git.get('dirty'))} | {v.get('torch')} | {v.get('lightning')} | "
+            f"{dev.get('name')} ({dev.get('precision')}, x{dev.get('world_size')}) | "
+            f"{sizes} sha256 {str(data.get('sha256', '-'))[:12]} |")
     if problems:
         lines += ["", "## Runs left out", ""] + [f"- {p}" for p in problems]
     return "\n".join(lines) + "\n"

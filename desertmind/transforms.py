@@ -38,6 +38,7 @@ def build_transform(
     preset: str = "none",
     image_size: tuple[int, int] | None = None,
     crop_size: int = 512,
+    seed: int | None = None,
 ) -> A.Compose:
     """Return the training pipeline for ``preset``; ``none`` is also the eval pipeline.
 
@@ -46,6 +47,8 @@ def build_transform(
     - ``crop``: + random ``crop_size`` square crop and horizontal flip (the seed's phase 3).
     - ``strong``: random rescale 0.5-2.0, crop, flip and photometric distortion
       (MMSegmentation's default recipe).
+
+    ``seed`` fixes the pipeline's own random state (albumentations ignores global seeds).
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown augmentation preset {preset!r}; choose one of {PRESETS}")
@@ -61,7 +64,7 @@ def build_transform(
             A.HorizontalFlip(p=0.5),
             A.ColorJitter(brightness=0.125, contrast=0.5, saturation=0.5, hue=0.05, p=0.8),
         ]
-    return A.Compose([*steps, A.ToTensorV2()])
+    return A.Compose([*steps, A.ToTensorV2()], seed=seed)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

@@ -110,9 +110,26 @@ def test_bad_data_root_is_a_clear_error(tmp_path: Path, capsys):
     assert "desertmind synth" in capsys.readouterr().err
 
 
-def test_unknown_names_are_clear_errors(synth_root: Path, tmp_path: Path, capsys):
+@pytest.mark.parametrize(("override", "choices"), [
+    (["--model.backbone", "vgg16"], "resnet50"),
+    (["--model.weights", "DEFAULT"], "imagenet"),
+    (["--data.train_preset", "fancy"], "flip_color"),
+    (["--data.class_weighting", "balanced"], "median_frequency"),
+    (["--model.scheduler", "torch.optim.lr_scheduler.Nope"], "desertmind.schedulers.PolyLR"),
+])
+def test_unknown_names_list_the_valid_choices(tmp_path: Path, capsys, override, choices):
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "-c", str(CONFIGS / "phase1.yaml"), *override, "--print_config"])
+    assert e.value.code == 2
+    assert choices in capsys.readouterr().err
+
+
+def test_bad_loss_and_class_count_are_clear_errors(synth_root: Path, tmp_path: Path, capsys):
     base = ["fit", "-c", str(CONFIGS / "phase1.yaml"), *tiny_args(synth_root, tmp_path)]
-    assert main([*base, "--model.backbone", "vgg16"]) == 2
-    assert "resnet50" in capsys.readouterr().err
     assert main([*base, "--model.loss", "ce + focal"]) == 2
     assert "weighted_ce" in capsys.readouterr().err
+    assert main([*base, "--model.num_classes", "11"]) == 2
+    assert "10 classes" in capsys.readouterr().err
+    missing = str(tmp_path / "phase0" / "best.ckpt")
+    assert main([*base, "--model.init_from", missing]) == 2
+    assert missing in capsys.readouterr().err

@@ -1,0 +1,198 @@
+"""Crash and resume, atomic checkpoints, NaN stops, determinism, DDP parity, provenance."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from desertmind.callbacks import PhaseCheckpoint
+from desertmind.checkpoint_io import AtomicCheckpointIO
+from desertmind.checkpoints import read_checkpoint
+from desertmind.cli import main
+from desertmind.datamodule import OffroadDataModule
+from desertmind.errors import NonFiniteLossError
+from desertmind.module import SegmentationModule
+from desertmind.report import load_report, markdown
+
+from .test_cli import CONFIGS, tiny_args
+
+EXE = str(Path(sys.executable).with_name("desertmind"))
+POLY = '{"class_path": "desertmind.schedulers.PolyLR", "init_args": {"power": 1.0}}'
+
+
+def _scalars(run_dir: Path, tag: str) -> dict[int, float]:
+    ea = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    ea.Reload()
+    return {e.step: e.value for e in ea.Scalars(tag)} if tag in ea.Tags()["scalars"] else {}
+
+
+def _resume_args(root: Path, logs: Path) -> list[str]:
+    return [EXE, "fit", "-c", str(CONFIGS / "phase1.yaml"), *tiny_args(root, logs),
+            "--trainer.max_epochs", "4", "--trainer.limit_train_batches", "1.0",
+            "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+            "--step_checkpoint.every_n_train_steps", "3", "--model.scheduler", POLY]
+
+
+def test_sigkill_mid_epoch_then_resume_from_last(synth_root: Path, tmp_path: Path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # reference: the same run without interruption (4 epochs x 4 steps)
+    ref_logs = tmp_path / "ref"
+    subprocess.run(_resume_args(synth_root, ref_logs), check=True, env=env, cwd=tmp_path,
+                   capture_output=True, timeout=300)
+    ref = ref_logs / "phase1" / "version_0"
+
+    logs = tmp_path / "killed"
+    last = logs / "phase1" / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(_resume_args(synth_root, logs), env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    saves: set[int] = set()
+    deadline = time.time() + 240
+    while len(saves) < 3 and proc.poll() is None and time.time() < deadline:
+        if last.exists():
+            saves.add(last.stat().st_ino)  # every save is a new file renamed into place
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = read_checkpoint(last)["global_step"]  # still loadable after the kill
+    assert 0 < killed_at < 16
+
+    subprocess.run([*_resume_args(synth_root, logs), "--ckpt_path", "last"], check=True,
+                   env=env, cwd=tmp_path, capture_output=True, timeout=300)
+    # same number of optimizer steps and validations as the uninterrupted run
+    ref_val = _scalars(ref, "val/mIoU")
+    got_val = {**_scalars(logs / "phase1" / "version_0", "val/mIoU"),
+               **_scalars(logs / "phase1" / "version_1", "val/mIoU")}
+    assert sorted(got_val) == sorted(ref_val)
+    # the scheduler's state came back: the per-step LR after the resume matches the reference
+    ref_lr = _scalars(ref, "lr-AdamW/head")
+    resumed_lr = _scalars(logs / "phase1" / "version_1", "lr-AdamW/head")
+    assert resumed_lr and all(resumed_lr[s] == pytest.approx(ref_lr[s]) for s in resumed_lr)
+
+
+def test_atomic_checkpoint_survives_a_failed_write(tmp_path: Path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 1}, path)
+
+    class Boom:
+        def __reduce__(self):
+            raise KeyboardInterrupt("killed mid-write")
+
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(10**6)}, "x": Boom()}, path)
+    assert read_checkpoint(path)["epoch"] == 1  # the old file is whole
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left
+
+
+class _PoisonAt(L.Callback):
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.at = (epoch, batch)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == self.at:
+            with torch.no_grad():
+                pl_module.model.classifier[-1].weight.fill_(float("nan"))
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_checkpoints(synth_root: Path, tmp_path: Path):
+    ckpt_dir = tmp_path / "ckpt"
+    checkpoint = PhaseCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/mIoU",
+                                 mode="max", save_last=True)
+    trainer = L.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1,
+                        num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
+                        callbacks=[checkpoint, _PoisonAt(1, 1)],
+                        plugins=[AtomicCheckpointIO()], accelerator="cpu")
+    module = SegmentationModule(weights="none")
+    dm = OffroadDataModule(str(synth_root), batch_size=2, num_workers=0, image_size=(32, 48))
+    with pytest.raises(NonFiniteLossError, match="global step 3 .epoch 1, batch 1"):
+        trainer.fit(module, dm)
+    for name in ("best.ckpt", "last.ckpt"):
+        state = read_checkpoint(ckpt_dir / name)
+        assert state["global_step"] == 2  # the end of epoch 0: nothing after the bad step
+        assert torch.isfinite(state["state_dict"]["model.classifier.4.weight"]).all()
+
+
+def _fit_once(root: Path, logs: Path) -> tuple[float, dict]:
+    args = ["fit", "-c", str(CONFIGS / "phase1.yaml"), *tiny_args(root, logs),
+            "--trainer.max_epochs", "2", "--trainer.deterministic", "true",
+            "--data.train_preset", "flip_color", "--data.num_workers", "2",
+            "--trainer.enable_progress_bar", "false"]
+    assert main(args) == 0
+    state = read_checkpoint(logs / "phase1" / "checkpoints" / "last.ckpt")
+    (run,), _ = load_report(logs)
+    return run.best_miou, state["state_dict"]
+
+
+def test_two_runs_with_the_same_seed_are_identical(synth_root: Path, tmp_path: Path):
+    miou_a, weights_a = _fit_once(synth_root, tmp_path / "a")
+    miou_b, weights_b = _fit_once(synth_root, tmp_path / "b")
+    assert miou_a == miou_b
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_ddp_validation_equals_single_process(data_copy: Path, tmp_path: Path):
+    # 3 validation images on 2 processes: a padding sampler would score one image twice
+    for sub in ("Color_Images", "Segmentation"):
+        sorted((data_copy / "val" / sub).iterdir())[-1].unlink()
+    start = tmp_path / "start.ckpt"
+    torch.manual_seed(0)
+    torch.save({"state_dict": SegmentationModule(weights="none").state_dict()}, start)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    results = {}
+    for name, extra in (("single", []), ("ddp", ["--trainer.strategy", "ddp",
+                                                  "--trainer.devices", "2"])):
+        logs = tmp_path / name
+        cmd = [EXE, "fit", "-c", str(CONFIGS / "phase2_1_head.yaml"), *tiny_args(data_copy, logs),
+               "--model.init_from", str(start), "--data.eval_batch_size", "1",
+               "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1.0",
+               "--model.optimizer.init_args.lr", "0.0", "--trainer.enable_progress_bar", "false",
+               *extra]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        versions = list((logs / "phase2_1_head").glob("version_*"))
+        assert len(versions) == 1  # logs written once
+        results[name] = _scalars(versions[0], "val/mIoU")
+        prov = json.loads((versions[0] / "provenance.json").read_text())
+        assert prov["device"]["world_size"] == (2 if name == "ddp" else 1)
+    single, ddp = results["single"], results["ddp"]
+    assert len(single) == len(ddp) == 1
+    assert list(ddp.values())[0] == pytest.approx(list(single.values())[0], abs=1e-6)
+
+
+def test_every_run_records_its_provenance(synth_root: Path, tmp_path: Path):
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    logs = tmp_path / "logs"
+    args = ["fit", "-c", str(CONFIGS / "phase1.yaml"), *tiny_args(root, logs),
+            "--trainer.enable_progress_bar", "false"]
+    assert main(args) == 0
+    run_dir = logs / "phase1" / "version_0"
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    assert (run_dir / prov["config"]).is_file()
+    for lib in ("torch", "torchvision", "lightning", "desertmind"):
+        assert prov["versions"][lib] == version(lib)
+    assert set(prov["git"]) == {"commit", "dirty"}
+    assert prov["dataset"]["images_per_split"] == {"train": 8, "val": 4}
+    # the fingerprint follows the files: change one and it changes
+    (runs,), _ = load_report(logs)
+    assert prov["dataset"]["sha256"][:12] in markdown([runs], [])
+    mask = next((root / "val" / "Segmentation").iterdir())
+    mask.write_bytes(mask.read_bytes() + b"\0")
+    assert main([*args, "--trainer.max_epochs", "1"]) == 0
+    prov2 = json.loads((logs / "phase1" / "version_1" / "provenance.json").read_text())
+    assert prov2["dataset"]["sha256"] != prov["dataset"]["sha256"]
