@@ -109,13 +109,22 @@ class PhaseCheckpoint(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
 
 
-class StepCheckpoint(PhaseCheckpoint):
-    """Also refresh ``last.ckpt`` every ``every_n_train_steps`` optimizer steps (0: never).
+class LastCheckpoint(PhaseCheckpoint):
+    """Owns ``last.ckpt``: rewritten after every validation and every ``every_n_train_steps``
+    optimizer steps (0: only after validations).
 
-    A crash then loses at most that many steps: ``--ckpt_path last`` resumes from here, in the
-    middle of an epoch if need be. It writes only ``last.ckpt``, beside the phase's best.
+    Lightning's ModelCheckpoint refreshes ``last.ckpt`` only when it also saved a new best, so
+    after an epoch without improvement ``last.ckpt`` would lag behind and a resume would repeat
+    work. A crash loses at most ``every_n_train_steps`` steps; ``--ckpt_path last`` resumes from
+    here, in the middle of an epoch if need be.
     """
 
     def __init__(self, every_n_train_steps: int = 0) -> None:
         super().__init__(monitor=None, save_top_k=0, save_last=True,
                          every_n_train_steps=every_n_train_steps, every_n_epochs=0)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if (not self._should_skip_saving_checkpoint(trainer)
+                and self._last_global_step_saved != trainer.global_step):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -6,7 +6,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from desertmind.callbacks import BackboneFreeze, PhaseCheckpoint, StepCheckpoint
+from desertmind.callbacks import BackboneFreeze, LastCheckpoint, PhaseCheckpoint
 from desertmind.datamodule import OffroadDataModule
 from desertmind.errors import ConfigError
 from desertmind.module import MONITOR, SegmentationModule
@@ -40,7 +40,7 @@ class DesertMindCLI(LightningCLI):
     """``desertmind fit|validate|test|predict``.
 
     The checkpoint, early-stopping and backbone-freezing callbacks are config groups of their
-    own (``checkpoint``, ``step_checkpoint``, ``early_stopping``, ``freeze``), so a phase
+    own (``checkpoint``, ``last_checkpoint``, ``early_stopping``, ``freeze``), so a phase
     config changes one value with a dotted key (``early_stopping.patience: 2``) instead of
     repeating the callback list. Every run also writes ``provenance.json`` beside its logs.
     ``trainer.precision`` left null means auto (:func:`resolve_precision`). Optimizer and
@@ -59,11 +59,11 @@ class DesertMindCLI(LightningCLI):
         parser.add_lightning_class_args(PhaseCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": MONITOR, "checkpoint.mode": "max",
-            "checkpoint.filename": "best", "checkpoint.save_last": True,
+            "checkpoint.filename": "best", "checkpoint.save_last": False,
             "checkpoint.save_top_k": 1, "checkpoint.auto_insert_metric_name": False,
             "checkpoint.enable_version_counter": False,
         })
-        parser.add_lightning_class_args(StepCheckpoint, "step_checkpoint")
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         # decide right after validation, before the checkpoint callback (always last) saves
         # last.ckpt, so the checkpoint records whether early stopping fired

@@ -42,7 +42,7 @@ def _resume_args(root: Path, logs: Path) -> list[str]:
     return [EXE, "fit", "-c", str(CONFIGS / "phase1.yaml"), *tiny_args(root, logs),
             "--trainer.max_epochs", "4", "--trainer.limit_train_batches", "1.0",
             "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
-            "--step_checkpoint.every_n_train_steps", "3", "--model.scheduler", POLY]
+            "--last_checkpoint.every_n_train_steps", "3", "--model.scheduler", POLY]
 
 
 def test_sigkill_mid_epoch_then_resume_from_last(synth_root: Path, tmp_path: Path):
@@ -52,6 +52,8 @@ def test_sigkill_mid_epoch_then_resume_from_last(synth_root: Path, tmp_path: Pat
     subprocess.run(_resume_args(synth_root, ref_logs), check=True, env=env, cwd=tmp_path,
                    capture_output=True, timeout=300)
     ref = ref_logs / "phase1" / "version_0"
+    # last.ckpt holds the end of the run (4 epochs x 4 steps), not the last new best
+    assert read_checkpoint(ref_logs / "phase1" / "checkpoints" / "last.ckpt")["global_step"] == 16
 
     logs = tmp_path / "killed"
     last = logs / "phase1" / "checkpoints" / "last.ckpt"
