@@ -6,6 +6,8 @@ Layout: ``ROOT/<split>/Color_Images/NAME.png`` paired by file name with
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,15 @@ def _files(folder: Path, exts: tuple[str, ...]) -> dict[str, Path]:
                                f"{files[p.stem].name} and {p.name}")
         files[p.stem] = p
     return files
+
+
+def split_files(root: str | Path, split: str) -> Iterator[tuple[str, os.DirEntry]]:
+    """Every entry of a split's image and mask folders, as (folder name, entry), sorted by name."""
+    for sub in (IMAGE_DIR, MASK_DIR):
+        folder = Path(root) / split / sub
+        if folder.is_dir():
+            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+                yield sub, entry
 
 
 def _names(names: list[str]) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from desertmind.layout import IMAGE_DIR, MASK_DIR
+from desertmind.layout import IMAGE_DIR, split_files
 
 PROVENANCE_FILE = "provenance.json"
 _LIBRARIES = ("desertmind", "torch", "torchvision", "lightning", "torchmetrics",
@@ -30,11 +29,8 @@ def dataset_fingerprint(root: str | Path, splits: list[str]) -> dict:
     for split in splits:
         images = root / split / IMAGE_DIR
         sizes[split] = sum(1 for p in images.iterdir() if p.is_file()) if images.is_dir() else 0
-        for sub in (IMAGE_DIR, MASK_DIR):
-            folder = root / split / sub
-            if folder.is_dir():
-                for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-                    h.update(f"{split}/{sub}/{entry.name}:{entry.stat().st_size}\n".encode())
+        for sub, entry in split_files(root, split):
+            h.update(f"{split}/{sub}/{entry.name}:{entry.stat().st_size}\n".encode())
     return {"root": str(root.resolve()), "images_per_split": sizes, "sha256": h.hexdigest()}
 
 

@@ -20,12 +20,12 @@ from desertmind.classes import CLASS_NAMES, CLASSES, IGNORE_INDEX, NUM_CLASSES
 from desertmind.errors import ConfigError
 from desertmind.imageio import DatasetError
 from desertmind.layout import (
-    IMAGE_DIR,
     MASK_DIR,
     Sample,
     list_split,
     load_pair,
     missing_root_message,
+    split_files,
 )
 
 STATS_VERSION = 1
@@ -46,13 +46,9 @@ def default_stats_path(root: str | Path) -> Path:
 def fingerprint(root: str | Path, split: str) -> str:
     """Hash of the split's file names, sizes and mtimes (no file is opened)."""
     h = hashlib.sha256()
-    for sub in (IMAGE_DIR, MASK_DIR):
-        folder = Path(root) / split / sub
-        if not folder.is_dir():
-            continue
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            st = entry.stat()
-            h.update(f"{sub}/{entry.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    for sub, entry in split_files(root, split):
+        st = entry.stat()
+        h.update(f"{sub}/{entry.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
