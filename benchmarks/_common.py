@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from desertmind.classes import CLASSES
-from desertmind.layout import Sample
+from desertmind.data.classes import CLASSES
+from desertmind.data.layout import Sample
 
 
 def machine() -> str:

@@ -18,10 +18,10 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from desertmind.dashboards import ConfusionMatrixImage, HParamsSummary, PredictionGrid
-from desertmind.datamodule import OffroadDataModule
-from desertmind.module import SegmentationModule
-from desertmind.synth import generate
+from desertmind.data.datamodule import OffroadDataModule
+from desertmind.data.synth import generate
+from desertmind.reports.dashboards import ConfusionMatrixImage, HParamsSummary, PredictionGrid
+from desertmind.training.module import SegmentationModule
 
 
 def timed(cls):

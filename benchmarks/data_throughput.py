@@ -22,10 +22,10 @@ import torch
 from _common import SeedDataset, machine
 from torch.utils.data import DataLoader, Dataset
 
-from desertmind.dataset import OffroadDataset
-from desertmind.layout import list_split
-from desertmind.synth import generate
-from desertmind.transforms import normalize
+from desertmind.data.dataset import OffroadDataset
+from desertmind.data.layout import list_split
+from desertmind.data.synth import generate
+from desertmind.data.transforms import normalize
 
 
 def _single(ds: Dataset, repeats: int) -> float:

@@ -15,7 +15,7 @@ import json
 import torch
 from _common import machine, time_per_call
 
-from desertmind.metrics import SegmentationMetrics
+from desertmind.training.metrics import SegmentationMetrics
 
 
 def seed_loop(preds: torch.Tensor, targets: torch.Tensor, num_classes: int = 10) -> float:

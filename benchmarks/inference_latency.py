@@ -12,21 +12,21 @@ from pathlib import Path
 import torch
 from _common import machine, time_per_call
 
-from desertmind.export import LogitsOnly
-from desertmind.model import build_deeplabv3
+from desertmind.models import ARCHITECTURES, build_network
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--height", type=int, default=540)
     parser.add_argument("--width", type=int, default=960)
+    parser.add_argument("--arch", default="deeplabv3", choices=ARCHITECTURES)
     parser.add_argument("--backbone", default="mobilenet_v3_large")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    model = LogitsOnly(build_deeplabv3(args.backbone, 10, "none")).eval().to(device)
+    model = build_network(args.arch, args.backbone, 10, "none").eval().to(device)
     x = torch.randn(1, 3, args.height, args.width, device=device)
     results: dict[str, float] = {}
 
@@ -65,7 +65,7 @@ def main() -> None:
         "benchmark": "inference_latency",
         "machine": machine(),
         "device": str(device),
-        "input": f"1x3x{args.height}x{args.width}, {args.backbone}",
+        "input": f"1x3x{args.height}x{args.width}, {args.arch} {args.backbone}",
         "ms_per_image": {k: round(v * 1000, 1) for k, v in results.items()},
         "speedup_over_eager_fp32": {k: round(base / v, 2) for k, v in results.items()},
     }, indent=1))

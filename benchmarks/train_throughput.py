@@ -25,12 +25,12 @@ import torch
 from _common import SeedDataset, machine, sync
 from torch.utils.data import DataLoader
 
-from desertmind.datamodule import OffroadDataModule
-from desertmind.layout import list_split
-from desertmind.lightning_cli import resolve_precision
-from desertmind.model import build_deeplabv3
-from desertmind.module import SegmentationModule
-from desertmind.synth import generate
+from desertmind.cli.lightning import resolve_precision
+from desertmind.data.datamodule import OffroadDataModule
+from desertmind.data.layout import list_split
+from desertmind.data.synth import generate
+from desertmind.models import build_network
+from desertmind.training.module import SegmentationModule
 
 
 class StepTimer(L.Callback):
@@ -69,7 +69,7 @@ def plain_ips(root: Path, args, device: torch.device) -> float:
     loader = DataLoader(SeedDataset(list_split(root, "train")), batch_size=args.batch,
                         shuffle=True, num_workers=args.workers, drop_last=True, pin_memory=cuda,
                         persistent_workers=args.workers > 0)
-    model = build_deeplabv3("mobilenet_v3_large", 10, "none").to(device).train()
+    model = build_network("deeplabv3", "mobilenet_v3_large", 10, "none").to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
     criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
@@ -81,7 +81,7 @@ def plain_ips(root: Path, args, device: torch.device) -> float:
                 start = time.perf_counter()
             images, masks = images.to(device), masks.to(device)
             with torch.autocast(device.type, enabled=cuda):
-                loss = criterion(model(images)["out"], masks)
+                loss = criterion(model(images), masks)
             optimizer.zero_grad()
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -96,7 +96,7 @@ def plain_ips(root: Path, args, device: torch.device) -> float:
 
 def model_only_ips(args, device: torch.device) -> float:
     cuda = device.type == "cuda"
-    model = build_deeplabv3("mobilenet_v3_large", 10, "none").to(device).train()
+    model = build_network("deeplabv3", "mobilenet_v3_large", 10, "none").to(device).train()
     fmt = torch.channels_last if cuda else torch.contiguous_format
     model = model.to(memory_format=fmt)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -109,7 +109,7 @@ def model_only_ips(args, device: torch.device) -> float:
             sync(device)
             start = time.perf_counter()
         with torch.autocast(device.type, dtype=dtype, enabled=cuda):
-            loss = torch.nn.functional.cross_entropy(model(x)["out"], y)
+            loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

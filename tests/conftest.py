@@ -1,21 +1,29 @@
-"""Shared fixtures: one tiny synthetic dataset per session, and writable copies of it."""
+"""Shared fixtures: one tiny synthetic dataset per session, writable copies of it, and the
+arguments that shrink any phase config to seconds on a CPU."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from desertmind.synth import generate
+from desertmind.data.synth import generate
 
-TINY = {"n_train": 8, "n_val": 4, "height": 48, "width": 80, "seed": 3}
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.fixture(scope="session")
-def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A read-only-by-convention tiny dataset in the Duality format (8 train, 4 val, 80x48)."""
-    return generate(tmp_path_factory.mktemp("synth") / "data", **TINY)
+def tiny_spec() -> dict:
+    """The tiny dataset's generator arguments (8 train, 4 val, 80x48, seed 3)."""
+    return {"n_train": 8, "n_val": 4, "height": 48, "width": 80, "seed": 3}
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory, tiny_spec: dict) -> Path:
+    """A read-only-by-convention tiny dataset in the Duality format."""
+    return generate(tmp_path_factory.mktemp("synth") / "data", **tiny_spec)
 
 
 @pytest.fixture
@@ -24,3 +32,44 @@ def data_copy(synth_root: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "data"
     shutil.copytree(synth_root, dst, ignore=shutil.ignore_patterns("desertmind_stats.json"))
     return dst
+
+
+@pytest.fixture(scope="session")
+def configs() -> Path:
+    """The repository's configs/ folder."""
+    return CONFIG_DIR
+
+
+@pytest.fixture(scope="session")
+def phase_args() -> Callable[..., list[str]]:
+    """``phase_args(phase, root, logs)``: ``-c <phase>.yaml -c demo.yaml`` plus overrides that
+    shrink the phase to two 32x48 batches of one epoch on the CPU, logging under ``logs``."""
+
+    def args(phase: str, root: Path, logs: Path) -> list[str]:
+        return ["-c", str(CONFIG_DIR / f"{phase}.yaml"), "-c", str(CONFIG_DIR / "demo.yaml"),
+                "--data.root", str(root), "--data.image_size", "[32, 48]",
+                "--data.batch_size", "2", "--data.crop_size", "32",
+                "--trainer.logger.init_args.save_dir", str(logs), "--trainer.max_epochs", "1",
+                "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
+                "--trainer.num_sanity_val_steps", "0", "--trainer.enable_model_summary", "false",
+                "--trainer.accelerator", "cpu", "--data.stats_path", str(logs / "stats.json")]
+
+    return args
+
+
+@pytest.fixture(scope="session")
+def part_keys() -> Callable[[str], dict[str, set[str]]]:
+    """``part_keys(arch="deeplabv3", backbone=...)``: the checkpoint keys (``model.*``) of the
+    network's encoder (parameters and BatchNorm statistics) and of its head, through the
+    network contract, so tests never spell an architecture's module names."""
+    from desertmind.models import build_network
+
+    def keys(arch: str = "deeplabv3", backbone: str = "mobilenet_v3_large") -> dict[str, set[str]]:
+        net = build_network(arch, backbone)
+        encoder = {f"model.{n}" for n, t in net.state_dict(keep_vars=True).items()
+                   if any(t is e for e in net.encoder.state_dict(keep_vars=True).values())}
+        head_ids = {id(p) for p in net.head_parameters()}
+        head = {f"model.{n}" for n, p in net.named_parameters() if id(p) in head_ids}
+        return {"encoder": encoder, "head": head}
+
+    return keys

@@ -1,6 +1,6 @@
 import numpy as np
 
-from desertmind.classes import (
+from desertmind.data.classes import (
     CLASS_NAMES,
     CLASSES,
     IGNORE_INDEX,

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from desertmind.classes import remap
-from desertmind.datamodule import OffroadDataModule
-from desertmind.dataset import OffroadDataset
-from desertmind.imageio import DatasetError, read_image, read_mask, write_png
-from desertmind.layout import list_split
-from desertmind.transforms import IMAGENET_MEAN, IMAGENET_STD
+from desertmind.data.classes import remap
+from desertmind.data.datamodule import OffroadDataModule
+from desertmind.data.dataset import OffroadDataset
+from desertmind.data.imageio import read_image, read_mask, write_png
+from desertmind.data.layout import list_split
+from desertmind.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from desertmind.errors import DatasetError
 
 
 def test_sample_is_uint8_image_and_remapped_mask(synth_root: Path):

@@ -8,9 +8,9 @@ import lightning as L
 import pytest
 import torch
 
-from desertmind.callbacks import BackboneFreeze
-from desertmind.datamodule import OffroadDataModule
-from desertmind.module import SegmentationModule
+from desertmind.data.datamodule import OffroadDataModule
+from desertmind.training.freeze import BackboneFreeze
+from desertmind.training.module import SegmentationModule
 
 
 class Probe(L.Callback):
@@ -22,16 +22,16 @@ class Probe(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx:
             return
-        bb = pl_module.backbone
+        bb = pl_module.model.encoder
         bns = [m for m in bb.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         opt = trainer.optimizers[0]
         self.epochs[trainer.current_epoch] = {
             "requires_grad": {p.requires_grad for p in bb.parameters()},
             "head_requires_grad": {
-                p.requires_grad for p in pl_module.model.classifier.parameters()},
+                p.requires_grad for p in pl_module.model.head_parameters()},
             "bn_training": {m.training for m in bns},
             "groups": [(g["name"], g["lr"]) for g in opt.param_groups],
-            "backbone": bb[next(iter(bb._modules))][0].weight.detach().clone(),
+            "backbone": next(bb.parameters()).detach().clone(),
         }
 
 
@@ -68,12 +68,13 @@ def test_freeze_then_unfreeze(tmp_path: Path, dm):
 
 def test_frozen_for_the_whole_run_keeps_backbone_and_bn_statistics(tmp_path: Path, dm):
     module = _module()
-    before = {k: v.clone() for k, v in module.backbone.state_dict().items()}
-    head_before = module.model.classifier[-1].weight.detach().clone()
+    before = {k: v.clone() for k, v in module.model.encoder.state_dict().items()}
+    head_before = [p.detach().clone() for p in module.model.head_parameters()]
     _trainer(tmp_path, [BackboneFreeze(unfreeze_at_epoch=None)], 2).fit(module, dm)
-    after = module.backbone.state_dict()
+    after = module.model.encoder.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and running stats
-    assert not torch.equal(head_before, module.model.classifier[-1].weight)
+    assert any(not torch.equal(a, b) for a, b in zip(head_before, module.model.head_parameters(),
+                                                     strict=True))
 
 
 def test_train_bn_keeps_batchnorm_training_while_frozen(tmp_path: Path, dm):

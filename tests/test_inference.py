@@ -8,20 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from desertmind.classes import RAW_IDS
-from desertmind.cli import main
-from desertmind.imageio import read_image, read_mask
-from desertmind.inference import predict_probs, restrict, sliding_window
-from desertmind.module import SegmentationModule
-
-from .test_cli import CONFIGS, tiny_args
+from desertmind.cli.main import main
+from desertmind.data.classes import RAW_IDS
+from desertmind.data.imageio import read_image, read_mask
+from desertmind.inference.tta import predict_probs, restrict, sliding_window
+from desertmind.training.module import SegmentationModule
 
 
 @pytest.fixture(scope="module")
-def trained(synth_root: Path, tmp_path_factory) -> tuple[Path, list[str]]:
+def trained(synth_root: Path, tmp_path_factory, phase_args) -> tuple[Path, list[str]]:
     """A phase-1 checkpoint from a tiny run, and the overrides that built it."""
     logs = tmp_path_factory.mktemp("pred") / "logs"
-    args = ["-c", str(CONFIGS / "phase1.yaml"), *tiny_args(synth_root, logs),
+    args = [*phase_args("phase1", synth_root, logs),
             "--trainer.enable_progress_bar", "false"]
     assert main(["fit", *args]) == 0
     return logs / "phase1" / "checkpoints" / "best.ckpt", args

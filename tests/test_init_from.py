@@ -8,9 +8,10 @@ import lightning as L
 import pytest
 import torch
 
-from desertmind.checkpoints import CheckpointMismatchError, best_score, load_weights
-from desertmind.datamodule import OffroadDataModule
-from desertmind.module import SegmentationModule
+from desertmind.data.datamodule import OffroadDataModule
+from desertmind.errors import CheckpointError
+from desertmind.training.checkpoints import best_score, load_weights
+from desertmind.training.module import SegmentationModule
 
 
 def _fit(tmp_path: Path, root: Path, module: SegmentationModule, epochs: int = 1) -> L.Trainer:
@@ -40,7 +41,7 @@ def test_init_from_loads_weights_but_not_training_state(tmp_path, synth_root, so
 
     class Spy(L.Callback):
         def on_train_start(self, trainer, pl_module):
-            seen["weights"] = pl_module.model.classifier[-1].weight.detach().clone()
+            seen["weights"] = {k: v.clone() for k, v in pl_module.model.state_dict().items()}
             seen["epoch"], seen["step"] = trainer.current_epoch, trainer.global_step
             seen["opt_state"] = len(trainer.optimizers[0].state)
 
@@ -49,33 +50,35 @@ def test_init_from_loads_weights_but_not_training_state(tmp_path, synth_root, so
                         enable_progress_bar=False, callbacks=[Spy()], accelerator="cpu")
     trainer.fit(module, OffroadDataModule(str(synth_root), batch_size=2, num_workers=0,
                                           image_size=(32, 48)))
-    assert torch.equal(seen["weights"], source["state_dict"]["model.classifier.4.weight"])
+    weights = seen.pop("weights")
+    assert all(torch.equal(v, source["state_dict"][f"model.{k}"]) for k, v in weights.items())
     assert seen == {**seen, "epoch": 0, "step": 0, "opt_state": 0}
 
 
 def test_missing_file_is_refused(tmp_path):
     module = SegmentationModule(weights="none")
-    with pytest.raises(FileNotFoundError, match="previous phase"):
+    with pytest.raises(CheckpointError, match="previous phase"):
         load_weights(module.model, tmp_path / "nope.ckpt")
 
 
 def test_other_architecture_is_refused_listing_keys(source_ckpt):
-    with pytest.raises(CheckpointMismatchError, match="unexpected keys|missing keys") as e:
+    with pytest.raises(CheckpointError, match="unexpected keys|missing keys") as e:
         load_weights(SegmentationModule(weights="none", aux_loss=True).model, source_ckpt)
     assert "aux_classifier" in str(e.value)
 
 
 def test_shape_mismatch_is_refused_listing_shapes(source_ckpt, tmp_path):
     ckpt = torch.load(source_ckpt, weights_only=True)
-    ckpt["state_dict"]["model.classifier.4.weight"] = torch.zeros(5, 256, 1, 1)
+    key = next(k for k, v in ckpt["state_dict"].items() if v.ndim == 4)
+    ckpt["state_dict"][key] = torch.zeros(5, 3, 1, 1)
     bad = tmp_path / "bad.ckpt"
     torch.save(ckpt, bad)
-    with pytest.raises(CheckpointMismatchError, match=r"classifier.4.weight: checkpoint \(5, 256"):
+    with pytest.raises(CheckpointError, match=rf"{key[len('model.'):]}: checkpoint \(5, 3, 1, 1"):
         load_weights(SegmentationModule(weights="none").model, bad)
 
 
 def test_truncated_checkpoint_is_refused(source_ckpt, tmp_path):
     bad = tmp_path / "cut.ckpt"
     bad.write_bytes(source_ckpt.read_bytes()[:1000])
-    with pytest.raises(CheckpointMismatchError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="cannot read"):
         best_score(bad)

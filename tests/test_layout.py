@@ -8,10 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from desertmind.cli import main
-from desertmind.dataset import OffroadDataset
-from desertmind.imageio import DatasetError, read_mask, write_png
-from desertmind.layout import list_images, list_split, load_pair
+from desertmind.cli.main import main
+from desertmind.data.dataset import OffroadDataset
+from desertmind.data.imageio import read_mask, write_png
+from desertmind.data.layout import list_images, list_split, load_pair
+from desertmind.errors import DatasetError
 
 
 def _first(root: Path, split: str = "train", sub: str = "Segmentation") -> Path:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from desertmind.errors import ConfigError
-from desertmind.losses import SoftDiceLoss, build_loss, parse_loss
+from desertmind.training.losses import SoftDiceLoss, build_loss, parse_loss
 
 
 def _case(seed: int = 0):

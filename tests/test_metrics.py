@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from desertmind.metrics import SegmentationMetrics, per_image_miou
+from desertmind.training.metrics import SegmentationMetrics, per_image_miou
 
 
 def _batches(seed: int = 0, n_batches: int = 3):

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from desertmind.errors import ConfigError
-from desertmind.losses import build_loss
-from desertmind.module import SegmentationModule
-from desertmind.schedulers import PolyLR
+from desertmind.training.losses import build_loss
+from desertmind.training.module import SegmentationModule
+from desertmind.training.schedulers import PolyLR
 
 
 def _batch(n: int = 2) -> dict:
@@ -25,10 +25,10 @@ def test_aux_loss_is_added_with_its_weight():
     module.criterion = build_loss("ce")
     batch = _batch()
     with torch.no_grad():
-        out = module.model(batch["image"])
+        logits, aux = module.model.forward_with_aux(batch["image"])
         loss, _ = module._loss(batch)
-    expected = module.criterion(out["out"], batch["mask"]) + 0.25 * module.criterion(
-        out["aux"], batch["mask"])
+    expected = module.criterion(logits, batch["mask"]) + 0.25 * module.criterion(
+        aux, batch["mask"])
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 

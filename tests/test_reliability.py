@@ -17,19 +17,15 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from desertmind.callbacks import PhaseCheckpoint
-from desertmind.checkpoint_io import AtomicCheckpointIO
-from desertmind.checkpoints import read_checkpoint
-from desertmind.cli import main
-from desertmind.datamodule import OffroadDataModule
+from desertmind.cli.main import main
+from desertmind.data.datamodule import OffroadDataModule
 from desertmind.errors import NonFiniteLossError
-from desertmind.module import SegmentationModule
-from desertmind.report import load_report, markdown
-
-from .test_cli import CONFIGS, tiny_args
+from desertmind.reports.report import load_report, markdown
+from desertmind.training.checkpoints import AtomicCheckpointIO, PhaseCheckpoint, read_checkpoint
+from desertmind.training.module import SegmentationModule
 
 EXE = str(Path(sys.executable).with_name("desertmind"))
-POLY = '{"class_path": "desertmind.schedulers.PolyLR", "init_args": {"power": 1.0}}'
+POLY = '{"class_path": "desertmind.training.schedulers.PolyLR", "init_args": {"power": 1.0}}'
 
 
 def _scalars(run_dir: Path, tag: str) -> dict[int, float]:
@@ -38,18 +34,19 @@ def _scalars(run_dir: Path, tag: str) -> dict[int, float]:
     return {e.step: e.value for e in ea.Scalars(tag)} if tag in ea.Tags()["scalars"] else {}
 
 
-def _resume_args(root: Path, logs: Path) -> list[str]:
-    return [EXE, "fit", "-c", str(CONFIGS / "phase1.yaml"), *tiny_args(root, logs),
+def _resume_args(phase_args, root: Path, logs: Path) -> list[str]:
+    return [EXE, "fit", *phase_args("phase1", root, logs),
             "--trainer.max_epochs", "4", "--trainer.limit_train_batches", "1.0",
             "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
             "--last_checkpoint.every_n_train_steps", "3", "--model.scheduler", POLY]
 
 
-def test_sigkill_mid_epoch_then_resume_from_last(synth_root: Path, tmp_path: Path):
+def test_sigkill_mid_epoch_then_resume_from_last(synth_root: Path, tmp_path: Path, phase_args):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # reference: the same run without interruption (4 epochs x 4 steps)
     ref_logs = tmp_path / "ref"
-    subprocess.run(_resume_args(synth_root, ref_logs), check=True, env=env, cwd=tmp_path,
+    subprocess.run(_resume_args(phase_args, synth_root, ref_logs), check=True, env=env,
+                   cwd=tmp_path,
                    capture_output=True, timeout=300)
     ref = ref_logs / "phase1" / "version_0"
     # last.ckpt holds the end of the run (4 epochs x 4 steps), not the last new best
@@ -57,7 +54,7 @@ def test_sigkill_mid_epoch_then_resume_from_last(synth_root: Path, tmp_path: Pat
 
     logs = tmp_path / "killed"
     last = logs / "phase1" / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen(_resume_args(synth_root, logs), env=env, cwd=tmp_path,
+    proc = subprocess.Popen(_resume_args(phase_args, synth_root, logs), env=env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     saves: set[int] = set()
     deadline = time.time() + 240
@@ -71,7 +68,7 @@ def test_sigkill_mid_epoch_then_resume_from_last(synth_root: Path, tmp_path: Pat
     killed_at = read_checkpoint(last)["global_step"]  # still loadable after the kill
     assert 0 < killed_at < 16
 
-    subprocess.run([*_resume_args(synth_root, logs), "--ckpt_path", "last"], check=True,
+    subprocess.run([*_resume_args(phase_args, synth_root, logs), "--ckpt_path", "last"], check=True,
                    env=env, cwd=tmp_path, capture_output=True, timeout=300)
     # same number of optimizer steps and validations as the uninterrupted run
     ref_val = _scalars(ref, "val/mIoU")
@@ -106,7 +103,7 @@ class _PoisonAt(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if (trainer.current_epoch, batch_idx) == self.at:
             with torch.no_grad():
-                pl_module.model.classifier[-1].weight.fill_(float("nan"))
+                next(pl_module.model.head_parameters()).fill_(float("nan"))
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_checkpoints(synth_root: Path, tmp_path: Path):
@@ -124,11 +121,12 @@ def test_nan_loss_stops_naming_the_step_and_keeps_checkpoints(synth_root: Path, 
     for name in ("best.ckpt", "last.ckpt"):
         state = read_checkpoint(ckpt_dir / name)
         assert state["global_step"] == 2  # the end of epoch 0: nothing after the bad step
-        assert torch.isfinite(state["state_dict"]["model.classifier.4.weight"]).all()
+        assert all(torch.isfinite(v).all() for v in state["state_dict"].values()
+                   if v.is_floating_point())
 
 
-def _fit_once(root: Path, logs: Path) -> tuple[float, dict]:
-    args = ["fit", "-c", str(CONFIGS / "phase1.yaml"), *tiny_args(root, logs),
+def _fit_once(phase_args, root: Path, logs: Path) -> tuple[float, dict]:
+    args = ["fit", *phase_args("phase1", root, logs),
             "--trainer.max_epochs", "2", "--trainer.deterministic", "true",
             "--data.train_preset", "flip_color", "--data.num_workers", "2",
             "--trainer.enable_progress_bar", "false"]
@@ -138,15 +136,16 @@ def _fit_once(root: Path, logs: Path) -> tuple[float, dict]:
     return run.best_miou, state["state_dict"]
 
 
-def test_two_runs_with_the_same_seed_are_identical(synth_root: Path, tmp_path: Path):
-    miou_a, weights_a = _fit_once(synth_root, tmp_path / "a")
-    miou_b, weights_b = _fit_once(synth_root, tmp_path / "b")
+def test_two_runs_with_the_same_seed_are_identical(synth_root: Path, tmp_path: Path,
+                                                   phase_args):
+    miou_a, weights_a = _fit_once(phase_args, synth_root, tmp_path / "a")
+    miou_b, weights_b = _fit_once(phase_args, synth_root, tmp_path / "b")
     assert miou_a == miou_b
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
 
 
-def test_ddp_validation_equals_single_process(data_copy: Path, tmp_path: Path):
+def test_ddp_validation_equals_single_process(data_copy: Path, tmp_path: Path, phase_args):
     # 3 validation images on 2 processes: a padding sampler would score one image twice
     for sub in ("Color_Images", "Segmentation"):
         sorted((data_copy / "val" / sub).iterdir())[-1].unlink()
@@ -158,7 +157,7 @@ def test_ddp_validation_equals_single_process(data_copy: Path, tmp_path: Path):
     for name, extra in (("single", []), ("ddp", ["--trainer.strategy", "ddp",
                                                   "--trainer.devices", "2"])):
         logs = tmp_path / name
-        cmd = [EXE, "fit", "-c", str(CONFIGS / "phase2_1_head.yaml"), *tiny_args(data_copy, logs),
+        cmd = [EXE, "fit", *phase_args("phase2_1_head", data_copy, logs),
                "--model.init_from", str(start), "--data.eval_batch_size", "1",
                "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1.0",
                "--model.optimizer.init_args.lr", "0.0", "--trainer.enable_progress_bar", "false",
@@ -176,11 +175,11 @@ def test_ddp_validation_equals_single_process(data_copy: Path, tmp_path: Path):
     assert list(ddp.values())[0] == pytest.approx(list(single.values())[0], abs=1e-6)
 
 
-def test_every_run_records_its_provenance(synth_root: Path, tmp_path: Path):
+def test_every_run_records_its_provenance(synth_root: Path, tmp_path: Path, phase_args):
     root = tmp_path / "data"
     shutil.copytree(synth_root, root)
     logs = tmp_path / "logs"
-    args = ["fit", "-c", str(CONFIGS / "phase1.yaml"), *tiny_args(root, logs),
+    args = ["fit", *phase_args("phase1", root, logs),
             "--trainer.enable_progress_bar", "false"]
     assert main(args) == 0
     run_dir = logs / "phase1" / "version_0"

@@ -14,23 +14,21 @@ from nbclient import NotebookClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from desertmind.checkpoints import best_score
-from desertmind.classes import CLASS_NAMES
-from desertmind.cli import main
-from desertmind.report import load_report, write_report
-
-from .test_cli import CONFIGS, tiny_args
+from desertmind.cli.main import main
+from desertmind.data.classes import CLASS_NAMES
+from desertmind.reports.report import load_report, write_report
+from desertmind.training.checkpoints import best_score
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "phase_analysis.ipynb"
 
 
 @pytest.fixture(scope="module")
-def tiny_logs(synth_root: Path, tmp_path_factory) -> Path:
+def tiny_logs(synth_root: Path, tmp_path_factory, phase_args) -> Path:
     """phase1 then phase2_1_head, 3 epochs each, with the phase configs' dashboard callbacks."""
     logs = tmp_path_factory.mktemp("runs") / "logs"
     previous: list[str] = []
     for phase in ("phase1", "phase2_1_head"):
-        args = ["fit", "-c", str(CONFIGS / f"{phase}.yaml"), *tiny_args(synth_root, logs),
+        args = ["fit", *phase_args(phase, synth_root, logs),
                 "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false", *previous]
         assert main(args) == 0
         previous = ["--model.init_from", str(logs / phase / "checkpoints" / "best.ckpt")]
@@ -125,7 +123,7 @@ def test_runs_without_metrics_are_named_not_a_traceback(tiny_logs: Path, tmp_pat
     assert "Runs left out" in (tmp_path / "out" / "summary.md").read_text()
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["report", "--logs", str(empty), "--out", str(tmp_path / "o2")]) == 1
+    assert main(["report", "--logs", str(empty), "--out", str(tmp_path / "o2")]) == 2
     assert str(empty) in capsys.readouterr().err
 
 
@@ -137,9 +135,9 @@ def test_check_data_plot(synth_root: Path, tmp_path: Path):
     assert image is not None and image.std() > 10
 
 
-def test_report_says_when_early_stopping_fired(synth_root: Path, tmp_path: Path):
+def test_report_says_when_early_stopping_fired(synth_root: Path, tmp_path: Path, phase_args):
     logs = tmp_path / "logs"
-    args = ["fit", "-c", str(CONFIGS / "phase1.yaml"), *tiny_args(synth_root, logs),
+    args = ["fit", *phase_args("phase1", synth_root, logs),
             "--trainer.max_epochs", "5", "--trainer.enable_progress_bar", "false",
             "--early_stopping.patience", "1", "--early_stopping.min_delta", "2.0"]
     assert main(args) == 0

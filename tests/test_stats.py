@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import desertmind.stats as stats
-from desertmind.classes import RAW_IDS
-from desertmind.cli import main
-from desertmind.imageio import read_mask, write_png
+import desertmind.data.stats as stats
+from desertmind.cli.main import main
+from desertmind.data.classes import RAW_IDS
+from desertmind.data.imageio import read_mask, write_png
 
 
 def _count(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -6,12 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from desertmind.classes import RAW_IDS
-from desertmind.cli import main
-from desertmind.imageio import read_image, read_mask
-from desertmind.synth import generate
-
-from .conftest import TINY
+from desertmind.cli.main import main
+from desertmind.data.classes import RAW_IDS
+from desertmind.data.imageio import read_image, read_mask
+from desertmind.data.synth import generate
 
 
 def _same_tree(a: Path, b: Path) -> bool:
@@ -20,10 +18,10 @@ def _same_tree(a: Path, b: Path) -> bool:
         filecmp.cmp(a / f, b / f, shallow=False) for f in files)
 
 
-def test_synth_is_deterministic_for_a_seed(synth_root: Path, tmp_path: Path):
-    again = generate(tmp_path / "again", **TINY)
+def test_synth_is_deterministic_for_a_seed(synth_root: Path, tmp_path: Path, tiny_spec: dict):
+    again = generate(tmp_path / "again", **tiny_spec)
     assert _same_tree(synth_root, again)
-    other = generate(tmp_path / "other", **{**TINY, "seed": TINY["seed"] + 1})
+    other = generate(tmp_path / "other", **{**tiny_spec, "seed": tiny_spec["seed"] + 1})
     assert not _same_tree(synth_root, other)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from desertmind.classes import PALETTE
-from desertmind.transforms import PRESETS, build_transform
+from desertmind.data.classes import PALETTE
+from desertmind.data.transforms import PRESETS, build_transform
 
 
 def _blocks(h: int = 96, w: int = 160, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

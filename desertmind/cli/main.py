@@ -11,12 +11,12 @@ import argparse
 import json
 import sys
 
-from desertmind.errors import ConfigError, NonFiniteLossError
-from desertmind.imageio import DatasetError
+from desertmind import __version__, runs
+from desertmind.errors import DesertMindError
 
 TOOLS = ("check-data", "synth", "scores", "report", "export")
 LIGHTNING = ("fit", "validate", "test", "predict")
-USAGE = """usage: desertmind {fit,validate,test,predict,check-data,synth} ...
+USAGE = """usage: desertmind [--version] COMMAND ...
 
   fit         train a phase:            desertmind fit -c configs/phase1.yaml
   validate    evaluate a checkpoint:    desertmind validate -c CONFIG --ckpt_path CKPT
@@ -34,7 +34,7 @@ USAGE = """usage: desertmind {fit,validate,test,predict,check-data,synth} ...
 
 
 def _check_data(args: argparse.Namespace) -> int:
-    from desertmind.stats import format_report, scan
+    from desertmind.data.stats import format_report, scan
 
     result = scan(args.root, args.splits, args.stats, args.workers)
     if args.json:
@@ -42,7 +42,7 @@ def _check_data(args: argparse.Namespace) -> int:
     else:
         print(format_report(result))
     if args.plot:
-        from desertmind.plots import class_share_figure, save
+        from desertmind.reports.plots import class_share_figure, save
 
         first = next((s for s in result["splits"].values() if s["labelled"] and s["n_images"]),
                      None)
@@ -57,7 +57,7 @@ def _check_data(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from desertmind.synth import generate
+    from desertmind.data.synth import generate
 
     out = generate(args.out, args.n_train, args.n_val, args.height, args.width, args.seed,
                    args.overwrite)
@@ -67,13 +67,9 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from desertmind.report import ReportError, write_report
+    from desertmind.reports.report import write_report
 
-    try:
-        result = write_report(args.logs, args.out)
-    except ReportError as e:
-        print(f"desertmind report: error: {e}", file=sys.stderr)
-        return 1
+    result = write_report(args.logs, args.out)
     for problem in result["problems"]:
         print(f"desertmind report: left out: {problem}", file=sys.stderr)
     if args.print:
@@ -83,7 +79,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from desertmind.export import export
+    from desertmind.inference.export import export
 
     out = export(args.ckpt, args.format, args.out, args.height, args.width)
     print(f"wrote {out} ({args.format}; input: normalised float32 images N x 3 x H x W)")
@@ -91,19 +87,19 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _scores(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from desertmind.training.checkpoints import best_score
 
-    from desertmind.checkpoints import best_score
-
-    ckpts = sorted(Path(args.logs).glob("*/checkpoints/best.ckpt"), key=lambda p: p.stat().st_mtime)
+    ckpts = runs.find_best_checkpoints(args.logs)
     if not ckpts:
-        print(f"no */checkpoints/best.ckpt under {args.logs}", file=sys.stderr)
+        example = runs.best_checkpoint(args.logs, "<phase>")
+        print(f"no finished phase under {args.logs} (no {example})", file=sys.stderr)
         return 1
     print(f"{'phase':<22}{'best val/mIoU':>14}{'epoch':>7}")
     for path in ckpts:
         score, epoch = best_score(path)
         shown = "-" if score is None else f"{score:.4f}"
-        print(f"{path.parent.parent.name:<22}{shown:>14}{epoch if epoch is not None else '-':>7}")
+        phase = runs.phase_of_checkpoint(path).name
+        print(f"{phase:<22}{shown:>14}{epoch if epoch is not None else '-':>7}")
     return 0
 
 
@@ -187,23 +183,19 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
-    if argv[0] in LIGHTNING:
-        from desertmind.checkpoints import CheckpointMismatchError
-        from desertmind.lightning_cli import DesertMindCLI
-        from desertmind.model import WeightsUnavailableError
-
-        try:
-            DesertMindCLI(args=None if from_shell else argv)
-        except (DatasetError, ConfigError, CheckpointMismatchError, WeightsUnavailableError,
-                NonFiniteLossError, FileNotFoundError) as e:
-            print(f"desertmind {argv[0]}: error: {e}", file=sys.stderr)
-            return 2
+    if argv[0] == "--version":
+        print(f"desertmind {__version__}")
         return 0
-    args = _tool_parser().parse_args(argv)
     try:
+        if argv[0] in LIGHTNING:
+            from desertmind.cli.lightning import DesertMindCLI
+
+            DesertMindCLI(args=None if from_shell else argv)
+            return 0
+        args = _tool_parser().parse_args(argv)
         return args.func(args)
-    except (DatasetError, ConfigError, FileExistsError, FileNotFoundError) as e:
-        print(f"desertmind {args.tool}: error: {e}", file=sys.stderr)
+    except DesertMindError as e:  # the user's to fix: the message, not a traceback
+        print(f"desertmind {argv[0]}: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 
-from desertmind.callbacks import BackboneFreeze, LastCheckpoint, PhaseCheckpoint
-from desertmind.datamodule import OffroadDataModule
+from desertmind.data.datamodule import OffroadDataModule
 from desertmind.errors import ConfigError
-from desertmind.module import MONITOR, SegmentationModule
-from desertmind.provenance import Provenance
-from desertmind.writer import PredictionWriter
+from desertmind.inference.writer import PredictionWriter
+from desertmind.training.checkpoints import AtomicCheckpointIO, LastCheckpoint, PhaseCheckpoint
+from desertmind.training.freeze import BackboneFreeze
+from desertmind.training.metrics import MONITOR
+from desertmind.training.module import SegmentationModule
+from desertmind.training.provenance import Provenance
 
 
 def resolve_precision(accelerator: str | None = "auto") -> str:
@@ -22,7 +26,7 @@ def resolve_precision(accelerator: str | None = "auto") -> str:
 
 
 SCHEDULERS_HINT = (
-    "model.scheduler takes a class_path: desertmind.schedulers.PolyLR (per step), "
+    "model.scheduler takes a class_path: desertmind.training.schedulers.PolyLR (per step), "
     "torch.optim.lr_scheduler.CosineAnnealingLR, torch.optim.lr_scheduler.ReduceLROnPlateau "
     "(mode: max), torch.optim.lr_scheduler.StepLR or any other torch.optim.lr_scheduler class")
 
@@ -73,6 +77,16 @@ class DesertMindCLI(LightningCLI):
         parser.set_defaults({"freeze.unfreeze_at_epoch": 0})
         parser.add_argument("--out", default=None,
                             help="predict: folder for raw/, color/ and overlay/ PNGs")
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        """The trainer, with atomic checkpoint writing unless a config names its own
+        CheckpointIO plugin: every run gets it, whatever its config file."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        plugins = config.get("trainer", {}).get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        return super().instantiate_trainer(plugins=plugins, **kwargs)
 
     def before_fit(self) -> None:
         for callback in self.trainer.checkpoint_callbacks:

@@ -9,8 +9,8 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from desertmind.classes import PALETTE, TRAIN_TO_RAW
-from desertmind.imageio import read_image, write_png
+from desertmind.data.classes import PALETTE, TRAIN_TO_RAW
+from desertmind.data.imageio import read_image, write_png
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -13,13 +13,15 @@ import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
-from desertmind.classes import CLASS_NAMES, CLASSES, IGNORE_INDEX, NUM_CLASSES
-from desertmind.errors import ConfigError
-from desertmind.imageio import DatasetError
-from desertmind.layout import (
+from desertmind.files import write_json
+from desertmind.data.classes import CLASS_NAMES, CLASSES, IGNORE_INDEX, NUM_CLASSES
+from desertmind.errors import check_choice
+from desertmind.errors import DatasetError
+from desertmind.data.layout import (
     MASK_DIR,
     Sample,
     list_split,
@@ -31,7 +33,8 @@ from desertmind.layout import (
 STATS_VERSION = 1
 STATS_FILE = "desertmind_stats.json"
 LABELLED_SPLITS = ("train", "val")  # splits that must have masks
-WEIGHTINGS = ("none", "inverse_log", "median_frequency")
+Weighting = Literal["none", "inverse_log", "median_frequency"]
+WEIGHTINGS: tuple[str, ...] = get_args(Weighting)
 
 
 def default_stats_path(root: str | Path) -> Path:
@@ -149,7 +152,7 @@ def scan(root: str | Path, splits: list[str], stats_path: str | Path | None = No
         result["splits"][split] = summary
         changed = True
     if changed:
-        _write_json(path, result)
+        write_json(path, result)
     result["splits"] = {s: result["splits"][s] for s in splits}
     result["stats_path"] = str(path)
     return result
@@ -163,13 +166,6 @@ def _load_cache(path: Path) -> dict:
     return data if data.get("version") == STATS_VERSION else {}
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
 def class_weights(split_stats: dict, method: str) -> np.ndarray | None:
     """Per-class loss weights from a split's statistics; None for ``none``.
 
@@ -179,8 +175,7 @@ def class_weights(split_stats: dict, method: str) -> np.ndarray | None:
       the class's pixels over the pixels of the images it appears in.
     Classes with no pixels in the split get weight 0: they never occur as a target.
     """
-    if method not in WEIGHTINGS:
-        raise ConfigError(f"unknown class weighting {method!r}; choose one of {WEIGHTINGS}")
+    check_choice("class weighting (data.class_weighting)", method, WEIGHTINGS)
     if method == "none":
         return None
     pixels = np.asarray(split_stats["class_pixels"], dtype=np.float64)

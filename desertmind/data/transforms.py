@@ -7,14 +7,17 @@ with the ignore index, so labels are never blended.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import albumentations as A
 import cv2
 import torch
 
-from desertmind.classes import IGNORE_INDEX
-from desertmind.errors import ConfigError
+from desertmind.data.classes import IGNORE_INDEX
+from desertmind.errors import check_choice
 
-PRESETS = ("none", "flip_color", "crop", "strong")
+Preset = Literal["none", "flip_color", "crop", "strong"]
+PRESETS: tuple[str, ...] = get_args(Preset)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,8 +53,7 @@ def build_transform(
 
     ``seed`` fixes the pipeline's own random state (albumentations ignores global seeds).
     """
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown augmentation preset {preset!r}; choose one of {PRESETS}")
+    check_choice("augmentation preset (data.train_preset)", preset, PRESETS)
     steps = _resize(image_size)
     if preset == "flip_color":
         steps += [A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(0.2, 0.2, p=0.5)]

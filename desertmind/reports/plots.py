@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from desertmind.classes import CLASS_NAMES, IGNORE_INDEX, PALETTE
+from desertmind.files import write_with
+from desertmind.data.classes import CLASS_NAMES, IGNORE_INDEX, PALETTE
 
 
 def new_figure(width: float, height: float) -> tuple[Figure, object]:
@@ -90,10 +91,5 @@ def class_share_figure(pixel_share: Sequence[float], image_share: Sequence[float
 
 
 def save(fig: Figure, path: str | Path) -> Path:
-    """Write a figure as PNG (through a temporary file, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
-    return path
+    """Write a figure as PNG, atomically (see :mod:`desertmind.files`)."""
+    return write_with(path, lambda f: fig.savefig(f, format="png"))

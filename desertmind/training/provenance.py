@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 import subprocess
 import sys
@@ -14,9 +13,10 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from desertmind.layout import IMAGE_DIR, split_files
+from desertmind import runs
+from desertmind.data.layout import IMAGE_DIR, split_files
+from desertmind.files import write_json
 
-PROVENANCE_FILE = "provenance.json"
 _LIBRARIES = ("desertmind", "torch", "torchvision", "lightning", "torchmetrics",
               "albumentations", "numpy", "opencv-python-headless")
 
@@ -75,7 +75,7 @@ class Provenance(L.Callback):
             "stage": stage,
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": sys.argv,
-            "config": "config.yaml",
+            "config": runs.CONFIG_FILE,
             "git": git_state(),
             "versions": _versions(),
             "device": {
@@ -88,6 +88,4 @@ class Provenance(L.Callback):
             "dataset": dataset_fingerprint(dm.root, splits) if dm is not None and splits
             else None,
         }
-        path = Path(log_dir) / PROVENANCE_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=1))
+        write_json(Path(log_dir) / runs.PROVENANCE_FILE, record)

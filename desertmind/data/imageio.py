@@ -6,19 +6,16 @@ Images are read with OpenCV and returned in RGB order. Masks are read with
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from desertmind.errors import DatasetError
+from desertmind.files import write_bytes
+
 # OpenCV threads fight with DataLoader worker processes; the workers are the parallelism.
 cv2.setNumThreads(0)
-
-
-class DatasetError(ValueError):
-    """A problem with the dataset on disk; the message names the file or folder."""
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -58,19 +55,11 @@ def _read_bytes(path: str | Path) -> np.ndarray:
 
 
 def write_png(path: str | Path, array: np.ndarray, rgb: bool = False) -> None:
-    """Write a PNG atomically: a temporary file in the same folder, then a rename."""
+    """Write a PNG atomically (see :mod:`desertmind.files`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if rgb:
         array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".png", array)
     if not ok:
         raise OSError(f"{path}: PNG encoding failed for array {array.shape} {array.dtype}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(path, buf.tobytes())

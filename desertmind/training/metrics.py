@@ -16,7 +16,10 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from desertmind.classes import IGNORE_INDEX, NUM_CLASSES
+from desertmind.data.classes import IGNORE_INDEX, NUM_CLASSES
+
+#: the metric every phase selects its best checkpoint and stops early on
+MONITOR = "val/mIoU"
 
 
 def batched_confusion(preds: Tensor, target: Tensor, num_classes: int = NUM_CLASSES,

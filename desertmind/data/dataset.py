@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from desertmind.classes import IGNORE_INDEX
-from desertmind.layout import Sample, load_pair
+from desertmind.data.classes import IGNORE_INDEX
+from desertmind.data.layout import Sample, load_pair
 
 
 def seed_worker(worker_id: int) -> None:
@@ -30,7 +30,7 @@ class OffroadDataset(Dataset):
     and ``size`` (the original height and width; predictions are written back at it).
 
     Images stay uint8 so the host-to-device copy is 4x smaller than float; normalisation is
-    done on the device by :class:`~desertmind.datamodule.OffroadDataModule`. Unknown raw mask
+    done on the device by :class:`~desertmind.data.datamodule.OffroadDataModule`. Unknown raw mask
     values are ignored (255) and reported once per value and process with a warning.
     """
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from desertmind.datamodule import OffroadDataModule
-from desertmind.metrics import per_image_miou
-from desertmind.module import SegmentationModule
-from desertmind.plots import prediction_grid
-from desertmind.report import RunSummary
-from desertmind.transforms import normalize
+from desertmind import runs
+from desertmind.data.datamodule import OffroadDataModule
+from desertmind.training.metrics import per_image_miou
+from desertmind.training.module import SegmentationModule
+from desertmind.reports.plots import prediction_grid
+from desertmind.reports.report import RunSummary
+from desertmind.data.transforms import normalize
 
 
 @dataclass
@@ -29,7 +30,7 @@ class ImageScore:
 
 def load_best(run: RunSummary) -> tuple[SegmentationModule, OffroadDataModule]:
     """The run's best checkpoint (on the CPU, eval mode) and its data module, from its config."""
-    ckpt = run.path.parent / "checkpoints" / "best.ckpt"
+    ckpt, _ = runs.checkpoints_of_run(run.path)
     # the checkpoint holds every weight: do not fetch pretrained ones again
     module = SegmentationModule.load_from_checkpoint(ckpt, map_location="cpu", weights="none")
     data = dict(run.config.get("data") or {})

@@ -1,10 +1,12 @@
-"""torchvision DeepLabV3 builders with the seed's backbones and offline-safe pretrained weights."""
+"""torchvision DeepLabV3 with the seed's backbones and offline-safe pretrained weights."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import (
     MobileNet_V3_Large_Weights,
@@ -21,7 +23,8 @@ from torchvision.models.segmentation import (
     deeplabv3_resnet101,
 )
 
-from desertmind.errors import ConfigError
+from desertmind.errors import WeightsUnavailableError
+from desertmind.models.network import SegmentationNetwork
 
 _BUILDERS = {
     "mobilenet_v3_large": (deeplabv3_mobilenet_v3_large,
@@ -36,8 +39,47 @@ BACKBONES = tuple(_BUILDERS)
 WEIGHTS = ("none", "imagenet", "coco")
 
 
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be loaded; the message says which file and where it goes."""
+class TorchvisionDeepLabV3(SegmentationNetwork):
+    """torchvision's DeepLabV3 under the network contract.
+
+    It adopts the torchvision model's ``backbone``, ``classifier`` and ``aux_classifier``
+    under the same names, so checkpoint keys (``model.backbone.*``, ``model.classifier.4.*``)
+    are those of earlier desertmind versions and of plain torchvision. The forward returns
+    tensors instead of torchvision's ``{"out", "aux"}`` dict. DeepLabV3 upsamples to the input
+    size itself, so any input size works without padding.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(size_multiple=1)
+        self.backbone = model.backbone
+        self.classifier = model.classifier
+        self.aux_classifier = model.aux_classifier
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.backbone
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        return self.classifier.parameters()
+
+    def aux_parameters(self) -> Iterator[nn.Parameter]:
+        return iter(()) if self.aux_classifier is None else self.aux_classifier.parameters()
+
+    @property
+    def has_aux(self) -> bool:
+        return self.aux_classifier is not None
+
+    def forward_padded(self, images: torch.Tensor,
+                       with_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        size = images.shape[-2:]
+        features = self.backbone(images)
+        logits = F.interpolate(self.classifier(features["out"]), size=size, mode="bilinear",
+                               align_corners=False)
+        aux = None
+        if with_aux and self.aux_classifier is not None:
+            aux = F.interpolate(self.aux_classifier(features["aux"]), size=size,
+                                mode="bilinear", align_corners=False)
+        return logits, aux
 
 
 def _weights_file(w: WeightsEnum) -> str:
@@ -45,23 +87,15 @@ def _weights_file(w: WeightsEnum) -> str:
     return os.path.join(checkpoints, os.path.basename(w.url))
 
 
-def build_deeplabv3(
-    backbone: str = "mobilenet_v3_large",
-    num_classes: int = 10,
-    weights: str = "none",
-    aux_loss: bool = False,
-) -> nn.Module:
-    """DeepLabV3 with ``num_classes`` outputs.
+def build_deeplabv3(backbone: str, num_classes: int, weights: str,
+                    aux_loss: bool) -> TorchvisionDeepLabV3:
+    """DeepLabV3 with ``num_classes`` outputs; names are checked by the registry.
 
     ``weights``: ``none`` (random), ``imagenet`` (backbone only) or ``coco`` (torchvision's
     COCO-with-VOC-labels segmentation weights, the seed's ``weights="DEFAULT"``; the last layer
     of the classifier and of the aux head are replaced for ``num_classes``). Weights that cannot
     be downloaded raise :class:`WeightsUnavailableError`; there is no fallback to random ones.
     """
-    if backbone not in _BUILDERS:
-        raise ConfigError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
-    if weights not in WEIGHTS:
-        raise ConfigError(f"unknown weights {weights!r}; choose one of {WEIGHTS}")
     builder, coco, imagenet = _BUILDERS[backbone]
     try:
         if weights == "coco":
@@ -81,15 +115,8 @@ def build_deeplabv3(
             f"machine with network access and place it at {_weights_file(w)} (the folder "
             "follows $TORCH_HOME, default ~/.cache/torch), or use weights: none."
         ) from e
-    return model
+    return TorchvisionDeepLabV3(model)
 
 
 def _replace_conv(conv: nn.Conv2d, num_classes: int) -> nn.Conv2d:
     return nn.Conv2d(conv.in_channels, num_classes, kernel_size=conv.kernel_size)
-
-
-def set_bn_momentum(model: nn.Module, momentum: float) -> None:
-    """Set every BatchNorm's running-stat momentum (torchvision's MobileNetV3 uses 0.01)."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.momentum = momentum

@@ -14,9 +14,9 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard import SummaryWriter
 
-from desertmind.classes import CLASS_NAMES
-from desertmind.plots import confusion_matrix_figure, prediction_grid
-from desertmind.transforms import normalize
+from desertmind.data.classes import CLASS_NAMES
+from desertmind.reports.plots import confusion_matrix_figure, prediction_grid
+from desertmind.data.transforms import normalize
 
 BEST_METRIC = "hp/best_val_mIoU"
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from desertmind.classes import NUM_CLASSES, TRAIN_TO_RAW
-from desertmind.imageio import write_png
-from desertmind.layout import IMAGE_DIR, MASK_DIR
+from desertmind.data.classes import NUM_CLASSES, TRAIN_TO_RAW
+from desertmind.data.imageio import write_png
+from desertmind.errors import DatasetError
+from desertmind.data.layout import IMAGE_DIR, MASK_DIR
 
 TREES, LUSH, DRY_GRASS, DRY_BUSH, CLUTTER, FLOWERS, LOGS, ROCKS, LANDSCAPE, SKY = range(10)
 OBJECT_CLASSES = (DRY_GRASS, CLUTTER, ROCKS, LOGS, DRY_BUSH, LUSH, FLOWERS, TREES)  # back to front
@@ -117,7 +118,7 @@ def generate(out: str | Path, n_train: int = 40, n_val: int = 10, height: int = 
     out = Path(out)
     for split in ("train", "val"):
         if (out / split).exists() and not overwrite:
-            raise FileExistsError(f"{out / split} already exists; pass --overwrite to replace it")
+            raise DatasetError(f"{out / split} already exists; pass --overwrite to replace it")
     for split_id, (split, n) in enumerate((("train", n_train), ("val", n_val))):
         for i in range(n):
             rng = np.random.default_rng(np.random.SeedSequence([seed, split_id, i]))

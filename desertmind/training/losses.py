@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from desertmind.classes import IGNORE_INDEX
+from desertmind.data.classes import IGNORE_INDEX
 from desertmind.errors import ConfigError
 
 LOSSES = ("ce", "weighted_ce", "dice")

@@ -1,8 +1,6 @@
-"""LightningModule wrapping torchvision DeepLabV3 for the ten off-road classes."""
+"""LightningModule training any network of the registry for the ten off-road classes."""
 
 from __future__ import annotations
-
-from typing import Literal
 
 import lightning as L
 import torch
@@ -10,20 +8,22 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from desertmind.checkpoints import load_weights
-from desertmind.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from desertmind.data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from desertmind.errors import ConfigError, NonFiniteLossError
-from desertmind.inference import predict_probs, restrict
-from desertmind.losses import build_loss, parse_loss
-from desertmind.metrics import SegmentationMetrics
-from desertmind.model import build_deeplabv3, set_bn_momentum
-from desertmind.schedulers import PolyLR
-
-MONITOR = "val/mIoU"
+from desertmind.inference.tta import predict_probs, restrict
+from desertmind.models.network import set_bn_momentum
+from desertmind.models.registry import DEFAULT_ARCH, Arch, build_network
+from desertmind.training.checkpoints import load_weights
+from desertmind.training.losses import build_loss, parse_loss
+from desertmind.training.metrics import MONITOR, SegmentationMetrics
+from desertmind.training.schedulers import PolyLR
 
 
 class SegmentationModule(L.LightningModule):
-    """DeepLabV3 training, evaluation and prediction; arguments mirror the config one to one.
+    """Training, evaluation and prediction of one network; arguments mirror the config.
+
+    The network is built by name (:func:`~desertmind.models.build_network`) and used only
+    through the :class:`~desertmind.models.SegmentationNetwork` contract.
 
     Hooks:
         setup: builds the loss (class weights come from the data module) and, for ``fit``,
@@ -34,16 +34,24 @@ class SegmentationModule(L.LightningModule):
         on_{validation,test}_epoch_end: logs ``<stage>/mIoU`` (dataset level, the headline and
             the checkpoint monitor), ``<stage>/mIoU_per_image`` (the seed's definition),
             ``<stage>/pixel_acc``, ``<stage>/mean_acc`` and ``<stage>/iou/<class>``.
-        configure_optimizers: named param groups ``backbone`` (LR x ``backbone_lr_mult``),
-            ``head`` and ``aux`` for the injected optimizer, and the injected scheduler (poly
-            steps per batch, others per epoch, reduce-on-plateau on val/mIoU).
+        configure_optimizers: named param groups ``backbone`` (the network's encoder, LR x
+            ``backbone_lr_mult``), ``head`` and ``aux`` for the injected optimizer, and the
+            injected scheduler (poly steps per batch, others per epoch, reduce-on-plateau on
+            val/mIoU).
 
     Args:
-        backbone: ``mobilenet_v3_large``, ``resnet50`` or ``resnet101``.
+        arch: ``deeplabv3`` (torchvision) or an SMP architecture (``deeplabv3plus``, ``unet``,
+            ``unetplusplus``, ``fpn``, ``upernet``, ``segformer``, ...).
+        backbone: for deeplabv3 ``mobilenet_v3_large``, ``resnet50`` or ``resnet101``; for SMP
+            architectures any SMP encoder (``resnet18``, ``mit_b0``..``mit_b5``, ...) or
+            ``tu-<timm model>``.
         num_classes: must equal the class table's 10.
-        weights: ``none``, ``imagenet`` (backbone) or ``coco`` (whole model but the last layers).
-        aux_loss: add torchvision's auxiliary FCN head; ``aux_weight`` scales its loss.
-        loss: loss spec, e.g. ``ce``, ``weighted_ce + 0.5 dice`` (see :mod:`desertmind.losses`).
+        weights: ``none``; ``imagenet`` (encoder); for deeplabv3 also ``coco`` (whole model
+            but the last layers); for SMP encoders any of their pretrained variants.
+        aux_loss: add torchvision's auxiliary FCN head (deeplabv3 only); ``aux_weight`` scales
+            its loss.
+        loss: loss spec, e.g. ``ce``, ``weighted_ce + 0.5 dice`` (see
+            :mod:`desertmind.training.losses`).
         optimizer, scheduler: injected by LightningCLI (``class_path`` / ``init_args``).
         backbone_lr_mult: the backbone's LR relative to the head's.
         init_from: a previous run's checkpoint to start from, weights only.
@@ -60,9 +68,10 @@ class SegmentationModule(L.LightningModule):
 
     def __init__(
         self,
-        backbone: Literal["mobilenet_v3_large", "resnet50", "resnet101"] = "mobilenet_v3_large",
+        arch: Arch = DEFAULT_ARCH,
+        backbone: str = "mobilenet_v3_large",
         num_classes: int = NUM_CLASSES,
-        weights: Literal["none", "imagenet", "coco"] = "none",
+        weights: str = "none",
         aux_loss: bool = False,
         aux_weight: float = 0.4,
         loss: str = "ce",
@@ -92,7 +101,7 @@ class SegmentationModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.model = build_deeplabv3(backbone, num_classes, weights, aux_loss)
+        self.model = build_network(arch, backbone, num_classes, weights, aux_loss)
         if bn_momentum is not None:
             set_bn_momentum(self.model, bn_momentum)
         if channels_last:
@@ -104,10 +113,6 @@ class SegmentationModule(L.LightningModule):
         self.test_metrics = SegmentationMetrics(num_classes)
         #: the last epoch's computed metrics per stage (on the CPU), for dashboard callbacks
         self.last_eval: dict[str, dict[str, torch.Tensor]] = {}
-
-    @property
-    def backbone(self) -> torch.nn.Module:
-        return self.model.backbone
 
     def setup(self, stage: str) -> None:
         if self.criterion is None:
@@ -125,17 +130,17 @@ class SegmentationModule(L.LightningModule):
         """Normalised float images (N, 3, H, W) -> logits (N, C, H, W)."""
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.model(images)["out"]
+        return self.model(images)
 
     def _loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         images = batch["image"]
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        out = self.model(images)
-        loss = self.criterion(out["out"], batch["mask"])
-        if "aux" in out:
-            loss = loss + self.hparams.aux_weight * self.criterion(out["aux"], batch["mask"])
-        return loss, out["out"]
+        logits, aux = self.model.forward_with_aux(images)
+        loss = self.criterion(logits, batch["mask"])
+        if aux is not None:
+            loss = loss + self.hparams.aux_weight * self.criterion(aux, batch["mask"])
+        return loss, logits
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch)
@@ -213,15 +218,15 @@ class SegmentationModule(L.LightningModule):
         self._log_metrics("test")
 
     def param_groups(self) -> list[dict]:
-        """Named groups: backbone (with ``lr_mult``), head and, if present, aux."""
+        """Named groups: backbone (the encoder, with ``lr_mult``), head and, if any, aux."""
         groups = [
-            {"name": "backbone", "params": list(self.model.backbone.parameters()),
+            {"name": "backbone", "params": list(self.model.encoder.parameters()),
              "lr_mult": self.hparams.backbone_lr_mult},
-            {"name": "head", "params": list(self.model.classifier.parameters()), "lr_mult": 1.0},
+            {"name": "head", "params": list(self.model.head_parameters()), "lr_mult": 1.0},
         ]
-        if self.model.aux_classifier is not None:
-            groups.append({"name": "aux", "params": list(self.model.aux_classifier.parameters()),
-                           "lr_mult": 1.0})
+        aux = list(self.model.aux_parameters())
+        if aux:
+            groups.append({"name": "aux", "params": aux, "lr_mult": 1.0})
         return groups
 
     def configure_optimizers(self):

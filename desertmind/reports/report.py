@@ -17,15 +17,19 @@ import yaml
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from desertmind.checkpoints import read_checkpoint
-from desertmind.classes import CLASS_NAMES
-from desertmind.plots import new_figure, save
+from desertmind.runs import (
+    CONFIG_FILE,
+    PROVENANCE_FILE,
+    checkpoints_of_run,
+    phase_of_checkpoint,
+)
+from desertmind.errors import DesertMindError, ReportError
+from desertmind.training.checkpoints import read_checkpoint
+from desertmind.training.metrics import MONITOR
+from desertmind.data.classes import CLASS_NAMES
+from desertmind.reports.plots import new_figure, save
+from desertmind.files import write_text
 
-MONITOR = "val/mIoU"
-
-
-class ReportError(RuntimeError):
-    """A run's logs cannot be summarised; the message names the run."""
 
 
 @dataclass
@@ -86,7 +90,7 @@ def load_run(path: Path, label: str) -> RunSummary:
     curve = [(epoch_at.get(e.step, i), float(e.value)) for i, e in enumerate(curve_events)]
     best_index = int(np.nanargmax([v for _, v in curve]))
     best_step = curve_events[best_index].step
-    config = _read_yaml(path / "config.yaml")
+    config = _read_yaml(path / CONFIG_FILE)
     return RunSummary(
         run=label, path=path, best_miou=curve[best_index][1], best_epoch=curve[best_index][0],
         pixel_acc=at("val/pixel_acc", best_step), miou_per_image=at("val/mIoU_per_image",
@@ -95,7 +99,7 @@ def load_run(path: Path, label: str) -> RunSummary:
         per_class={n: v for n in CLASS_NAMES if (v := at(f"val/iou/{n}", best_step)) is not None},
         curve=curve, config=config,
         evaluation_only=not any(t.startswith("train/") for t in tags),
-        provenance=_read_json(path / "provenance.json"),
+        provenance=_read_json(path / PROVENANCE_FILE),
     )
 
 
@@ -123,12 +127,12 @@ def _read_json(path: Path) -> dict:
 
 
 def _early_stopped(run_path: Path) -> bool | None:
-    last = run_path.parent / "checkpoints" / "last.ckpt"
+    _, last = checkpoints_of_run(run_path)
     if not last.is_file():
         return None
     try:
         callbacks = read_checkpoint(last).get("callbacks", {})
-    except Exception:
+    except DesertMindError:
         return None
     for key, state in callbacks.items():
         if key.startswith("EarlyStopping"):
@@ -157,7 +161,7 @@ def load_report(logs: str | Path = "lightning_logs") -> tuple[list[RunSummary], 
     for r in runs:
         init_from = (r.config.get("model") or {}).get("init_from")
         if init_from:
-            source_dir = Path(init_from).parent.parent
+            source_dir = phase_of_checkpoint(init_from)
             try:
                 source = source_dir.resolve().relative_to(logs.resolve()).as_posix()
             except ValueError:
@@ -294,9 +298,7 @@ def write_report(logs: str | Path = "lightning_logs", out: str | Path = "reports
     out.mkdir(parents=True, exist_ok=True)
     paths = {"summary.md": out / "summary.md", "summary.csv": out / "summary.csv"}
     for key, text in (("summary.md", markdown(runs, problems)), ("summary.csv", csv_text(runs))):
-        tmp = paths[key].with_name(f".{key}.tmp")
-        tmp.write_text(text)
-        tmp.replace(paths[key])
+        write_text(paths[key], text)
     paths["curves.png"] = save(curves_figure(runs), out / "curves.png")
     paths["per_class_iou.png"] = save(per_class_figure(runs), out / "per_class_iou.png")
     return {"paths": paths, "runs": runs, "problems": problems}

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
-from desertmind.dataset import OffroadDataset, seed_worker
-from desertmind.errors import ConfigError
-from desertmind.imageio import DatasetError
-from desertmind.layout import list_images, list_split
-from desertmind.stats import WEIGHTINGS, class_weights, scan
-from desertmind.transforms import PRESETS, build_transform, normalize
+from desertmind.data.dataset import OffroadDataset, seed_worker
+from desertmind.errors import DatasetError
+from desertmind.data.layout import list_images, list_split
+from desertmind.data.stats import WEIGHTINGS, Weighting, class_weights, scan
+from desertmind.data.transforms import PRESETS, Preset, build_transform, normalize
+from desertmind.errors import check_choice
 
 
 class OffroadDataModule(L.LightningDataModule):
@@ -36,7 +35,7 @@ class OffroadDataModule(L.LightningDataModule):
         batch_size: training batch size; ``eval_batch_size`` defaults to it.
         num_workers: DataLoader worker processes (persistent when > 0).
         image_size: (height, width) every image is resized to; None keeps the full size.
-        train_preset: augmentation preset, one of :data:`~desertmind.transforms.PRESETS`.
+        train_preset: augmentation preset, one of :data:`~desertmind.data.transforms.PRESETS`.
         crop_size: square crop side for the ``crop`` and ``strong`` presets.
         class_weighting: ``none``, ``inverse_log`` or ``median_frequency``, computed from the
             train split's statistics (see ``desertmind check-data``).
@@ -55,18 +54,16 @@ class OffroadDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 2,
         image_size: tuple[int, int] | None = None,
-        train_preset: Literal["none", "flip_color", "crop", "strong"] = "none",
+        train_preset: Preset = "none",
         crop_size: int = 512,
-        class_weighting: Literal["none", "inverse_log", "median_frequency"] = "none",
+        class_weighting: Weighting = "none",
         stats_path: str | None = None,
         pin_memory: bool | None = None,
     ) -> None:
         super().__init__()
-        if train_preset not in PRESETS:
-            raise ConfigError(f"unknown train_preset {train_preset!r}; choose one of {PRESETS}")
-        if class_weighting not in WEIGHTINGS:
-            raise ConfigError(
-                f"unknown class_weighting {class_weighting!r}; choose one of {WEIGHTINGS}")
+        # Python callers bypass the CLI's Literal check: fail here, not at setup
+        check_choice("data.train_preset", train_preset, PRESETS)
+        check_choice("data.class_weighting", class_weighting, WEIGHTINGS)
         self.save_hyperparameters()
         self.root = Path(root)
         self.datasets: dict[str, OffroadDataset] = {}

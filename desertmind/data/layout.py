@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from desertmind.classes import remap
-from desertmind.imageio import DatasetError, read_image, read_mask
+from desertmind.data.classes import remap
+from desertmind.errors import DatasetError
+from desertmind.data.imageio import read_image, read_mask
 
 IMAGE_DIR = "Color_Images"
 MASK_DIR = "Segmentation"

@@ -1,0 +1,1 @@
+"""The ``desertmind`` command: LightningCLI subcommands and the plain tools."""

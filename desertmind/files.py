@@ -1,0 +1,86 @@
+"""Atomic file writes: the one way desertmind puts a file on disk.
+
+A file is written to a temporary file in the same folder, flushed to disk (fsync) and renamed
+over the target. A reader, a crash or a kill therefore sees either the old file or the whole new
+one, never a half-written file; the temporary file is removed when writing fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[str]:
+    """Yield a temporary file name beside ``path``; on a clean exit the file is fsynced and
+    replaces ``path`` in one rename. On an error it is removed and ``path`` is untouched.
+
+    The file gets the permissions an ordinary ``open`` would give it (the umask applies), not
+    mkstemp's 0600.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        os.close(fd)
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing; see :func:`atomic_path`."""
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', not {mode!r}")
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    return write_text(path, json.dumps(data, indent=1))
+
+
+def write_with(path: str | Path, writer: Callable[[IO], None]) -> Path:
+    """Atomically write ``path`` through ``writer(binary_file)`` (torch.save, savefig, ...)."""
+    with atomic_open(path, "wb") as f:
+        writer(f)
+    return Path(path)
+
+
+def write_via_path(path: str | Path, writer: Callable[[str], None]) -> Path:
+    """Atomically write ``path`` with a ``writer(temp_name)`` that only takes a file name
+    (the ONNX exporter, OpenCV)."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+    return Path(path)

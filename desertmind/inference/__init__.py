@@ -1,0 +1,1 @@
+"""Using a trained network: test-time augmentation, prediction files and export."""

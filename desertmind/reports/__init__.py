@@ -1,0 +1,1 @@
+"""Looking at runs: TensorBoard dashboards, the phase report, figures and analysis."""

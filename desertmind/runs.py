@@ -1,0 +1,65 @@
+"""Where runs live on disk: the one module that knows the run-folder layout.
+
+::
+
+    <logs>/<phase>/                       a phase (the TensorBoard logger's save_dir / name)
+        version_N/                        one training run: events, config.yaml, provenance.json
+        checkpoints/best.ckpt             the best model on the monitored metric
+        checkpoints/last.ckpt             the latest state, for --ckpt_path last
+
+The CLI, the report, ``desertmind scores``, the notebook and the Makefile's phase targets all
+take these paths from here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHECKPOINT_DIR = "checkpoints"
+BEST = "best"
+LAST = "last"
+CKPT_EXT = ".ckpt"
+PROVENANCE_FILE = "provenance.json"
+CONFIG_FILE = "config.yaml"
+
+
+def phase_dir(logs: str | Path, phase: str) -> Path:
+    """``<logs>/<phase>``."""
+    return Path(logs) / phase
+
+
+def checkpoint_dir(logs: str | Path, phase: str) -> Path:
+    """``<logs>/<phase>/checkpoints``."""
+    return phase_dir(logs, phase) / CHECKPOINT_DIR
+
+
+def best_checkpoint(logs: str | Path, phase: str) -> Path:
+    """``<logs>/<phase>/checkpoints/best.ckpt``: what the next phase starts from."""
+    return checkpoint_dir(logs, phase) / f"{BEST}{CKPT_EXT}"
+
+
+def last_checkpoint(logs: str | Path, phase: str) -> Path:
+    """``<logs>/<phase>/checkpoints/last.ckpt``: what ``--ckpt_path last`` resumes."""
+    return checkpoint_dir(logs, phase) / f"{LAST}{CKPT_EXT}"
+
+
+def phase_of_run(run_dir: str | Path) -> Path:
+    """The phase folder of a ``version_N`` run folder."""
+    return Path(run_dir).parent
+
+
+def checkpoints_of_run(run_dir: str | Path) -> tuple[Path, Path]:
+    """``(best.ckpt, last.ckpt)`` of the phase a ``version_N`` run folder belongs to."""
+    folder = phase_of_run(run_dir) / CHECKPOINT_DIR
+    return folder / f"{BEST}{CKPT_EXT}", folder / f"{LAST}{CKPT_EXT}"
+
+
+def phase_of_checkpoint(ckpt: str | Path) -> Path:
+    """The phase folder of ``<phase>/checkpoints/<file>.ckpt``."""
+    return Path(ckpt).parent.parent
+
+
+def find_best_checkpoints(logs: str | Path) -> list[Path]:
+    """Every ``<logs>/<phase>/checkpoints/best.ckpt``, oldest first."""
+    found = Path(logs).glob(f"*/{CHECKPOINT_DIR}/{BEST}{CKPT_EXT}")
+    return sorted(found, key=lambda p: p.stat().st_mtime)

@@ -1,0 +1,2 @@
+"""Training: the LightningModule, losses, metrics, schedulers, freezing, checkpoints and
+provenance."""

@@ -1,0 +1,132 @@
+"""Checkpoints: written atomically at a stable path per phase, read without running code.
+
+- :class:`AtomicCheckpointIO` writes every checkpoint through :mod:`desertmind.files`;
+  the CLI installs it for every run.
+- :class:`PhaseCheckpoint` keeps ``best.ckpt`` and :class:`LastCheckpoint` ``last.ckpt`` in
+  ``<logs>/<phase>/checkpoints`` (:mod:`desertmind.runs`).
+- :func:`read_checkpoint`, :func:`load_weights` (``init_from``) and :func:`best_score` read
+  them back with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import nn
+
+from desertmind import runs
+from desertmind.errors import CheckpointError
+from desertmind.files import write_with
+
+_SHOW = 8
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """TorchCheckpointIO whose ``save_checkpoint`` replaces the target in one rename.
+
+    Lightning's default writes straight into ``best.ckpt`` / ``last.ckpt``: a kill during the
+    write leaves a truncated file. Here the old file stays intact until the new one is
+    complete on disk.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH,
+                        storage_options: Any | None = None) -> None:
+        write_with(path, lambda f: torch.save(checkpoint, f))
+
+
+class PhaseCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose default folder is stable per phase: ``<save_dir>/<name>/checkpoints``.
+
+    Lightning's default puts checkpoints under ``version_N``, so the next phase could not name
+    the previous phase's best model. With ``dirpath`` unset, this resolves to the logger's
+    ``save_dir`` and ``name`` (e.g. ``lightning_logs/phase1/checkpoints/best.ckpt``).
+    """
+
+    def resolve_dirpath(self, trainer: L.Trainer) -> None:
+        """Fill in the default folder from the trainer's logger (before ``--ckpt_path last``
+        is looked up, which happens before any callback's setup)."""
+        if self.dirpath is None and trainer.logger is not None:
+            logger = trainer.logger
+            self.dirpath = str(runs.checkpoint_dir(logger.save_dir or ".", str(logger.name)))
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.resolve_dirpath(trainer)
+        super().setup(trainer, pl_module, stage)
+
+
+class LastCheckpoint(PhaseCheckpoint):
+    """Owns ``last.ckpt``: rewritten after every validation and every ``every_n_train_steps``
+    optimizer steps (0: only after validations).
+
+    Lightning's ModelCheckpoint refreshes ``last.ckpt`` only when it also saved a new best, so
+    after an epoch without improvement ``last.ckpt`` would lag behind and a resume would repeat
+    work. A crash loses at most ``every_n_train_steps`` steps; ``--ckpt_path last`` resumes from
+    here, in the middle of an epoch if need be.
+    """
+
+    def __init__(self, every_n_train_steps: int = 0) -> None:
+        super().__init__(monitor=None, save_top_k=0, save_last=True,
+                         every_n_train_steps=every_n_train_steps, every_n_epochs=0)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if (not self._should_skip_saving_checkpoint(trainer)
+                and self._last_global_step_saved != trainer.global_step):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a Lightning checkpoint on the CPU with ``weights_only=True`` (no code is run)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} not found (init_from must point to a finished run's "
+            f"checkpoint, e.g. {runs.best_checkpoint('lightning_logs', 'phase1')}; run the "
+            "previous phase first)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, not a checkpoint, unsupported pickled objects
+        raise CheckpointError(f"{path}: cannot read checkpoint ({e})") from e
+
+
+def load_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> None:
+    """Copy the weights under ``prefix`` of a Lightning checkpoint into ``model``, strictly.
+
+    Only weights are taken: no optimizer, epoch, scheduler or callback state. Any missing key,
+    unexpected key or shape difference is refused with a message listing them.
+    """
+    ckpt = read_checkpoint(path)
+    state = ckpt.get("state_dict", ckpt)
+    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    own = model.state_dict()
+    missing = sorted(own.keys() - weights.keys())
+    unexpected = sorted(weights.keys() - own.keys())
+    shapes = [f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(own.keys() & weights.keys()) if weights[k].shape != own[k].shape]
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                         ("shape mismatches", shapes)):
+        if items:
+            more = f" ... ({len(items) - _SHOW} more)" if len(items) > _SHOW else ""
+            problems.append(f"{len(items)} {label}: {', '.join(items[:_SHOW])}{more}")
+    if problems:
+        raise CheckpointError(
+            f"{path} does not fit this model (another architecture, backbone, class count or "
+            "aux head?); " + "; ".join(problems))
+    model.load_state_dict(weights)
+
+
+def best_score(path: str | Path) -> tuple[float | None, int | None]:
+    """The monitored best score stored by ModelCheckpoint in ``path``, and the epoch saved."""
+    ckpt = read_checkpoint(path)
+    score = None
+    for state in ckpt.get("callbacks", {}).values():
+        if state.get("best_model_score") is not None:
+            score = float(state["best_model_score"])
+    return score, ckpt.get("epoch")

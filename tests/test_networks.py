@@ -1,0 +1,178 @@
+"""The network contract, for every architecture: shapes at any size, param groups, freezing,
+checkpoint round trip, init_from across phases, and ONNX export parity with eager.
+
+Tiny inputs (not multiples of 32, like the real 540x960 and the demo's 144x256) and random
+weights; the style of SMP's ``tests/base/test_freeze_encoder.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import segmentation_models_pytorch as smp
+import torch
+
+from desertmind.cli.main import main
+from desertmind.data.datamodule import OffroadDataModule
+from desertmind.errors import ConfigError, WeightsUnavailableError
+from desertmind.models import ARCHITECTURES, build_network
+from desertmind.training.freeze import BackboneFreeze
+from desertmind.training.module import SegmentationModule
+
+# one encoder per architecture, the smallest that architecture takes
+NETWORKS = [
+    ("deeplabv3", "mobilenet_v3_large"),
+    ("deeplabv3plus", "resnet18"),
+    ("unet", "resnet18"),
+    ("unetplusplus", "resnet18"),
+    ("fpn", "resnet18"),
+    ("upernet", "resnet18"),
+    ("segformer", "mit_b0"),
+]
+IDS = [a for a, _ in NETWORKS]
+
+
+def test_every_registered_architecture_is_covered_or_smp():
+    assert set(IDS) <= set(ARCHITECTURES)
+    assert {"deeplabv3plus", "unet", "unetplusplus", "fpn", "upernet", "segformer"} <= set(
+        ARCHITECTURES)
+
+
+@pytest.mark.parametrize(("arch", "backbone"), NETWORKS, ids=IDS)
+def test_logits_at_any_input_size(arch: str, backbone: str):
+    net = build_network(arch, backbone, 10, "none").eval()
+    x = torch.randn(2, 3, 50, 70)  # neither dimension a multiple of 16 or 32
+    with torch.no_grad():
+        logits, aux = net.forward_with_aux(x)
+        assert net(x).shape == logits.shape == (2, 10, 50, 70)
+    assert aux is None
+    if net.size_multiple > 1:  # the wrapped network itself refuses this size: padding is ours
+        with pytest.raises(RuntimeError, match="divisible"):
+            net.net(x)
+
+
+@pytest.mark.parametrize(("arch", "backbone"), NETWORKS, ids=IDS)
+def test_param_groups_cover_every_parameter_once_with_their_lr(arch: str, backbone: str):
+    module = SegmentationModule(arch=arch, backbone=backbone, backbone_lr_mult=0.1,
+                                optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+    opt = module.configure_optimizers()
+    assert [(g["name"], g["lr"]) for g in opt.param_groups] == [
+        ("backbone", pytest.approx(0.05)), ("head", 0.5)]
+    ids = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(module.model.parameters()))
+    encoder = {id(p) for p in module.model.encoder.parameters()}
+    assert {id(p) for p in opt.param_groups[0]["params"]} == encoder
+
+
+def test_deeplabv3_aux_head_is_its_own_group():
+    module = SegmentationModule(aux_loss=True, optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+    names = [g["name"] for g in module.configure_optimizers().param_groups]
+    assert names == ["backbone", "head", "aux"]
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize(("arch", "backbone"), NETWORKS, ids=IDS)
+def test_frozen_encoder_round_trip_and_init_from(arch: str, backbone: str, synth_root: Path,
+                                                 tmp_path: Path):
+    """A phase with the encoder frozen: encoder weights and BatchNorm statistics stay, the head
+    moves; the checkpoint reloads to the same logits; a next phase starts from its weights."""
+    def module(**kw) -> SegmentationModule:
+        return SegmentationModule(arch=arch, backbone=backbone, bn_momentum=0.5,
+                                  optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2), **kw)
+
+    dm = OffroadDataModule(str(synth_root), batch_size=2, num_workers=0, image_size=(40, 56))
+    first = module()
+    encoder_before = _state(first.model.encoder)
+    head_before = [p.detach().clone() for p in first.model.head_parameters()]
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=1, limit_train_batches=2,
+                        limit_val_batches=1, num_sanity_val_steps=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu",
+                        callbacks=[BackboneFreeze(unfreeze_at_epoch=None)])
+    trainer.fit(first, dm)
+    encoder_after = _state(first.model.encoder)
+    assert encoder_before.keys() == encoder_after.keys()
+    assert all(torch.equal(encoder_before[k], encoder_after[k]) for k in encoder_before)
+    assert any(not torch.equal(a, b) for a, b in zip(head_before, first.model.head_parameters(),
+                                                     strict=True))
+
+    ckpt = tmp_path / "phase.ckpt"
+    trainer.save_checkpoint(ckpt)
+    x = torch.randn(1, 3, 40, 56)
+    first.eval()
+    loaded = SegmentationModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    assert loaded.hparams.arch == arch and loaded.hparams.backbone == backbone
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), first(x))
+
+    following = module(init_from=str(ckpt))
+    following.setup("fit")
+    assert all(torch.equal(v, following.model.state_dict()[k])
+               for k, v in first.model.state_dict().items())
+
+
+@pytest.mark.parametrize(("arch", "backbone"), [NETWORKS[0], NETWORKS[1], NETWORKS[-1]],
+                         ids=[IDS[0], IDS[1], IDS[-1]])
+def test_onnx_export_matches_eager_at_other_sizes(arch: str, backbone: str, tmp_path: Path):
+    import onnxruntime as ort
+
+    module = SegmentationModule(arch=arch, backbone=backbone)
+    ckpt = tmp_path / "m.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": L.__version__}, ckpt)
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(out), "--height", "64",
+                 "--width", "96"]) == 0
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    module.eval()
+    for shape in ((1, 3, 64, 96), (2, 3, 50, 70)):  # another batch and a size needing padding
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            eager = module(x).numpy()
+        got = session.run(None, {"images": x.numpy()})[0]
+        assert got.shape == eager.shape
+        assert np.abs(got - eager).max() < 1e-3
+        assert (got.argmax(1) == eager.argmax(1)).mean() > 0.999
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(ConfigError, match="deeplabv3plus.*segformer"):
+        build_network("deeplab4")
+    with pytest.raises(ConfigError, match="resnet18.*mit_b0"):
+        build_network("unet", "vgg99")
+    with pytest.raises(ConfigError, match="resnet101"):
+        build_network("deeplabv3", "vit_b_16")
+    with pytest.raises(ConfigError, match="imagenet"):
+        build_network("deeplabv3", "mobilenet_v3_large", weights="DEFAULT")
+    with pytest.raises(ConfigError, match="ssl"):
+        build_network("unet", "resnet18", weights="coco")
+    with pytest.raises(ConfigError, match="auxiliary"):
+        build_network("unet", "resnet18", aux_loss=True)
+
+
+def test_smp_weights_offline_name_the_repository_and_the_cache(monkeypatch, tmp_path: Path):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(WeightsUnavailableError) as e:
+        build_network("deeplabv3plus", "resnet18", weights="imagenet")
+    settings = smp.encoders.encoders["resnet18"]["pretrained_settings"]["imagenet"]
+    message = str(e.value)
+    assert settings["repo_id"] in message and settings["revision"] in message
+    assert str(tmp_path / "hub") in message and "weights: none" in message
+
+
+def test_unknown_arch_fails_before_training_listing_names(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "-c", str(Path(__file__).parents[1] / "configs" / "phase1.yaml"),
+              "--model.arch", "deeplab4", "--print_config"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "segformer" in err and "upernet" in err
