@@ -38,11 +38,6 @@ def best_checkpoint(logs: str | Path, phase: str) -> Path:
     return checkpoint_dir(logs, phase) / f"{BEST}{CKPT_EXT}"
 
 
-def last_checkpoint(logs: str | Path, phase: str) -> Path:
-    """``<logs>/<phase>/checkpoints/last.ckpt``: what ``--ckpt_path last`` resumes."""
-    return checkpoint_dir(logs, phase) / f"{LAST}{CKPT_EXT}"
-
-
 def phase_of_run(run_dir: str | Path) -> Path:
     """The phase folder of a ``version_N`` run folder."""
     return Path(run_dir).parent

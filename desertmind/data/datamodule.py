@@ -10,11 +10,10 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from desertmind.data.dataset import OffroadDataset, seed_worker
-from desertmind.errors import DatasetError
 from desertmind.data.layout import list_images, list_split
 from desertmind.data.stats import WEIGHTINGS, Weighting, class_weights, scan
 from desertmind.data.transforms import PRESETS, Preset, build_transform, normalize
-from desertmind.errors import check_choice
+from desertmind.errors import DatasetError, check_choice
 
 
 class OffroadDataModule(L.LightningDataModule):

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from desertmind.data.classes import remap
-from desertmind.errors import DatasetError
 from desertmind.data.imageio import read_image, read_mask
+from desertmind.errors import DatasetError
 
 IMAGE_DIR = "Color_Images"
 MASK_DIR = "Segmentation"

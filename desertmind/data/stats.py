@@ -17,10 +17,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from desertmind.files import write_json
 from desertmind.data.classes import CLASS_NAMES, CLASSES, IGNORE_INDEX, NUM_CLASSES
-from desertmind.errors import check_choice
-from desertmind.errors import DatasetError
 from desertmind.data.layout import (
     MASK_DIR,
     Sample,
@@ -29,6 +26,8 @@ from desertmind.data.layout import (
     missing_root_message,
     split_files,
 )
+from desertmind.errors import DatasetError, check_choice
+from desertmind.files import write_json
 
 STATS_VERSION = 1
 STATS_FILE = "desertmind_stats.json"

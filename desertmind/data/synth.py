@@ -14,8 +14,8 @@ import numpy as np
 
 from desertmind.data.classes import NUM_CLASSES, TRAIN_TO_RAW
 from desertmind.data.imageio import write_png
-from desertmind.errors import DatasetError
 from desertmind.data.layout import IMAGE_DIR, MASK_DIR
+from desertmind.errors import DatasetError
 
 TREES, LUSH, DRY_GRASS, DRY_BUSH, CLUTTER, FLOWERS, LOGS, ROCKS, LANDSCAPE, SKY = range(10)
 OBJECT_CLASSES = (DRY_GRASS, CLUTTER, ROCKS, LOGS, DRY_BUSH, LUSH, FLOWERS, TREES)  # back to front

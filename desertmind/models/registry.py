@@ -14,12 +14,6 @@ ARCHITECTURES: tuple[str, ...] = (DEFAULT_ARCH, *smp.ARCHITECTURES)
 Arch = Literal[ARCHITECTURES]  # the config's type, so a bad name lists the valid ones
 
 
-def backbones(arch: str) -> tuple[str, ...]:
-    """The backbones ``arch`` accepts (SMP architectures also take ``tu-<timm model>``)."""
-    check_choice("model.arch", arch, ARCHITECTURES)
-    return deeplabv3.BACKBONES if arch == DEFAULT_ARCH else smp.encoder_names()
-
-
 def weights_choices(arch: str, backbone: str) -> tuple[str, ...]:
     """The ``weights`` values ``arch`` with ``backbone`` accepts."""
     return deeplabv3.WEIGHTS if arch == DEFAULT_ARCH else smp.encoder_weights(backbone)

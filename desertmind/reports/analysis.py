@@ -10,11 +10,11 @@ import torch
 
 from desertmind import runs
 from desertmind.data.datamodule import OffroadDataModule
-from desertmind.training.metrics import per_image_miou
-from desertmind.training.module import SegmentationModule
+from desertmind.data.transforms import normalize
 from desertmind.reports.plots import prediction_grid
 from desertmind.reports.report import RunSummary
-from desertmind.data.transforms import normalize
+from desertmind.training.metrics import per_image_miou
+from desertmind.training.module import SegmentationModule
 
 
 @dataclass

@@ -15,8 +15,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard import SummaryWriter
 
 from desertmind.data.classes import CLASS_NAMES
-from desertmind.reports.plots import confusion_matrix_figure, prediction_grid
 from desertmind.data.transforms import normalize
+from desertmind.reports.plots import confusion_matrix_figure, prediction_grid
 
 BEST_METRIC = "hp/best_val_mIoU"
 

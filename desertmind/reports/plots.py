@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from desertmind.files import write_with
 from desertmind.data.classes import CLASS_NAMES, IGNORE_INDEX, PALETTE
+from desertmind.files import write_with
 
 
 def new_figure(width: float, height: float) -> tuple[Figure, object]:

@@ -17,19 +17,18 @@ import yaml
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from desertmind.data.classes import CLASS_NAMES
+from desertmind.errors import DesertMindError, ReportError
+from desertmind.files import write_text
+from desertmind.reports.plots import new_figure, save
 from desertmind.runs import (
     CONFIG_FILE,
     PROVENANCE_FILE,
     checkpoints_of_run,
     phase_of_checkpoint,
 )
-from desertmind.errors import DesertMindError, ReportError
 from desertmind.training.checkpoints import read_checkpoint
 from desertmind.training.metrics import MONITOR
-from desertmind.data.classes import CLASS_NAMES
-from desertmind.reports.plots import new_figure, save
-from desertmind.files import write_text
-
 
 
 @dataclass
