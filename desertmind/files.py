@@ -16,6 +16,16 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# read once: setting the umask on every write would race with threads creating files meanwhile
+_FILE_MODE = 0o666 & ~_read_umask()
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[str]:
     """Yield a temporary file name beside ``path``; on a clean exit the file is fsynced and
@@ -28,7 +38,7 @@ def atomic_path(path: str | Path) -> Iterator[str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, _FILE_MODE)
         os.close(fd)
         yield tmp
         with open(tmp, "rb+") as f:
@@ -46,12 +56,6 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', not {mode!r}")
     with atomic_path(path) as tmp, open(tmp, mode) as f:
         yield f
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:

@@ -100,6 +100,7 @@ class DesertMindCLI(LightningCLI):
         self.trainer.callbacks.append(PredictionWriter(out))
         # the writer saves every batch; keeping all predictions in memory too would not scale
         self.config_init.predict.return_predictions = False
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.trainer.precision is None:
