@@ -6,6 +6,8 @@
         version_N/                        one training run: events, config.yaml, provenance.json
         checkpoints/best.ckpt             the best model on the monitored metric
         checkpoints/last.ckpt             the latest state, for --ckpt_path last
+        eval/<command>/version_N/         a validate / test / predict run of that phase's model:
+                                          never read as a training run
 
 The CLI, the report, ``desertmind scores``, the notebook and the Makefile's phase targets all
 take these paths from here.
@@ -21,6 +23,7 @@ LAST = "last"
 CKPT_EXT = ".ckpt"
 PROVENANCE_FILE = "provenance.json"
 CONFIG_FILE = "config.yaml"
+EVAL_DIR = "eval"
 
 
 def phase_dir(logs: str | Path, phase: str) -> Path:
@@ -52,6 +55,20 @@ def checkpoints_of_run(run_dir: str | Path) -> tuple[Path, Path]:
 def phase_of_checkpoint(ckpt: str | Path) -> Path:
     """The phase folder of ``<phase>/checkpoints/<file>.ckpt``."""
     return Path(ckpt).parent.parent
+
+
+def eval_dir(ckpt: str | Path | None, phase: str | Path | None) -> Path:
+    """Where an evaluation run logs: ``<phase>/eval`` of the checkpoint's own phase when it
+    sits in a run folder, else of ``phase`` (the config's logger folder), else
+    ``lightning_logs/eval``."""
+    if ckpt is not None and Path(ckpt).parent.name == CHECKPOINT_DIR:
+        return phase_of_checkpoint(ckpt) / EVAL_DIR
+    return Path(phase or "lightning_logs") / EVAL_DIR
+
+
+def is_eval_run(run_dir: str | Path, logs: str | Path) -> bool:
+    """Whether a run folder under ``logs`` is an evaluation run (under an ``eval`` folder)."""
+    return EVAL_DIR in Path(run_dir).resolve().relative_to(Path(logs).resolve()).parts
 
 
 def find_best_checkpoints(logs: str | Path) -> list[Path]:

@@ -11,6 +11,7 @@ import torch
 from desertmind.cli.main import main
 from desertmind.data.classes import RAW_IDS
 from desertmind.data.imageio import read_image, read_mask
+from desertmind.inference.trained import load_module
 from desertmind.inference.tta import predict_probs, restrict, sliding_window
 from desertmind.training.module import SegmentationModule
 
@@ -102,9 +103,7 @@ def test_restrict_never_predicts_a_suppressed_class():
 
 def test_tta_module_evaluates_with_averaged_probabilities(trained):
     ckpt, _ = trained
-    module = SegmentationModule.load_from_checkpoint(ckpt, map_location="cpu", weights="none",
-                                                     tta_scales=[0.75, 1.0], tta_flip=True)
-    module.eval()
+    module = load_module(ckpt, tta_scales=[0.75, 1.0], tta_flip=True)
     probs = module.eval_scores(torch.randn(1, 3, 32, 48))
     torch.testing.assert_close(probs.sum(1), torch.ones(1, 32, 48))
     assert module.uses_tta and not SegmentationModule(weights="none").uses_tta
@@ -116,8 +115,7 @@ def test_export_matches_eager(trained, tmp_path, fmt):
     out = tmp_path / f"model.{fmt}"
     assert main(["export", "--ckpt", str(ckpt), "--format", fmt, "--out", str(out),
                  "--height", "64", "--width", "96"]) == 0
-    module = SegmentationModule.load_from_checkpoint(ckpt, map_location="cpu", weights="none")
-    module.eval()
+    module = load_module(ckpt)
     for shape in ((1, 3, 64, 96), (2, 3, 48, 80)):  # dynamic batch, height and width
         x = torch.randn(*shape)
         with torch.no_grad():

@@ -1,16 +1,26 @@
-"""LightningCLI subclass: the phase callbacks as config groups, and precision ``auto``."""
+"""LightningCLI subclass: the phase callbacks as config groups, precision ``auto``, and
+evaluation from a checkpoint alone."""
 
 from __future__ import annotations
 
+import sys
+import warnings
+from pathlib import Path
+
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
+from desertmind import runs
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.errors import ConfigError
+from desertmind.inference.trained import read_settings
 from desertmind.inference.writer import PredictionWriter
+from desertmind.reports.evaluation import EvaluationWriter
 from desertmind.training.checkpoints import AtomicCheckpointIO, LastCheckpoint, PhaseCheckpoint
 from desertmind.training.freeze import BackboneFreeze
 from desertmind.training.metrics import MONITOR
@@ -23,6 +33,98 @@ def resolve_precision(accelerator: str | None = "auto") -> str:
     if accelerator not in (None, "auto", "gpu", "cuda") or not torch.cuda.is_available():
         return "32-true"
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+#: subcommands that evaluate a trained model and never train it
+EVALUATION = ("validate", "test", "predict")
+
+
+def _config_files(argv: list[str]) -> list[str]:
+    files = []
+    for i, arg in enumerate(argv):
+        if arg in ("-c", "--config") and i + 1 < len(argv):
+            files.append(argv[i + 1])
+        elif arg.startswith(("--config=", "-c=")):
+            files.append(arg.split("=", 1)[1])
+    return files
+
+
+def _keys_of_file(path: Path, seen: set[Path]) -> set[str]:
+    """Dotted keys a config file sets, through the parents it chains with ``config:``."""
+    path = path.resolve()
+    if path in seen:
+        return set()
+    seen.add(path)
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return set()  # jsonargparse reports it
+    if not isinstance(content, dict):
+        return set()
+    keys: set[str] = set()
+    parents = content.get("config") or []
+    for parent in [parents] if isinstance(parents, str) else parents:
+        keys |= _keys_of_file(path.parent / parent, seen)
+    for key, value in content.items():
+        keys.add(str(key))
+        if isinstance(value, dict):
+            keys |= {f"{key}.{sub}" for sub in value}
+    return keys
+
+
+def given_keys(argv: list[str]) -> set[str]:
+    """Every dotted key (``model.backbone``, ``data.image_size``) the user set, on the command
+    line or in a config file: these win over what a checkpoint suggests."""
+    keys: set[str] = set()
+    for path in _config_files(argv):
+        keys |= _keys_of_file(Path(path), set())
+    for arg in argv:
+        if arg.startswith("--"):
+            keys.add(arg[2:].split("=", 1)[0])
+    return keys
+
+
+def refuse_overlay_first(argv: list[str]) -> None:
+    """An overlay (a config of dotted keys only, such as ``configs/demo.yaml``) changes single
+    values of a phase config; given first, jsonargparse fails on the first dotted key with a
+    long unrelated message. Say what to do instead, in one line."""
+    files = _config_files(argv)
+    if not files:
+        return
+    try:
+        first = yaml.safe_load(Path(files[0]).read_text())
+    except (OSError, yaml.YAMLError):
+        return  # missing or malformed: jsonargparse names the file
+    if isinstance(first, dict) and first and "config" not in first and all(
+            "." in str(key) for key in first):
+        sub = argv[0] if argv and argv[0] in ("fit", *EVALUATION) else "fit"
+        raise ConfigError(f"{files[0]} is an overlay applied after a phase config, not on its "
+                          f"own; use: desertmind {sub} -c configs/phase1.yaml -c {files[0]}")
+
+
+def apply_checkpoint(config, ckpt: str | Path, given: set[str]) -> None:
+    """Take what a checkpoint decides into an evaluation config (see
+    :mod:`desertmind.inference.trained`); ``given`` are the keys the user set.
+
+    The network's layout is the checkpoint's; a different value the user set is refused. The
+    evaluation-side data settings are the checkpoint's unless the user set them. Pretrained
+    weights are never fetched: the checkpoint holds every weight. Every other option (TTA,
+    sliding window, ``predict_classes``, batch size, workers) is the user's.
+    """
+    settings = read_settings(ckpt)
+    for key, value in settings.network.items():
+        current = config.model.get(key)
+        if f"model.{key}" in given and current != value:
+            raise ConfigError(
+                f"{ckpt} holds a {settings.network['arch']} {settings.network['backbone']} "
+                f"network with {key}={value!r}; model.{key}={current!r} (given on the command "
+                f"line or in a config file) cannot load its weights: leave model.{key} out, "
+                "the checkpoint sets it")
+        config.model[key] = value
+    config.model.weights = "none"
+    for key, value in settings.data.items():
+        if f"data.{key}" not in given:
+            config.data[key] = value
 
 
 SCHEDULERS_HINT = (
@@ -42,6 +144,12 @@ class _Parser(LightningArgumentParser):
 
 class DesertMindCLI(LightningCLI):
     """``desertmind fit|validate|test|predict``.
+
+    ``validate``, ``test`` and ``predict`` need only ``--ckpt_path``: the network and the
+    evaluation-side data settings come from the checkpoint (:func:`apply_checkpoint`), options
+    given by the user win, and nothing that only training needs is built. Their logs go to an
+    ``eval`` folder of the checkpoint's phase, or under ``--out`` (:func:`runs.eval_dir`),
+    never into a training run's folder; ``--out`` also receives their results.
 
     The checkpoint, early-stopping and backbone-freezing callbacks are config groups of their
     own (``checkpoint``, ``last_checkpoint``, ``early_stopping``, ``freeze``), so a phase
@@ -76,16 +184,47 @@ class DesertMindCLI(LightningCLI):
         parser.add_lightning_class_args(BackboneFreeze, "freeze")
         parser.set_defaults({"freeze.unfreeze_at_epoch": 0})
         parser.add_argument("--out", default=None,
-                            help="predict: folder for raw/, color/ and overlay/ PNGs")
+                            help="predict: folder for raw/, color/ and overlay/ PNGs; validate "
+                            "and test: folder for metrics.json, per_image.csv and the "
+                            "confusion matrix (and the run's logs)")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        argv = list(sys.argv[1:] if args is None else args)
+        refuse_overlay_first(argv)
+        super().parse_arguments(parser, args)
+        sub = self.config.get("subcommand")
+        if sub in EVALUATION:
+            ckpt = self.config[sub].get("ckpt_path")
+            if ckpt and ckpt not in ("best", "last", "hpc", "registry"):
+                apply_checkpoint(self.config[sub], ckpt, given_keys(argv))
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's own version replaces every ``model`` value with the checkpoint's saved
+        hyperparameters, the user's options and any ``class_path`` included: replaced by
+        :func:`apply_checkpoint`, which reads only the values a checkpoint may decide."""
+
+    def _eval_logger(self, config) -> TensorBoardLogger:
+        if config.get("out"):
+            return TensorBoardLogger(config.out, name="", version="logs",
+                                     default_hp_metric=False)
+        logger = config.trainer.get("logger")
+        phase = None
+        if isinstance(logger, TensorBoardLogger):
+            phase = runs.phase_dir(logger.save_dir or ".", str(logger.name))
+        return TensorBoardLogger(runs.eval_dir(config.get("ckpt_path"), phase),
+                                 name=self.subcommand, default_hp_metric=False)
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         """The trainer, with atomic checkpoint writing unless a config names its own
-        CheckpointIO plugin: every run gets it, whatever its config file."""
+        CheckpointIO plugin: every run gets it, whatever its config file. An evaluation run
+        gets its own logger (see the class doc)."""
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         plugins = config.get("trainer", {}).get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
+        if self.subcommand in EVALUATION and config.trainer.get("logger") is not False:
+            kwargs["logger"] = self._eval_logger(config)
         return super().instantiate_trainer(plugins=plugins, **kwargs)
 
     def before_fit(self) -> None:
@@ -93,13 +232,50 @@ class DesertMindCLI(LightningCLI):
             if isinstance(callback, PhaseCheckpoint):
                 callback.resolve_dirpath(self.trainer)
 
+    def _drop_training_callbacks(self) -> None:
+        """Checkpointing, early stopping and freezing have nothing to do in an evaluation; left
+        in, they would reload state from the checkpoint and warn about its folder."""
+        training = (PhaseCheckpoint, EarlyStopping, BackboneFreeze)
+        self.trainer.callbacks = [c for c in self.trainer.callbacks
+                                  if not isinstance(c, training)]
+        # Lightning then asks for them back, though an evaluation restores only the weights
+        warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
+
+    def before_validate(self) -> None:
+        self._drop_training_callbacks()
+        if self.config.validate.out:
+            self.trainer.callbacks.append(EvaluationWriter(self.config.validate.out))
+
+    def before_test(self) -> None:
+        self._drop_training_callbacks()
+        if self.config.test.out:
+            self.trainer.callbacks.append(EvaluationWriter(self.config.test.out))
+
+    def after_validate(self) -> None:
+        self._say_where("validate")
+
+    def after_test(self) -> None:
+        self._say_where("test")
+
+    def _say_where(self, sub: str) -> None:
+        if self.trainer.is_global_zero and self.config[sub].out:
+            print(f"desertmind {sub}: wrote metrics.json, per_image.csv and confusion.csv/.png "
+                  f"to {self.config[sub].out}")
+
     def before_predict(self) -> None:
+        self._drop_training_callbacks()
         out = self.config.predict.out
         if not out:
             raise ConfigError("predict needs --out FOLDER for the predicted masks")
-        self.trainer.callbacks.append(PredictionWriter(out))
+        self._writer = PredictionWriter(out)
+        self.trainer.callbacks.append(self._writer)
         # the writer saves every batch; keeping all predictions in memory too would not scale
         self.config_init.predict.return_predictions = False
+
+    def after_predict(self) -> None:
+        if self.trainer.is_global_zero:
+            print(f"desertmind predict: wrote {self._writer.written} images (raw/, color/, "
+                  f"overlay/) to {self._writer.out_dir}")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -41,6 +41,11 @@ CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
 RAW_IDS: tuple[int, ...] = tuple(c.raw_id for c in CLASSES)
 
 
+def class_table() -> dict[str, list]:
+    """The class table as plain lists, as stored in every checkpoint."""
+    return {"names": list(CLASS_NAMES), "raw_ids": list(RAW_IDS)}
+
+
 def build_lookup_table() -> np.ndarray:
     """Return the 65536-entry uint8 raw-id -> train-id table; unknown raw values -> 255."""
     lut = np.full(65536, IGNORE_INDEX, dtype=np.uint8)

@@ -13,10 +13,10 @@ from typing import Literal, get_args
 
 import torch
 
-from desertmind.errors import CheckpointError, ConfigError, check_choice
+from desertmind.errors import ConfigError, check_choice
 from desertmind.files import write_via_path
+from desertmind.inference.trained import load_module
 from desertmind.models.network import SegmentationNetwork
-from desertmind.training.module import SegmentationModule
 
 Format = Literal["onnx", "torchscript"]
 FORMATS: tuple[str, ...] = get_args(Format)
@@ -24,11 +24,7 @@ FORMATS: tuple[str, ...] = get_args(Format)
 
 def load_network(ckpt: str | Path) -> SegmentationNetwork:
     """The checkpoint's network in eval mode, float32, on the CPU."""
-    if not Path(ckpt).is_file():
-        raise CheckpointError(f"checkpoint {ckpt} not found")
-    # the checkpoint holds every weight: do not fetch pretrained ones again
-    module = SegmentationModule.load_from_checkpoint(ckpt, map_location="cpu", weights="none")
-    return module.model.float().eval()
+    return load_module(ckpt).model.float().eval()
 
 
 def export(ckpt: str | Path, fmt: str, out: str | Path, height: int = 540,

@@ -25,6 +25,7 @@ from desertmind.runs import (
     CONFIG_FILE,
     PROVENANCE_FILE,
     checkpoints_of_run,
+    is_eval_run,
     phase_of_checkpoint,
 )
 from desertmind.training.checkpoints import read_checkpoint
@@ -48,16 +49,20 @@ class RunSummary:
     per_class: dict[str, float] = field(default_factory=dict)
     curve: list[tuple[int, float]] = field(default_factory=list)
     config: dict = field(default_factory=dict)
-    evaluation_only: bool = False  # a validate/test run: no training, one evaluation
+    # a validate run logged into a phase folder by desertmind before evaluation runs got
+    # their own eval/ folder: shown, but never taken as the phase's training run
+    evaluation_only: bool = False
     provenance: dict = field(default_factory=dict)
 
 
 def find_runs(logs: str | Path) -> list[Path]:
-    """Every folder under ``logs`` holding TensorBoard event files, oldest first."""
+    """Every training run under ``logs`` (a folder holding TensorBoard event files), oldest
+    first; evaluation runs (``<phase>/eval/...``) are not training runs and are left out."""
     logs = Path(logs)
     if not logs.is_dir():
         raise ReportError(f"logs folder {logs} not found (train a phase first, e.g. make demo)")
-    runs = {p.parent for p in logs.rglob("events.out.tfevents.*")}
+    runs = {p.parent for p in logs.rglob("events.out.tfevents.*")
+            if not is_eval_run(p.parent, logs)}
     return sorted(runs, key=lambda p: min(f.stat().st_mtime for f in p.glob("events.*")))
 
 

@@ -25,6 +25,8 @@ from desertmind.errors import CheckpointError
 from desertmind.files import write_with
 
 _SHOW = 8
+#: where every checkpoint stores the class table it was trained with
+CLASS_TABLE_KEY = "desertmind_classes"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -98,11 +100,19 @@ def read_checkpoint(path: str | Path) -> dict:
 def load_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> None:
     """Copy the weights under ``prefix`` of a Lightning checkpoint into ``model``, strictly.
 
-    Only weights are taken: no optimizer, epoch, scheduler or callback state. Any missing key,
-    unexpected key or shape difference is refused with a message listing them.
+    Only weights are taken: no optimizer, epoch, scheduler or callback state.
     """
     ckpt = read_checkpoint(path)
-    state = ckpt.get("state_dict", ckpt)
+    copy_weights(model, ckpt.get("state_dict", ckpt), path, prefix)
+
+
+def copy_weights(model: nn.Module, state: dict[str, Any], source: str | Path,
+                 prefix: str = "model.") -> None:
+    """Load the entries of ``state`` under ``prefix`` into ``model``, strictly.
+
+    Any missing key, unexpected key or shape difference is refused with a message naming
+    ``source`` and listing them.
+    """
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     own = model.state_dict()
     missing = sorted(own.keys() - weights.keys())
@@ -117,7 +127,7 @@ def load_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> 
             problems.append(f"{len(items)} {label}: {', '.join(items[:_SHOW])}{more}")
     if problems:
         raise CheckpointError(
-            f"{path} does not fit this model (another architecture, backbone, class count or "
+            f"{source} does not fit this model (another architecture, backbone, class count or "
             "aux head?); " + "; ".join(problems))
     model.load_state_dict(weights)
 

@@ -45,13 +45,16 @@ def per_image_miou(preds: Tensor, target: Tensor, num_classes: int = NUM_CLASSES
     return _miou_of(batched_confusion(preds, target, num_classes, ignore_index))
 
 
-def _miou_of(cms: Tensor) -> Tensor:
-    inter = cms.diagonal(dim1=-2, dim2=-1)
+def iou_from_confusion(cms: Tensor) -> Tensor:
+    """Per-class IoU (float64) of confusion matrices (..., C, C); NaN for a class absent from
+    both target and prediction."""
+    inter = cms.diagonal(dim1=-2, dim2=-1).double()
     union = cms.sum(-1) + cms.sum(-2) - inter
-    present = union > 0
-    iou = inter.double() / union.clamp(min=1)
-    per_image = (iou * present).sum(-1) / present.sum(-1).clamp(min=1)
-    return torch.where(present.any(-1), per_image, torch.full_like(per_image, float("nan")))
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(inter, torch.nan))
+
+
+def _miou_of(cms: Tensor) -> Tensor:
+    return iou_from_confusion(cms).nanmean(-1)
 
 
 class SegmentationMetrics(MulticlassJaccardIndex):

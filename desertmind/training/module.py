@@ -6,14 +6,15 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from desertmind.data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from desertmind.data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, class_table
 from desertmind.errors import ConfigError, NonFiniteLossError
 from desertmind.inference.tta import predict_probs, restrict
 from desertmind.models.network import set_bn_momentum
 from desertmind.models.registry import DEFAULT_ARCH, Arch, build_network
-from desertmind.training.checkpoints import load_weights
+from desertmind.training.checkpoints import CLASS_TABLE_KEY, load_weights
 from desertmind.training.losses import build_loss, parse_loss
 from desertmind.training.metrics import MONITOR, SegmentationMetrics
 from desertmind.training.schedulers import PolyLR
@@ -26,11 +27,14 @@ class SegmentationModule(L.LightningModule):
     through the :class:`~desertmind.models.SegmentationNetwork` contract.
 
     Hooks:
-        setup: builds the loss (class weights come from the data module) and, for ``fit``,
-            loads ``init_from``'s weights; a ``--ckpt_path`` resume is restored after this and
-            wins.
+        setup: for ``fit`` only, builds the loss (class weights come from the data module's
+            train split) and loads ``init_from``'s weights; a ``--ckpt_path`` resume is restored
+            after this and wins. Evaluating needs neither: ``validate`` and ``test`` outside
+            ``fit`` log the cross-entropy as ``<stage>/loss``.
         training_step / validation_step / test_step: loss (plus aux loss), and for evaluation
             the per-stage metric objects, accumulated over the whole epoch.
+        on_save_checkpoint: stores the class table beside the weights, so a checkpoint alone
+            says what its outputs mean (:mod:`desertmind.inference.trained`).
         on_{validation,test}_epoch_end: logs ``<stage>/mIoU`` (dataset level, the headline and
             the checkpoint monitor), ``<stage>/mIoU_per_image`` (the seed's definition),
             ``<stage>/pixel_acc``, ``<stage>/mean_acc`` and ``<stage>/iou/<class>``.
@@ -115,10 +119,15 @@ class SegmentationModule(L.LightningModule):
         self.last_eval: dict[str, dict[str, torch.Tensor]] = {}
 
     def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
         if self.criterion is None:
             self.criterion = build_loss(self.hparams.loss, self._class_weights())
-        if stage == "fit" and self.hparams.init_from:
+        if self.hparams.init_from:
             load_weights(self.model, self.hparams.init_from)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CLASS_TABLE_KEY] = class_table()
 
     def _class_weights(self) -> torch.Tensor | None:
         if all(name != "weighted_ce" for _, name in parse_loss(self.hparams.loss)):
@@ -168,35 +177,49 @@ class SegmentationModule(L.LightningModule):
         return predict_probs(self, images, hp.tta_scales or [1.0], hp.tta_flip,
                              hp.sliding_window)
 
-    def _eval_step(self, batch: dict, stage: str) -> None:
+    def _eval_step(self, batch: dict, stage: str) -> dict:
+        """Loss and metrics of one batch; returns the predictions (N, H, W) for callbacks."""
         if self.uses_tta:
-            probs = self.eval_scores(batch["image"])
-            loss = F.nll_loss(probs.clamp_min(1e-8).log(), batch["mask"],
+            scores = self.eval_scores(batch["image"])
+            loss = F.nll_loss(scores.clamp_min(1e-8).log(), batch["mask"],
                               ignore_index=IGNORE_INDEX)
-            scores = probs
-        else:
+        elif self.criterion is not None:  # inside fit: the training loss, comparable to train's
             loss, scores = self._loss(batch)
+        else:
+            scores = self(batch["image"])
+            loss = F.cross_entropy(scores.float(), batch["mask"], ignore_index=IGNORE_INDEX)
         preds = restrict(scores, self._allowed).argmax(dim=1)
         getattr(self, f"{stage}_metrics").update(preds, batch["mask"])
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True,
                  batch_size=batch["image"].shape[0])
+        return {"preds": preds}
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        return self._eval_step(batch, "val")
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+    def test_step(self, batch: dict, batch_idx: int) -> dict:
+        return self._eval_step(batch, "test")
 
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        """Class-id maps (uint8, on the CPU) at each image's original size."""
-        scores = restrict(self.eval_scores(batch["image"]), self._allowed)
-        preds = []
-        for i, (h, w) in enumerate(batch["size"].tolist()):
+    def predict_maps(self, images: torch.Tensor, sizes: list[tuple[int, int]]) -> list[Tensor]:
+        """Class-id maps (uint8, on the CPU), one per image at its size in ``sizes``.
+
+        Scores are resized first and restricted to ``predict_classes`` after: restricting
+        first would put -inf into the bilinear resize, whose NaNs argmax would pick.
+        """
+        scores = self.eval_scores(images)
+        maps = []
+        for i, (h, w) in enumerate(sizes):
             s = scores[i:i + 1]
             if s.shape[-2:] != (h, w):
                 s = F.interpolate(s.float(), size=(h, w), mode="bilinear", align_corners=False)
-            preds.append(s.argmax(dim=1)[0].to(torch.uint8).cpu())
-        return {"name": batch["name"], "path": batch["path"], "pred": preds}
+            maps.append(restrict(s, self._allowed).argmax(dim=1)[0].to(torch.uint8).cpu())
+        return maps
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Class-id maps (uint8, on the CPU) at each image's original size."""
+        sizes = [tuple(s) for s in batch["size"].tolist()]
+        return {"name": batch["name"], "path": batch["path"],
+                "pred": self.predict_maps(batch["image"], sizes)}
 
     def _log_metrics(self, stage: str) -> None:
         metrics = getattr(self, f"{stage}_metrics")

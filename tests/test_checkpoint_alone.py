@@ -1,0 +1,202 @@
+"""A checkpoint is enough: predict / validate / test / export with ``--ckpt_path`` and no config,
+the user's options winning, evaluation runs in their own folder, and ``--out`` results."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from desertmind.cli.main import main
+from desertmind.data.classes import RAW_IDS
+from desertmind.data.imageio import read_mask
+from desertmind.reports.report import load_report
+from desertmind.training.checkpoints import CLASS_TABLE_KEY
+
+CPU = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+       "--data.num_workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def phase3(synth_root: Path, tmp_path_factory, phase_args) -> tuple[Path, Path]:
+    """A tiny phase-3 run (weighted CE + Dice, crops): its best.ckpt and its logs folder."""
+    logs = tmp_path_factory.mktemp("p3") / "logs"
+    args = [*phase_args("phase3", synth_root, logs), "--model.init_from", "null",
+            "--trainer.enable_progress_bar", "false"]
+    assert main(["fit", *args]) == 0
+    return logs / "phase3" / "checkpoints" / "best.ckpt", logs
+
+
+def _altered(ckpt: Path, out: Path, **changes) -> Path:
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    for key, value in changes.items():
+        if key == "hyper_parameters":
+            state["hyper_parameters"].update(value)
+        else:
+            state[key] = value
+    torch.save(state, out)
+    return out
+
+
+def test_predict_with_only_a_phase3_checkpoint(synth_root, phase3, tmp_path, capsys):
+    ckpt, _ = phase3
+    folder = synth_root / "val" / "Color_Images"
+    out = tmp_path / "out"
+    assert main(["predict", "--ckpt_path", str(ckpt), "--data.predict_dir", str(folder),
+                 "--out", str(out), *CPU]) == 0
+    names = sorted(p.name for p in folder.iterdir())
+    for sub in ("raw", "color", "overlay"):
+        assert sorted(p.name for p in (out / sub).iterdir()) == names
+    assert read_mask(out / "raw" / names[0]).shape == (48, 80)  # original size
+    assert f"wrote {len(names)} images" in capsys.readouterr().out
+
+
+def test_export_with_only_a_phase3_checkpoint(phase3, tmp_path):
+    ckpt, _ = phase3
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "m.onnx"),
+                 "--height", "32", "--width", "48"]) == 0
+
+
+def _metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _confusion(out: Path) -> np.ndarray:
+    with open(out / "confusion.csv") as f:
+        return np.array([[int(v) for v in row[1:]] for row in list(csv.reader(f))[1:]])
+
+
+def test_test_out_writes_metrics_per_image_and_confusion(synth_root, phase3, tmp_path):
+    ckpt, logs = phase3
+    out = tmp_path / "eval"
+    # at the original 48x80 here; the checkpoint's own 32x48 is the default (last test below)
+    assert main(["test", "--ckpt_path", str(ckpt), "--data.root", str(synth_root),
+                 "--data.test_dir", "val", "--data.image_size", "null", "--out", str(out),
+                 *CPU]) == 0
+    metrics = _metrics(out)
+    assert metrics["images"] == 4 and metrics["checkpoint"] == str(ckpt)
+    with open(out / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and {r["image"] for r in rows} == {
+        p.stem for p in (synth_root / "val" / "Color_Images").iterdir()}
+    per_image = [float(r["mIoU"]) for r in rows]
+    assert per_image == sorted(per_image)  # worst first
+    # the same per-image rule as the logged metric: their mean is test/mIoU_per_image
+    assert np.mean(per_image) == pytest.approx(metrics["test/mIoU_per_image"], abs=1e-5)
+    confmat = _confusion(out)
+    assert confmat.shape == (10, 10)
+    labelled = sum(int(np.isin(read_mask(p), RAW_IDS).sum())
+                   for p in (synth_root / "val" / "Segmentation").iterdir())
+    assert confmat.sum() == labelled
+    iou = np.diag(confmat) / (confmat.sum(0) + confmat.sum(1) - np.diag(confmat))
+    assert np.nanmean(iou) == pytest.approx(metrics["test/mIoU"], abs=1e-5)
+    assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the run's logs are under --out, never in the phase's training folder
+    assert sorted(p.name for p in (logs / "phase3").iterdir()) == ["checkpoints", "version_0"]
+
+
+def test_user_evaluation_options_win_over_the_checkpoint(phase3, tmp_path):
+    ckpt, _ = phase3
+    plain, flipped = tmp_path / "plain", tmp_path / "flip"
+    assert main(["validate", "--ckpt_path", str(ckpt), "--out", str(plain), *CPU]) == 0
+    assert main(["validate", "--ckpt_path", str(ckpt), "--out", str(flipped),
+                 "--model.tta_flip", "true", *CPU]) == 0
+    assert _metrics(plain)["val/loss"] != _metrics(flipped)["val/loss"]
+    only = tmp_path / "only"
+    assert main(["validate", "--ckpt_path", str(ckpt), "--out", str(only),
+                 "--model.predict_classes", "[Sky, Landscape]", *CPU]) == 0
+    predicted = _confusion(only)
+    assert predicted[:, :8].sum() == 0 and predicted[:, 8:].sum() > 0
+    # evaluated at the size the checkpoint was trained at: 4 images of 32x48
+    assert _confusion(plain).sum() == 4 * 32 * 48
+
+
+def test_restricted_classes_hold_after_the_resize(synth_root, phase3, tmp_path):
+    """Evaluated at 32x48 and written at 48x80: no excluded class may appear (the -inf scores
+    used to go through the bilinear resize and come out NaN)."""
+    ckpt, _ = phase3
+    out = tmp_path / "out"
+    assert main(["predict", "--ckpt_path", str(ckpt), "--data.image_size", "[32, 48]",
+                 "--data.predict_dir", str(synth_root / "val" / "Color_Images"),
+                 "--model.predict_classes", "[Sky, Landscape]", "--out", str(out), *CPU]) == 0
+    for path in (out / "raw").iterdir():
+        mask = read_mask(path)
+        assert mask.shape == (48, 80)
+        assert set(np.unique(mask).tolist()) <= {RAW_IDS[8], RAW_IDS[9]}
+
+
+def test_an_evaluation_with_a_phase_config_logs_in_its_own_folder(synth_root, phase3, configs,
+                                                                  tmp_path):
+    ckpt, logs = phase3
+    runs_before, _ = load_report(logs)
+    for command in (["validate"], ["test", "--data.test_dir", "val"]):
+        assert main([*command, "-c", str(configs / "phase1.yaml"), "--ckpt_path", str(ckpt),
+                     "--data.root", str(synth_root),
+                     "--trainer.logger.init_args.save_dir", str(logs), *CPU]) == 0
+    assert not (logs / "phase1").exists()  # the config's phase is not the checkpoint's
+    assert sorted(p.name for p in (logs / "phase3").iterdir()) == [
+        "checkpoints", "eval", "version_0"]
+    assert sorted(p.name for p in (logs / "phase3" / "eval").iterdir()) == ["test", "validate"]
+    runs_after, problems = load_report(logs)
+    assert [r.run for r in runs_after] == [r.run for r in runs_before] and not problems
+
+
+def test_a_different_network_given_by_the_user_is_refused(phase3, capsys):
+    ckpt, _ = phase3
+    assert main(["validate", "--ckpt_path", str(ckpt), "--model.backbone", "resnet50",
+                 *CPU]) == 2
+    err = capsys.readouterr().err
+    assert str(ckpt) in err and "mobilenet_v3_large" in err and "model.backbone" in err
+
+
+def test_nothing_in_a_checkpoint_chooses_what_is_imported_or_downloaded(phase3, tmp_path,
+                                                                      monkeypatch):
+    """Training-time values and class paths in a checkpoint from someone else are not read:
+    no import, no download of COCO weights, no init_from."""
+    ckpt, _ = phase3
+    marker = tmp_path / "imported"
+    package = tmp_path / "pkgs"
+    package.mkdir()
+    (package / "dm_evil_module.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nclass Evil: pass\n")
+    monkeypatch.syspath_prepend(str(package))
+    evil = _altered(ckpt, tmp_path / "evil.ckpt", hyper_parameters={
+        "_class_path": "dm_evil_module.Evil",
+        "optimizer": {"class_path": "dm_evil_module.Evil", "init_args": {"lr": 10.0}},
+        "scheduler": {"class_path": "dm_evil_module.Evil"},
+        "init_from": str(tmp_path / "missing.ckpt"),
+        "weights": "coco", "loss": "dm_evil_module.Evil",
+    })
+    import torchvision.models._api as tv_api
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("pretrained weights were requested")
+
+    monkeypatch.setattr(tv_api.WeightsEnum, "get_state_dict", no_download)
+    assert main(["validate", "--ckpt_path", str(evil), "--out", str(tmp_path / "o"), *CPU]) == 0
+    assert not marker.exists() and "dm_evil_module" not in sys.modules
+    assert math.isfinite(_metrics(tmp_path / "o")["val/mIoU"])
+
+
+def test_a_checkpoint_with_another_class_table_is_refused(phase3, tmp_path, capsys):
+    ckpt, _ = phase3
+    table = torch.load(ckpt, map_location="cpu", weights_only=True)[CLASS_TABLE_KEY]
+    swapped = {"names": table["names"][::-1], "raw_ids": table["raw_ids"]}
+    other = _altered(ckpt, tmp_path / "other.ckpt", **{CLASS_TABLE_KEY: swapped})
+    assert main(["predict", "--ckpt_path", str(other), "--data.predict_dir", str(tmp_path),
+                 "--out", str(tmp_path / "o"), *CPU]) == 2
+    assert "class table" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_overlay_given_alone_fails_with_one_line(configs, capsys):
+    assert main(["fit", "-c", str(configs / "demo.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "applied after a phase config" in err[0] and "-c configs/phase1.yaml" in err[0]
