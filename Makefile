@@ -20,7 +20,7 @@ P22 := $(LOGS)/phase2_2_backbone/checkpoints/best.ckpt
 P3 := $(LOGS)/phase3/checkpoints/best.ckpt
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint demo check-data bench clean phase1 phase2 phase3 phases \
+.PHONY: help install test test-browser app lint demo check-data bench clean phase1 phase2 phase3 phases \
 	scores report resume tensorboard clean-logs
 # a failed or interrupted phase leaves no best.ckpt behind, so make never skips it
 .DELETE_ON_ERROR:
@@ -39,6 +39,17 @@ install: $(STAMP) ## create .venv and install desertmind with the dev extra
 
 test: $(STAMP) ## run the test suite
 	$(BIN)/pytest -q
+
+CHROMIUM ?= $(shell command -v chromium)
+test-browser: $(STAMP) ## the viewer in a real browser (Playwright + Debian chromium; apt-installs it as root)
+	@if [ -z "$(CHROMIUM)" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+		else echo "make test-browser needs chromium: sudo apt-get install chromium (or CHROMIUM=/path/to/chromium)"; exit 2; fi; \
+	fi
+	DESERTMIND_CHROMIUM="$(or $(CHROMIUM),$$(command -v chromium))" $(BIN)/pytest -q -m browser tests/browser
+
+app: $(STAMP) ## the viewer for CKPT (default: the demo's phase 3) on DEMO_DATA, port 7860
+	$(DM) app --ckpt_path $(or $(CKPT),$(LOGS)/demo/phase3/checkpoints/best.ckpt) --data.root $(DEMO_DATA)
 
 lint: $(STAMP) ## ruff check
 	$(BIN)/ruff check desertmind tests benchmarks
@@ -78,8 +89,11 @@ report: $(STAMP) ## summary.md/.csv and charts of every run under LOGS, in REPOR
 scores: $(STAMP) ## best val/mIoU of each phase under LOGS
 	$(DM) scores --logs $(LOGS)
 
-tensorboard: $(STAMP) ## TensorBoard on lightning_logs (port 6006)
-	$(BIN)/tensorboard --logdir $(LOGS) --port 6006
+# the training runs found at start (eval/ runs left out; restart it to see runs started later)
+tensorboard: $(STAMP) ## TensorBoard on the training runs under LOGS (port 6006)
+	$(BIN)/tensorboard --port 6006 --logdir_spec "$$(find $(LOGS) -type d -name 'version_*' \
+		-not -path '*/eval/*' | sort | sed 's|^$(LOGS)/||' | \
+		awk '{printf "%s%s:$(LOGS)/%s", (NR > 1 ? "," : ""), $$0, $$0}')"
 
 check-data: $(STAMP) ## check the dataset at DATA=path (default data/offroad)
 	$(BIN)/desertmind check-data $(DATA)

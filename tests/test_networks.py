@@ -18,6 +18,7 @@ import torch
 from desertmind.cli.main import main
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.errors import ConfigError, WeightsUnavailableError
+from desertmind.inference.trained import load_module
 from desertmind.models import ARCHITECTURES, build_network
 from desertmind.training.freeze import BackboneFreeze
 from desertmind.training.module import SegmentationModule
@@ -106,7 +107,7 @@ def test_frozen_encoder_round_trip_and_init_from(arch: str, backbone: str, synth
     trainer.save_checkpoint(ckpt)
     x = torch.randn(1, 3, 40, 56)
     first.eval()
-    loaded = SegmentationModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    loaded = load_module(ckpt)  # from the checkpoint alone, as predict / test / export do
     assert loaded.hparams.arch == arch and loaded.hparams.backbone == backbone
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), first(x))

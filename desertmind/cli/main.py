@@ -14,19 +14,20 @@ import sys
 from desertmind import __version__, runs
 from desertmind.errors import DesertMindError
 
-TOOLS = ("check-data", "synth", "scores", "report", "export")
+TOOLS = ("check-data", "synth", "scores", "report", "export", "app")
 LIGHTNING = ("fit", "validate", "test", "predict")
 USAGE = """usage: desertmind [--version] COMMAND ...
 
   fit         train a phase:            desertmind fit -c configs/phase1.yaml
-  validate    evaluate a checkpoint:    desertmind validate -c CONFIG --ckpt_path CKPT
-  test        evaluate on data.test_dir desertmind test -c CONFIG --ckpt_path CKPT
-  predict     predict data.predict_dir  desertmind predict -c CONFIG --ckpt_path CKPT
+  validate    evaluate a checkpoint:    desertmind validate --ckpt_path CKPT [--out DIR]
+  test        evaluate on data.test_dir desertmind test --ckpt_path CKPT --data.test_dir SPLIT
+  predict     predict data.predict_dir  desertmind predict --ckpt_path CKPT --out DIR
   check-data  check a dataset and write its class statistics
   synth       write a synthetic dataset in the Duality format
   scores      best val/mIoU of every phase under a logs folder
   report      summary.md/.csv and charts of every run under a logs folder
   export      a checkpoint to ONNX or TorchScript (dynamic batch, height, width)
+  app         a local web page to look at a model's predictions (Gradio)
 
 'desertmind COMMAND --help' shows a command's options; Lightning commands also take
 --print_config.
@@ -83,6 +84,13 @@ def _export(args: argparse.Namespace) -> int:
 
     out = export(args.ckpt, args.format, args.out, args.height, args.width)
     print(f"wrote {out} ({args.format}; input: normalised float32 images N x 3 x H x W)")
+    return 0
+
+
+def _app(args: argparse.Namespace) -> int:
+    from desertmind.app.viewer import launch
+
+    launch(args.ckpt_path, args.root, args.split, args.host, args.port, args.device)
     return 0
 
 
@@ -173,6 +181,21 @@ def _tool_parser() -> argparse.ArgumentParser:
                    help="example input height (the graph stays dynamic)")
     p.add_argument("--width", type=_int_at_least(16), default=960)
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("app", help="a local web page to look at a model's predictions",
+                       description="Serve a local Gradio page for a checkpoint: upload or pick "
+                       "an image and see the prediction over it; with --data.root, browse a "
+                       "labelled split worst image first. Needs the app extra (Gradio).")
+    p.add_argument("--ckpt_path", required=True, help="a desertmind checkpoint (e.g. best.ckpt)")
+    p.add_argument("--data.root", dest="root", default=None,
+                   help="dataset root: pick images from, and browse, its split")
+    p.add_argument("--data.val_dir", dest="split", default=None,
+                   help="the split under the root (default: the checkpoint's val_dir)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=_int_at_least(1), default=7860)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
+    p.set_defaults(func=_app)
     return parser
 
 

@@ -9,8 +9,9 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from desertmind.data.classes import PALETTE, TRAIN_TO_RAW
+from desertmind.data.classes import TRAIN_TO_RAW
 from desertmind.data.imageio import read_image, write_png
+from desertmind.reports.plots import colorize, overlay
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -42,8 +43,6 @@ class PredictionWriter(BasePredictionWriter):
 def write_prediction(out_dir: Path, name: str, image: np.ndarray, pred: np.ndarray,
                      alpha: float = 0.5) -> None:
     """Write the raw, colour and overlay PNGs of one train-id prediction."""
-    color = PALETTE[pred]
-    overlay = (image.astype(np.float32) * (1 - alpha) + color * alpha).round().astype(np.uint8)
     write_png(out_dir / "raw" / f"{name}.png", TRAIN_TO_RAW[pred])
-    write_png(out_dir / "color" / f"{name}.png", color, rgb=True)
-    write_png(out_dir / "overlay" / f"{name}.png", overlay, rgb=True)
+    write_png(out_dir / "color" / f"{name}.png", colorize(pred), rgb=True)
+    write_png(out_dir / "overlay" / f"{name}.png", overlay(image, pred, alpha), rgb=True)

@@ -1,7 +1,12 @@
-"""Looking inside a finished run: its best model on its validation images, worst first."""
+"""Looking inside a model: every image of a labelled split scored, worst first, any one shown.
+
+Only the scores are kept (name and mean IoU per image); an image, its ground truth and its
+prediction are recomputed when asked for, so a split of any size fits in memory.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,34 +15,76 @@ import torch
 
 from desertmind import runs
 from desertmind.data.datamodule import OffroadDataModule
+from desertmind.data.dataset import OffroadDataset
 from desertmind.data.transforms import normalize
+from desertmind.inference.trained import load_module
 from desertmind.reports.plots import prediction_grid
 from desertmind.reports.report import RunSummary
 from desertmind.training.metrics import per_image_miou
 from desertmind.training.module import SegmentationModule
 
 
-@dataclass
+@dataclass(frozen=True)
 class ImageScore:
-    """One validation image with its prediction and its mean IoU (the seed's per-image rule)."""
+    """One image of the split: its index in the dataset, its name and its mean IoU (the seed's
+    per-image rule; NaN when nothing in it is labelled)."""
 
+    index: int
     name: str
     miou: float
-    image: np.ndarray
-    target: np.ndarray
-    pred: np.ndarray
+
+
+class SplitRanking:
+    """A labelled split scored by a model, lowest mean IoU first (``scores``).
+
+    ``progress(done, total)`` is called after each batch while scoring.
+    """
+
+    def __init__(self, module: SegmentationModule, dataset: OffroadDataset, batch_size: int = 8,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        self.module = module.eval()
+        self.dataset = dataset
+        found: list[ImageScore] = []
+        total = len(dataset)
+        for start in range(0, total, batch_size):
+            indices = range(start, min(start + batch_size, total))
+            items = [dataset[i] for i in indices]
+            preds = self._predict(torch.stack([it["image"] for it in items]))
+            targets = torch.stack([it["mask"] for it in items]).long()
+            miou = per_image_miou(preds, targets, module.hparams.num_classes)
+            found += [ImageScore(i, it["name"], float(m))
+                      for i, it, m in zip(indices, items, miou, strict=True)]
+            if progress is not None:
+                progress(indices[-1] + 1, total)
+        self.scores = sorted(found, key=lambda s: (np.isnan(s.miou), s.miou, s.name))
+
+    @torch.no_grad()
+    def _predict(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module(normalize(images)).argmax(1)
+
+    def render(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image (H, W, 3), ground truth and prediction (H, W train ids) of dataset item
+        ``index``, at the evaluation size."""
+        item = self.dataset[index]
+        pred = self._predict(item["image"][None])[0]
+        return (item["image"].permute(1, 2, 0).numpy(), item["mask"].numpy().astype(np.uint8),
+                pred.numpy().astype(np.uint8))
+
+    def grid(self, k: int = 4) -> np.ndarray:
+        """image | ground truth | prediction | error map for the ``k`` lowest-scoring images."""
+        shown = [self.render(s.index) for s in self.scores[:k]]
+        return prediction_grid(*(list(column) for column in zip(*shown, strict=True)))
 
 
 def load_best(run: RunSummary) -> tuple[SegmentationModule, OffroadDataModule]:
     """The run's best checkpoint (on the CPU, eval mode) and its data module, from its config."""
     ckpt, _ = runs.checkpoints_of_run(run.path)
-    # the checkpoint holds every weight: do not fetch pretrained ones again
-    module = SegmentationModule.load_from_checkpoint(ckpt, map_location="cpu", weights="none")
+    module = load_module(ckpt)
     data = dict(run.config.get("data") or {})
     data.update(num_workers=0, pin_memory=False, root=str(_find_root(run, data.get("root"))))
     dm = OffroadDataModule(**data)
     dm.setup("validate")
-    return module.eval(), dm
+    return module, dm
 
 
 def _find_root(run: RunSummary, root: str | None) -> Path:
@@ -51,26 +98,7 @@ def _find_root(run: RunSummary, root: str | None) -> Path:
     return path  # not found: the data module's error says where the data should be
 
 
-def score_images(run: RunSummary, batch_size: int = 8) -> list[ImageScore]:
+def rank_run(run: RunSummary, batch_size: int = 8) -> SplitRanking:
     """Every validation image of the run, scored by its best model, lowest mean IoU first."""
     module, dm = load_best(run)
-    dataset = dm.datasets["val"]
-    scores: list[ImageScore] = []
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            images = torch.stack([it["image"] for it in items])
-            targets = torch.stack([it["mask"] for it in items]).long()
-            preds = module(normalize(images)).argmax(1)
-            miou = per_image_miou(preds, targets, module.hparams.num_classes)
-            for it, img, t, p, m in zip(items, images, targets, preds, miou, strict=True):
-                scores.append(ImageScore(it["name"], float(m), img.permute(1, 2, 0).numpy(),
-                                         t.numpy().astype(np.uint8), p.numpy().astype(np.uint8)))
-    return sorted(scores, key=lambda s: (np.isnan(s.miou), s.miou))
-
-
-def worst_images_grid(scores: list[ImageScore], k: int = 4) -> np.ndarray:
-    """image | ground truth | prediction | error map for the ``k`` lowest-scoring images."""
-    worst = scores[:k]
-    return prediction_grid([s.image for s in worst], [s.target for s in worst],
-                           [s.pred for s in worst])
+    return SplitRanking(module, dm.datasets["val"], batch_size)

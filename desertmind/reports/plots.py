@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,19 @@ def confusion_matrix_figure(confmat: np.ndarray, title: str = "confusion matrix"
 def colorize(mask: np.ndarray) -> np.ndarray:
     """Train-id mask (H, W) -> RGB uint8 in the class colours (ignore: black)."""
     return PALETTE[np.asarray(mask, dtype=np.uint8)]
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5,
+            classes: Collection[int] | None = None) -> np.ndarray:
+    """The RGB image blended with the class colours (``alpha`` of colour); with ``classes``,
+    only those train ids are coloured and the rest of the image is left as it is."""
+    mask = np.asarray(mask, dtype=np.uint8)
+    blended = (image.astype(np.float32) * (1 - alpha) + PALETTE[mask] * alpha).round()
+    out = blended.astype(np.uint8)
+    if classes is not None:
+        hidden = ~np.isin(mask, list(classes))
+        out[hidden] = image[hidden]
+    return out
 
 
 def error_map(pred: np.ndarray, target: np.ndarray) -> np.ndarray:

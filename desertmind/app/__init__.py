@@ -1,0 +1,1 @@
+"""The interactive viewer (Gradio): ``desertmind app``."""
