@@ -26,10 +26,10 @@ from desertmind.data.classes import CLASS_NAMES, CLASSES
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.data.imageio import read_image
 from desertmind.data.layout import Sample, list_images
+from desertmind.data.palette import colorize, error_map, overlay
 from desertmind.errors import ConfigError, DesertMindError
 from desertmind.inference.predictor import Predictor, check_image, class_shares
 from desertmind.reports.analysis import SplitRanking
-from desertmind.reports.plots import colorize, error_map, overlay
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 try:

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from desertmind.data.classes import TRAIN_TO_RAW
 from desertmind.data.imageio import read_image, write_png
-from desertmind.reports.plots import colorize, overlay
+from desertmind.data.palette import colorize, overlay
 
 
 class PredictionWriter(BasePredictionWriter):

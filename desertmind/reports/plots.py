@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from desertmind.data.classes import CLASS_NAMES, IGNORE_INDEX, PALETTE
+from desertmind.data.classes import CLASS_NAMES
+from desertmind.data.palette import colorize, error_map
 from desertmind.files import write_with
 
 
@@ -40,32 +41,6 @@ def confusion_matrix_figure(confmat: np.ndarray, title: str = "confusion matrix"
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     fig.tight_layout()
     return fig
-
-
-def colorize(mask: np.ndarray) -> np.ndarray:
-    """Train-id mask (H, W) -> RGB uint8 in the class colours (ignore: black)."""
-    return PALETTE[np.asarray(mask, dtype=np.uint8)]
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5,
-            classes: Collection[int] | None = None) -> np.ndarray:
-    """The RGB image blended with the class colours (``alpha`` of colour); with ``classes``,
-    only those train ids are coloured and the rest of the image is left as it is."""
-    mask = np.asarray(mask, dtype=np.uint8)
-    blended = (image.astype(np.float32) * (1 - alpha) + PALETTE[mask] * alpha).round()
-    out = blended.astype(np.uint8)
-    if classes is not None:
-        hidden = ~np.isin(mask, list(classes))
-        out[hidden] = image[hidden]
-    return out
-
-
-def error_map(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """RGB: correct pixels dark grey, wrong ones red, ignored ones black."""
-    out = np.full((*target.shape, 3), 60, dtype=np.uint8)
-    out[pred != target] = (230, 30, 30)
-    out[target == IGNORE_INDEX] = 0
-    return out
 
 
 def prediction_grid(images: Sequence[np.ndarray], targets: Sequence[np.ndarray],
