@@ -83,3 +83,22 @@ def test_bad_specs_are_refused_with_the_choices():
         parse_loss("ce + focal")
     with pytest.raises(ConfigError, match="class_weighting"):
         build_loss("weighted_ce")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cast_module", [False, True])
+def test_every_loss_works_with_half_precision_logits(dtype, cast_module):
+    """bf16-true / 16-true: logits in half precision, and the loss module (its class-weight
+    buffer included) possibly cast by the precision plugin; the loss stays float32."""
+    logits, target = _case(5)
+    weights = torch.tensor([0.5, 1.0, 2.0, 1.5])
+    loss = build_loss("weighted_ce + 0.5 dice + ce", weights)
+    reference = loss(logits, target)
+    if cast_module:
+        loss = loss.to(dtype)
+    half = logits.to(dtype).requires_grad_()
+    value = loss(half, target)
+    value.backward()
+    assert value.dtype == torch.float32 and half.grad.dtype == dtype
+    assert torch.isfinite(half.grad.float()).all()
+    torch.testing.assert_close(value, reference, rtol=0.02, atol=0.02)

@@ -53,7 +53,9 @@ class CrossEntropy(nn.Module):
     """Cross-entropy with optional class weights held in a non-persistent buffer.
 
     The weights are derived from the data, so they stay out of checkpoints: a checkpoint
-    trained with one loss loads into a module configured with another.
+    trained with one loss loads into a module configured with another. The loss is computed
+    in float32 whatever the logits' dtype (as autocast does), so the weights and the logits
+    agree under every precision, ``bf16-true`` included, where Lightning may cast the buffer.
     """
 
     def __init__(self, weight: torch.Tensor | None = None,
@@ -64,7 +66,9 @@ class CrossEntropy(nn.Module):
                              persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, target, weight=self.weight, ignore_index=self.ignore_index)
+        weight = None if self.weight is None else self.weight.float()
+        return F.cross_entropy(logits.float(), target, weight=weight,
+                               ignore_index=self.ignore_index)
 
 
 class CombinedLoss(nn.Module):
