@@ -125,3 +125,18 @@ def test_bad_loss_and_class_count_are_clear_errors(synth_root: Path, tmp_path: P
     missing = str(tmp_path / "phase0" / "best.ckpt")
     assert main([*base, "--model.init_from", missing]) == 2
     assert missing in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--model.tta_scales", "[0.0]", "every scale must be > 0"),
+    ("--model.sliding_window", "-8", "at least 16 pixels"),
+    ("--model.backbone_lr_mult", "-1", "must be >= 0"),
+    ("--data.image_size", "[0, 48]", "each at least 16 pixels"),
+    ("--data.batch_size", "1", "at least 2 images per batch"),
+])
+def test_impossible_values_are_refused_before_training(synth_root: Path, tmp_path: Path, capsys,
+                                                       phase_args, option, value, message):
+    assert main(["fit", *phase_args("phase1", synth_root, tmp_path), option, value]) == 2
+    err = capsys.readouterr().err
+    assert message in err and option[2:] in err
+    assert not (tmp_path / "phase1").exists()  # refused before any run folder or checkpoint

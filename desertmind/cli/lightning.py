@@ -228,6 +228,7 @@ class DesertMindCLI(LightningCLI):
         return super().instantiate_trainer(plugins=plugins, **kwargs)
 
     def before_fit(self) -> None:
+        self.datamodule.check_fit()
         for callback in self.trainer.checkpoint_callbacks:
             if isinstance(callback, PhaseCheckpoint):
                 callback.resolve_dirpath(self.trainer)

@@ -13,7 +13,7 @@ from desertmind.data.dataset import OffroadDataset, seed_worker
 from desertmind.data.layout import list_images, list_split
 from desertmind.data.stats import WEIGHTINGS, Weighting, class_weights, scan
 from desertmind.data.transforms import PRESETS, Preset, build_transform, normalize
-from desertmind.errors import DatasetError, check_choice
+from desertmind.errors import ConfigError, DatasetError, check_choice
 
 
 class OffroadDataModule(L.LightningDataModule):
@@ -63,6 +63,11 @@ class OffroadDataModule(L.LightningDataModule):
         # Python callers bypass the CLI's Literal check: fail here, not at setup
         check_choice("data.train_preset", train_preset, PRESETS)
         check_choice("data.class_weighting", class_weighting, WEIGHTINGS)
+        if image_size is not None and (len(image_size) != 2 or min(image_size) < 16):
+            raise ConfigError(f"data.image_size={list(image_size)}: (height, width), each at "
+                              "least 16 pixels, or null for the full size")
+        if crop_size < 16:
+            raise ConfigError(f"data.crop_size={crop_size}: at least 16 pixels")
         self.save_hyperparameters()
         self.root = Path(root)
         self.datasets: dict[str, OffroadDataset] = {}
@@ -74,6 +79,7 @@ class OffroadDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         hp = self.hparams
         if stage == "fit":
+            self.check_fit()
             train = list_split(self.root, hp.train_dir)
             if len(train) < hp.batch_size:
                 raise DatasetError(f"{self.root / hp.train_dir}: {len(train)} training images, "
@@ -99,6 +105,14 @@ class OffroadDataModule(L.LightningDataModule):
                 folder = self.root / folder
             self.datasets["predict"] = OffroadDataset(list_images(folder),
                                                       self._eval_transform())
+
+    def check_fit(self) -> None:
+        """Refuse settings that only training cannot use (the CLI asks before any run folder
+        is written; ``setup("fit")`` asks again for Python callers)."""
+        if self.hparams.batch_size < 2:
+            raise ConfigError(f"data.batch_size={self.hparams.batch_size}: training needs at "
+                              "least 2 images per batch (BatchNorm cannot normalise one); "
+                              "data.eval_batch_size may be 1")
 
     def class_weights(self) -> torch.Tensor | None:
         """Loss weights per class from the train split's statistics, or None (cached)."""

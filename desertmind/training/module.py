@@ -96,6 +96,16 @@ class SegmentationModule(L.LightningModule):
             raise ConfigError(f"num_classes={num_classes} does not match the class table, which "
                              f"has {NUM_CLASSES} classes ({', '.join(CLASS_NAMES)})")
         parse_loss(loss)  # fail on a bad loss spec now, not after the data is loaded
+        # evaluation options are checked here, not after a whole training epoch
+        if backbone_lr_mult < 0:
+            raise ConfigError(f"model.backbone_lr_mult={backbone_lr_mult}: must be >= 0 (0 "
+                              "freezes the encoder's updates; a negative LR would ascend)")
+        if tta_scales is not None and (not tta_scales or any(x <= 0 for x in tta_scales)):
+            raise ConfigError(f"model.tta_scales={tta_scales}: every scale must be > 0, e.g. "
+                              "[0.75, 1.0, 1.25]")
+        if sliding_window is not None and sliding_window < 16:
+            raise ConfigError(f"model.sliding_window={sliding_window}: a window is at least 16 "
+                              "pixels (null: whole images)")
         unknown = sorted(set(predict_classes or []) - set(CLASS_NAMES))
         if unknown:
             raise ConfigError(f"predict_classes: unknown class(es) {unknown}; choose from "
