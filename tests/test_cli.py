@@ -140,3 +140,11 @@ def test_impossible_values_are_refused_before_training(synth_root: Path, tmp_pat
     err = capsys.readouterr().err
     assert message in err and option[2:] in err
     assert not (tmp_path / "phase1").exists()  # refused before any run folder or checkpoint
+
+
+def test_resuming_with_nothing_to_resume_is_refused(synth_root: Path, tmp_path: Path, capsys,
+                                                    phase_args):
+    assert main(["fit", *phase_args("phase1", synth_root, tmp_path), "--ckpt_path",
+                 "last"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to resume" in err and str(tmp_path / "phase1" / "checkpoints") in err

@@ -51,8 +51,11 @@ def test_unknown_values_are_counted_and_fail_only_when_strict(data_copy: Path, c
         m[0, :7] = 4242
         write_png(p, m)
     assert main(["check-data", str(data_copy), "--splits", "val", "--workers", "1"]) == 0
-    assert "4242: 14 px in 2 file(s)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "4242: 14 px in 2 file(s)" in out and "--strict makes them a problem" in out
     assert main(["check-data", str(data_copy), "--splits", "val", "--strict"]) == 1
+    out = capsys.readouterr().out
+    assert "a problem under --strict" in out and "no problems found" not in out
 
 
 def test_second_scan_of_unchanged_data_reads_no_file(data_copy: Path, monkeypatch):

@@ -232,6 +232,15 @@ class DesertMindCLI(LightningCLI):
         for callback in self.trainer.checkpoint_callbacks:
             if isinstance(callback, PhaseCheckpoint):
                 callback.resolve_dirpath(self.trainer)
+        if self.config.fit.get("ckpt_path") == runs.LAST:
+            # Lightning would warn and train from scratch: a resume that resumes nothing
+            found = [Path(c.dirpath) / f"{runs.LAST}{runs.CKPT_EXT}"
+                     for c in self.trainer.checkpoint_callbacks
+                     if isinstance(c, LastCheckpoint) and c.dirpath]
+            if not any(p.is_file() for p in found):
+                where = found[0] if found else "the phase's checkpoints folder"
+                raise ConfigError(f"--ckpt_path last: nothing to resume, {where} does not "
+                                  "exist; leave --ckpt_path out to start the phase")
 
     def _drop_training_callbacks(self) -> None:
         """Checkpointing, early stopping and freezing have nothing to do in an evaluation; left

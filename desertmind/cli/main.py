@@ -41,7 +41,7 @@ def _check_data(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=1))
     else:
-        print(format_report(result))
+        print(format_report(result, args.strict))
     if args.plot:
         from desertmind.reports.plots import class_share_figure, save
 

@@ -194,7 +194,7 @@ def class_weights(split_stats: dict, method: str) -> np.ndarray | None:
     return weights
 
 
-def format_report(result: dict) -> str:
+def format_report(result: dict, strict: bool = False) -> str:
     """The human-readable check-data report."""
     lines = [f"dataset {result['root']}"]
     for split, s in result["splits"].items():
@@ -213,6 +213,15 @@ def format_report(result: dict) -> str:
         for p in s["problems"]:
             lines.append(f"  PROBLEM: {p}")
     n = sum(len(s["problems"]) for s in result["splits"].values())
-    lines.append(f"\n{n} problem(s) found." if n else "\nno problems found.")
+    unknown = any(s["unknown_values"] for s in result["splits"].values())
+    if n:
+        lines.append(f"\n{n} problem(s) found.")
+    elif unknown and strict:
+        lines.append("\nunknown raw values found: a problem under --strict.")
+    elif unknown:
+        lines.append("\nno problems found (the unknown raw values above are ignored in "
+                     "training; --strict makes them a problem).")
+    else:
+        lines.append("\nno problems found.")
     lines.append(f"statistics written to {result['stats_path']}")
     return "\n".join(lines)
