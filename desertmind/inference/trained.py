@@ -17,20 +17,42 @@ table the model was trained with is stored beside the weights
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from desertmind.data.classes import CLASS_NAMES, RAW_IDS, class_table
+from desertmind.data.classes import CLASS_NAMES, class_table
 from desertmind.errors import CheckpointError
 from desertmind.models.registry import ARCHITECTURES
 from desertmind.training.checkpoints import CLASS_TABLE_KEY, copy_weights, read_checkpoint
 from desertmind.training.module import SegmentationModule
 
-#: model arguments that decide the layout of the weights: always the checkpoint's
-NETWORK_KEYS = ("arch", "backbone", "num_classes", "aux_loss")
-#: data arguments for evaluating as trained: the checkpoint's unless the user gives them
-DATA_KEYS = ("root", "val_dir", "test_dir", "image_size")
+#: model arguments that decide the layout of the weights, always the checkpoint's: key ->
+#: (default for checkpoints that predate it, check, what the check expects)
+NETWORK_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
+    "arch": ("deeplabv3", lambda v: v in ARCHITECTURES, f"one of {list(ARCHITECTURES)}"),
+    "backbone": (None, lambda v: isinstance(v, str), "a backbone name"),
+    "num_classes": (None, lambda v: v == len(CLASS_NAMES), f"{len(CLASS_NAMES)} (the class table)"),
+    "aux_loss": (False, lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def _is_size(value: Any) -> bool:
+    return value is None or (
+        isinstance(value, list | tuple) and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+
+
+#: data arguments for evaluating as trained, the checkpoint's unless the user gives them:
+#: key -> check (a value that fails it is not suggested)
+DATA_KEYS: dict[str, Callable[[Any], bool]] = {
+    "root": lambda v: isinstance(v, str),
+    "val_dir": lambda v: isinstance(v, str),
+    "test_dir": lambda v: v is None or isinstance(v, str),
+    "image_size": _is_size,
+}
+
 
 @dataclass(frozen=True)
 class TrainedSettings:
@@ -39,18 +61,6 @@ class TrainedSettings:
     path: Path
     network: dict[str, Any]
     data: dict[str, Any] = field(default_factory=dict)
-
-
-def _check(path: Path, key: str, value: Any, ok: bool, expected: str) -> Any:
-    if not ok:
-        raise CheckpointError(f"{path}: saved hyperparameter {key}={value!r} is not {expected}; "
-                              "the file was not written by desertmind or was altered")
-    return value
-
-
-def _is_size(value: Any) -> bool:
-    return (isinstance(value, list | tuple) and len(value) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
 
 
 def settings_of(path: str | Path, ckpt: dict) -> TrainedSettings:
@@ -63,31 +73,20 @@ def settings_of(path: str | Path, ckpt: dict) -> TrainedSettings:
     table = ckpt.get(CLASS_TABLE_KEY)
     if table is not None and table != class_table():
         raise CheckpointError(
-            f"{path}: trained with the class table {table.get('names')} "
-            f"(raw ids {table.get('raw_ids')}), which differs from this desertmind's "
-            f"{list(CLASS_NAMES)} {list(RAW_IDS)}; its predictions would be mislabelled")
-    network = {
-        "arch": _check(path, "arch", hp.get("arch", "deeplabv3"),
-                       hp.get("arch", "deeplabv3") in ARCHITECTURES,
-                       f"one of {list(ARCHITECTURES)}"),
-        "backbone": _check(path, "backbone", hp.get("backbone"),
-                           isinstance(hp.get("backbone"), str), "a backbone name"),
-        "num_classes": _check(path, "num_classes", hp.get("num_classes"),
-                              hp.get("num_classes") == len(CLASS_NAMES),
-                              f"{len(CLASS_NAMES)} (the class table)"),
-        "aux_loss": _check(path, "aux_loss", hp.get("aux_loss", False),
-                           isinstance(hp.get("aux_loss", False), bool), "true or false"),
-    }
-    data = {}
+            f"{path}: trained with the class table {table!r}, which differs from this "
+            f"desertmind's {class_table()}; its predictions would be mislabelled")
+    network = {}
+    for key, (default, ok, expected) in NETWORK_KEYS.items():
+        value = hp.get(key, default)
+        if not ok(value):
+            raise CheckpointError(f"{path}: saved hyperparameter {key}={value!r} is not "
+                                  f"{expected}; the file was not written by desertmind or was "
+                                  "altered")
+        network[key] = value
     dm = ckpt.get("datamodule_hyper_parameters")
-    if isinstance(dm, dict):
-        for key in ("root", "val_dir"):
-            if isinstance(dm.get(key), str):
-                data[key] = dm[key]
-        if dm.get("test_dir") is None or isinstance(dm.get("test_dir"), str):
-            data["test_dir"] = dm.get("test_dir")
-        if dm.get("image_size") is None or _is_size(dm.get("image_size")):
-            data["image_size"] = list(dm["image_size"]) if dm.get("image_size") else None
+    dm = dm if isinstance(dm, dict) else {}
+    data = {key: list(dm[key]) if isinstance(dm[key], tuple) else dm[key]
+            for key, ok in DATA_KEYS.items() if key in dm and ok(dm[key])}
     return TrainedSettings(path, network, data)
 
 

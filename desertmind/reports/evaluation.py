@@ -77,7 +77,7 @@ class EvaluationWriter(L.Callback):
         self._names: list[str] = []
         self._cms: list[torch.Tensor] = []
 
-    def _start(self, *_: Any) -> None:
+    def _start(self) -> None:
         self._names, self._cms = [], []
 
     def _collect(self, trainer: L.Trainer, outputs: Any, batch: dict) -> None:
