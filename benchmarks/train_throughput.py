@@ -1,15 +1,17 @@
 """Training throughput: `desertmind fit` (Lightning) vs a plain PyTorch loop written like the
 seed's script, on the same model, data and device, plus a model-only ceiling.
 
-- Lightning: our data module (uint8 batches, normalised on the device), precision auto (bf16 on
-  a GPU that has it), channels_last on a GPU.
+- Lightning: our data module (uint8 batches, normalised on the device; ``--cache memory|disk``
+  serves them from the decoded cache, built before the timing), precision auto (bf16 on a GPU
+  that has it), channels_last on a GPU.
 - Plain loop (the seed's): float images divided by 255 in the dataset, an int64 mask built with
   a boolean pass per class, autocast + GradScaler on CUDA, AdamW, loss.item() every step.
 - Model-only: random tensors already on the device, forward + backward + step with our
   settings: what the pipeline could reach if data cost nothing.
 
 Prints JSON: images/s of each, lightning / plain, and pipeline efficiency = lightning /
-model-only. Defaults are CPU-sized (256x144); pass --full for 960x540 on a GPU.
+model-only. Defaults are CPU-sized (256x144); pass --full for 960x540 on a GPU, and
+``--backbone resnet101`` for DeepLabV3 ResNet-101 (all three use the same network).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from _common import SeedDataset, machine, sync
 from torch.utils.data import DataLoader
 
 from desertmind.cli.lightning import resolve_precision
+from desertmind.data.cache import CACHES
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.data.layout import list_split
 from desertmind.data.synth import generate
@@ -51,9 +54,11 @@ class StepTimer(L.Callback):
 
 
 def lightning_ips(root: Path, args, device: torch.device) -> float:
-    module = SegmentationModule(weights="none", channels_last=device.type == "cuda",
+    module = SegmentationModule(backbone=args.backbone, weights="none",
+                                channels_last=device.type == "cuda",
                                 optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4))
-    dm = OffroadDataModule(str(root), batch_size=args.batch, num_workers=args.workers)
+    dm = OffroadDataModule(str(root), batch_size=args.batch, num_workers=args.workers,
+                           cache=args.cache, cache_dir=str(root.parent / "cache"))
     timer = StepTimer(args.warmup)
     trainer = L.Trainer(max_steps=args.warmup + args.steps, accelerator=device.type, devices=1,
                         precision=resolve_precision(device.type), logger=False,
@@ -69,7 +74,7 @@ def plain_ips(root: Path, args, device: torch.device) -> float:
     loader = DataLoader(SeedDataset(list_split(root, "train")), batch_size=args.batch,
                         shuffle=True, num_workers=args.workers, drop_last=True, pin_memory=cuda,
                         persistent_workers=args.workers > 0)
-    model = build_network("deeplabv3", "mobilenet_v3_large", 10, "none").to(device).train()
+    model = build_network("deeplabv3", args.backbone, 10, "none").to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
     criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
@@ -96,7 +101,7 @@ def plain_ips(root: Path, args, device: torch.device) -> float:
 
 def model_only_ips(args, device: torch.device) -> float:
     cuda = device.type == "cuda"
-    model = build_network("deeplabv3", "mobilenet_v3_large", 10, "none").to(device).train()
+    model = build_network("deeplabv3", args.backbone, 10, "none").to(device).train()
     fmt = torch.channels_last if cuda else torch.contiguous_format
     model = model.to(memory_format=fmt)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -124,6 +129,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--backbone", default="mobilenet_v3_large",
+                        choices=["mobilenet_v3_large", "resnet50", "resnet101"])
+    parser.add_argument("--cache", default="none", choices=CACHES)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     args.height, args.width = (540, 960) if args.full else (144, 256)
@@ -141,8 +149,9 @@ def main() -> None:
         "machine": machine(),
         "device": str(device),
         "precision": resolve_precision(device.type),
-        "setup": f"mobilenet_v3_large, {args.width}x{args.height}, batch {args.batch}, "
-                 f"{args.workers} workers, {args.steps} timed steps after {args.warmup}",
+        "setup": f"deeplabv3 {args.backbone}, {args.width}x{args.height}, batch {args.batch}, "
+                 f"{args.workers} workers, cache {args.cache}, {args.steps} timed steps after "
+                 f"{args.warmup}",
         "lightning_images_per_s": round(ours, 2),
         "plain_loop_images_per_s": round(plain, 2),
         "model_only_images_per_s": round(ceiling, 2),

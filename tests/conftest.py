@@ -58,6 +58,27 @@ def phase_args() -> Callable[..., list[str]]:
 
 
 @pytest.fixture(scope="session")
+def fit_once(phase_args) -> Callable[..., tuple[float, dict]]:
+    """``fit_once(root, logs, *extra)``: two deterministic epochs of phase 1 with augmentation
+    and 2 DataLoader workers; returns the best val mIoU and the last checkpoint's weights."""
+    from desertmind.cli.main import main
+    from desertmind.reports.report import load_report
+    from desertmind.training.checkpoints import read_checkpoint
+
+    def fit(root: Path, logs: Path, *extra: str) -> tuple[float, dict]:
+        args = ["fit", *phase_args("phase1", root, logs),
+                "--trainer.max_epochs", "2", "--trainer.deterministic", "true",
+                "--data.train_preset", "flip_color", "--data.num_workers", "2",
+                "--trainer.enable_progress_bar", "false", *extra]
+        assert main(args) == 0
+        state = read_checkpoint(logs / "phase1" / "checkpoints" / "last.ckpt")
+        (run,), _ = load_report(logs)
+        return run.best_miou, state["state_dict"]
+
+    return fit
+
+
+@pytest.fixture(scope="session")
 def part_keys() -> Callable[[str], dict[str, set[str]]]:
     """``part_keys(arch="deeplabv3", backbone=...)``: the checkpoint keys (``model.*``) of the
     network's encoder (parameters and BatchNorm statistics) and of its head, through the

@@ -105,6 +105,7 @@ def test_bad_data_root_is_a_clear_error(tmp_path: Path, capsys, phase_args):
     (["--model.arch", "deeplab4"], "segformer"),
     (["--data.train_preset", "fancy"], "flip_color"),
     (["--data.class_weighting", "balanced"], "median_frequency"),
+    (["--data.cache", "ram"], "disk"),
     (["--model.scheduler", "torch.optim.lr_scheduler.Nope"],
      "desertmind.training.schedulers.PolyLR"),
 ])

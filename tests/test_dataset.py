@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from desertmind.data.cache import open_cache
 from desertmind.data.classes import remap
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.data.dataset import OffroadDataset
@@ -29,13 +30,18 @@ def test_sample_is_uint8_image_and_remapped_mask(synth_root: Path):
     assert item["name"] == s.name
 
 
-def test_unknown_raw_values_are_ignored_and_reported_once(data_copy: Path):
+@pytest.mark.parametrize("cache", ["none", "memory", "disk"])
+def test_unknown_raw_values_are_ignored_and_reported_once(data_copy: Path, tmp_path: Path,
+                                                          cache: str):
     path = sorted((data_copy / "train" / "Segmentation").iterdir())[0]
     mask = read_mask(path)
     mask[:3, :5] = 4242
     mask[3, :2] = 0
     write_png(path, mask)
-    ds = OffroadDataset(list_split(data_copy, "train"))
+    samples = list_split(data_copy, "train")
+    for _ in range(2):  # the second disk open reads the cache back: still reported
+        decoded = open_cache(samples, cache, data_copy / "train", tmp_path / "cache", False)
+    ds = OffroadDataset(samples, decoded=decoded)
     with pytest.warns(UserWarning) as record:
         item = ds[0]
     assert len(record) == 1

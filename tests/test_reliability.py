@@ -125,21 +125,9 @@ def test_nan_loss_stops_naming_the_step_and_keeps_checkpoints(synth_root: Path, 
                    if v.is_floating_point())
 
 
-def _fit_once(phase_args, root: Path, logs: Path) -> tuple[float, dict]:
-    args = ["fit", *phase_args("phase1", root, logs),
-            "--trainer.max_epochs", "2", "--trainer.deterministic", "true",
-            "--data.train_preset", "flip_color", "--data.num_workers", "2",
-            "--trainer.enable_progress_bar", "false"]
-    assert main(args) == 0
-    state = read_checkpoint(logs / "phase1" / "checkpoints" / "last.ckpt")
-    (run,), _ = load_report(logs)
-    return run.best_miou, state["state_dict"]
-
-
-def test_two_runs_with_the_same_seed_are_identical(synth_root: Path, tmp_path: Path,
-                                                   phase_args):
-    miou_a, weights_a = _fit_once(phase_args, synth_root, tmp_path / "a")
-    miou_b, weights_b = _fit_once(phase_args, synth_root, tmp_path / "b")
+def test_two_runs_with_the_same_seed_are_identical(synth_root: Path, tmp_path: Path, fit_once):
+    miou_a, weights_a = fit_once(synth_root, tmp_path / "a")
+    miou_b, weights_b = fit_once(synth_root, tmp_path / "b")
     assert miou_a == miou_b
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)

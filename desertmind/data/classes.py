@@ -70,3 +70,12 @@ PALETTE.setflags(write=False)
 def remap(raw_mask: np.ndarray) -> np.ndarray:
     """Map a raw-id mask to train ids with one vectorised lookup."""
     return RAW_TO_TRAIN[raw_mask]
+
+
+def unknown_values(mask: np.ndarray, raw: np.ndarray) -> dict[int, int]:
+    """Raw values of ``raw`` outside the class table (ignored in ``mask``) -> pixel counts."""
+    unknown = mask == IGNORE_INDEX
+    if not unknown.any():
+        return {}
+    values, counts = np.unique(raw[unknown], return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts, strict=True)}

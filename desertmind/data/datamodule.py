@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
+from desertmind.data.cache import CACHES, Cache, open_cache
 from desertmind.data.dataset import OffroadDataset, seed_worker
 from desertmind.data.layout import list_images, list_split
 from desertmind.data.stats import WEIGHTINGS, Weighting, class_weights, scan
@@ -40,6 +41,10 @@ class OffroadDataModule(L.LightningDataModule):
             train split's statistics (see ``desertmind check-data``).
         stats_path: where those statistics are cached; default ``ROOT/desertmind_stats.json``.
         pin_memory: pinned host memory; None means on when CUDA is available.
+        cache: ``none`` decodes the PNGs every epoch; ``memory`` or ``disk`` decode each
+            labelled split once and serve it from a decoded uint8 copy, about 100x cheaper
+            per sample (see :mod:`desertmind.data.cache`).
+        cache_dir: where ``disk`` keeps its copies; default ``~/.cache/desertmind/decoded``.
     """
 
     def __init__(
@@ -58,11 +63,14 @@ class OffroadDataModule(L.LightningDataModule):
         class_weighting: Weighting = "none",
         stats_path: str | None = None,
         pin_memory: bool | None = None,
+        cache: Cache = "none",
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         # Python callers bypass the CLI's Literal check: fail here, not at setup
         check_choice("data.train_preset", train_preset, PRESETS)
         check_choice("data.class_weighting", class_weighting, WEIGHTINGS)
+        check_choice("data.cache", cache, CACHES)
         if image_size is not None and (len(image_size) != 2 or min(image_size) < 16):
             raise ConfigError(f"data.image_size={list(image_size)}: (height, width), each at "
                               "least 16 pixels, or null for the full size")
@@ -76,6 +84,29 @@ class OffroadDataModule(L.LightningDataModule):
     def _eval_transform(self):
         return build_transform("none", self.hparams.image_size)
 
+    def _labelled(self, split: str, train: bool = False) -> OffroadDataset:
+        """A labelled split's dataset, served from the decoded cache when one is configured."""
+        hp = self.hparams
+        samples = list_split(self.root, split)
+        decoded = open_cache(samples, hp.cache, self.root / split, hp.cache_dir)
+        transform = self._eval_transform()
+        if train:
+            # drawn from torch's RNG, which seed_everything controls
+            seed = int(torch.randint(2**31 - 1, ()).item())
+            transform = build_transform(hp.train_preset, hp.image_size, hp.crop_size, seed)
+        return OffroadDataset(samples, transform, decoded)
+
+    def prepare_data(self) -> None:
+        """Build the disk cache of the splits this run reads, once per node (Lightning calls
+        this on one process before the others run ``setup``)."""
+        hp = self.hparams
+        if hp.cache != "disk" or self.trainer is None:
+            return
+        splits = {"fit": [hp.train_dir, hp.val_dir], "validate": [hp.val_dir],
+                  "test": [hp.test_dir]}.get(self.trainer.state.fn, [])
+        for split in filter(None, splits):
+            open_cache(list_split(self.root, split), "disk", self.root / split, hp.cache_dir)
+
     def setup(self, stage: str) -> None:
         hp = self.hparams
         if stage == "fit":
@@ -84,19 +115,14 @@ class OffroadDataModule(L.LightningDataModule):
             if len(train) < hp.batch_size:
                 raise DatasetError(f"{self.root / hp.train_dir}: {len(train)} training images, "
                                    f"fewer than batch_size={hp.batch_size}")
-            # drawn from torch's RNG, which seed_everything controls
-            seed = int(torch.randint(2**31 - 1, ()).item())
-            self.datasets["train"] = OffroadDataset(
-                train, build_transform(hp.train_preset, hp.image_size, hp.crop_size, seed))
+            self.datasets["train"] = self._labelled(hp.train_dir, train=True)
         if stage in ("fit", "validate"):
-            self.datasets["val"] = OffroadDataset(list_split(self.root, hp.val_dir),
-                                                  self._eval_transform())
+            self.datasets["val"] = self._labelled(hp.val_dir)
         if stage == "test":
             if hp.test_dir is None:
                 raise DatasetError("no test split configured: set --data.test_dir (a labelled "
                                    "split folder under the dataset root)")
-            self.datasets["test"] = OffroadDataset(list_split(self.root, hp.test_dir),
-                                                   self._eval_transform())
+            self.datasets["test"] = self._labelled(hp.test_dir)
         if stage == "predict":
             if hp.predict_dir is None:
                 raise DatasetError("no images to predict: set --data.predict_dir")

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from desertmind.data.classes import IGNORE_INDEX
+from desertmind.data.cache import DecodedSplit
+from desertmind.data.classes import IGNORE_INDEX, unknown_values
 from desertmind.data.layout import Sample, load_pair
 
 
@@ -32,10 +33,17 @@ class OffroadDataset(Dataset):
     Images stay uint8 so the host-to-device copy is 4x smaller than float; normalisation is
     done on the device by :class:`~desertmind.data.datamodule.OffroadDataModule`. Unknown raw mask
     values are ignored (255) and reported once per value and process with a warning.
+
+    With ``decoded`` (see :mod:`desertmind.data.cache`), pairs come from the decoded cache
+    instead of the PNG files, bit for bit the same arrays.
     """
 
-    def __init__(self, samples: list[Sample], transform: Callable | None = None) -> None:
+    def __init__(self, samples: list[Sample], transform: Callable | None = None,
+                 decoded: DecodedSplit | None = None) -> None:
+        if decoded is not None and len(decoded) != len(samples):
+            raise ValueError(f"decoded cache holds {len(decoded)} samples, not {len(samples)}")
         self.samples = samples
+        self.decoded = decoded
         self.transform = transform if transform is not None else A.Compose([A.ToTensorV2()])
         self._reported: set[int] = set()
 
@@ -49,25 +57,26 @@ class OffroadDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
-        image, mask, raw = load_pair(sample)
+        if self.decoded is not None:
+            image, mask = self.decoded.pair(index)
+            unknown = self.decoded.unknown[index]
+        else:
+            image, mask, raw = load_pair(sample)
+            unknown = unknown_values(mask, raw) if mask is not None else {}
         meta = {"name": sample.name, "path": str(sample.image),
                 "size": torch.tensor(image.shape[:2])}  # original (H, W), for predictions
         if mask is None:
             return {"image": self.transform(image=image)["image"], **meta}
-        self._report_unknown(sample, mask, raw)
+        if unknown:
+            self._report_unknown(sample, unknown)
         out = self.transform(image=image, mask=mask)
         mask_t = out["mask"]
         if not isinstance(mask_t, torch.Tensor):
             mask_t = torch.from_numpy(np.ascontiguousarray(mask_t))
         return {"image": out["image"], "mask": mask_t, **meta}
 
-    def _report_unknown(self, sample: Sample, mask: np.ndarray, raw: np.ndarray) -> None:
-        unknown = mask == IGNORE_INDEX
-        if not unknown.any():
-            return
-        values, counts = np.unique(raw[unknown], return_counts=True)
-        new = {int(v): int(c) for v, c in zip(values, counts, strict=True)
-               if int(v) not in self._reported}
+    def _report_unknown(self, sample: Sample, unknown: dict[int, int]) -> None:
+        new = {v: c for v, c in unknown.items() if v not in self._reported}
         if new:
             self._reported.update(new)
             listed = ", ".join(f"{v}: {c} px" for v, c in new.items())

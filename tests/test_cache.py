@@ -1,0 +1,167 @@
+"""The decoded cache: the same samples as the PNGs, rebuilt when the data changes, refused
+when it would not fit, never half-written, and the same training run with or without it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from desertmind.data import cache as cache_mod
+from desertmind.data.cache import open_cache
+from desertmind.data.classes import remap
+from desertmind.data.dataset import OffroadDataset
+from desertmind.data.imageio import read_mask, write_png
+from desertmind.data.layout import list_split
+from desertmind.data.transforms import PRESETS, build_transform
+from desertmind.errors import DatasetError
+
+
+def _open(root: Path, mode: str, cache_dir: Path, split: str = "train"):
+    return open_cache(list_split(root, split), mode, root / split, cache_dir, progress=False)
+
+
+def _items(ds) -> list[dict]:
+    return [ds[i] for i in range(len(ds))]
+
+
+@pytest.mark.parametrize("mode", ["memory", "disk"])
+def test_cached_samples_equal_the_png_samples(synth_root: Path, tmp_path: Path, mode: str):
+    samples = list_split(synth_root, "train")
+    plain = _items(OffroadDataset(samples))
+    cached = _items(OffroadDataset(samples, decoded=_open(synth_root, mode, tmp_path)))
+    for a, b in zip(plain, cached, strict=True):
+        assert a["image"].dtype == b["image"].dtype == torch.uint8
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+        assert torch.equal(a["size"], b["size"]) and a["name"] == b["name"]
+
+
+@pytest.mark.parametrize("mode", ["memory", "disk"])
+def test_workers_read_the_cache_as_the_main_process_does(synth_root: Path, tmp_path: Path,
+                                                         mode: str):
+    samples = list_split(synth_root, "train")
+    decoded = _open(synth_root, mode, tmp_path)
+
+    def batches(workers: int) -> list[dict]:
+        return list(DataLoader(OffroadDataset(samples, decoded=decoded), batch_size=3,
+                               num_workers=workers))
+
+    for a, b in zip(batches(0), batches(2), strict=True):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+
+
+def test_a_disk_cache_pickles_as_its_folder_not_its_pixels(synth_root: Path, tmp_path: Path):
+    decoded = _open(synth_root, "disk", tmp_path)
+    pixels = int(decoded.shapes.prod(axis=1).sum()) * 4
+    data = pickle.dumps(decoded)
+    assert len(data) < pixels / 4  # spawned workers map the files again
+    copy = pickle.loads(data)
+    assert all(np.array_equal(a, b) for a, b in zip(copy.pair(0), decoded.pair(0), strict=True))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_augmentations_never_write_into_a_shared_cache(synth_root: Path, preset: str):
+    samples = list_split(synth_root, "train")
+    decoded = _open(synth_root, "memory", Path("unused"))
+
+    def digest() -> str:
+        return hashlib.sha256(decoded.images.numpy().tobytes()
+                              + decoded.masks.numpy().tobytes()).hexdigest()
+
+    before = digest()
+    ds = OffroadDataset(samples, build_transform(preset, None, 32, seed=0), decoded)
+    for _ in range(3):
+        _items(ds)
+    assert digest() == before
+
+
+def test_a_hit_decodes_nothing_and_a_changed_file_rebuilds(data_copy: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch):
+    cache_dir = tmp_path / "cache"
+    _open(data_copy, "disk", cache_dir)
+    (first,) = cache_dir.iterdir()
+    calls = []
+    real = cache_mod.load_pair
+    monkeypatch.setattr(cache_mod, "load_pair", lambda s: calls.append(s) or real(s))
+    _open(data_copy, "disk", cache_dir)
+    assert calls == []  # served from the files
+    mask_path = sorted((data_copy / "train" / "Segmentation").iterdir())[2]
+    mask = read_mask(mask_path)
+    mask[:4, :4] = 800  # Rocks
+    stamp = mask_path.stat().st_mtime_ns
+    write_png(mask_path, mask)
+    os.utime(mask_path, ns=(stamp, stamp + 10**9))  # whatever the clock's resolution
+    rebuilt = _open(data_copy, "disk", cache_dir)
+    assert len(calls) == len(rebuilt)
+    (second,) = cache_dir.iterdir()  # the old version is gone
+    assert second != first
+    assert np.array_equal(rebuilt.pair(2)[1], remap(mask))
+
+
+def test_a_damaged_cache_is_rebuilt_with_a_warning(synth_root: Path, tmp_path: Path):
+    _open(synth_root, "disk", tmp_path)
+    (folder,) = tmp_path.iterdir()
+    images = folder / "images.u8"
+    images.write_bytes(images.read_bytes()[:-100])  # a truncated copy
+    with pytest.warns(UserWarning, match="damaged; rebuilding"):
+        decoded = _open(synth_root, "disk", tmp_path)
+    ref = OffroadDataset(list_split(synth_root, "train"))[0]["image"].permute(1, 2, 0)
+    assert np.array_equal(decoded.pair(0)[0], ref.numpy())
+
+
+def test_two_roots_with_the_same_split_name_keep_separate_caches(synth_root: Path,
+                                                                 data_copy: Path, tmp_path: Path):
+    _open(synth_root, "disk", tmp_path / "cache")
+    _open(data_copy, "disk", tmp_path / "cache")
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_a_corrupt_image_fails_naming_it_and_leaves_no_cache(data_copy: Path, tmp_path: Path):
+    bad = sorted((data_copy / "train" / "Color_Images").iterdir())[5]
+    bad.write_bytes(bad.read_bytes()[:200])  # the header survives, the pixels do not
+    with pytest.raises(DatasetError, match=bad.name):
+        _open(data_copy, "disk", tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []  # no half-written cache, no temporary folder
+
+
+@pytest.mark.parametrize("mode", ["memory", "disk"])
+def test_a_cache_that_would_not_fit_is_refused_before_decoding(
+        synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str):
+    class Tiny:
+        free = available = 1000
+
+    monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda path: Tiny)
+    monkeypatch.setattr(cache_mod.psutil, "virtual_memory", lambda: Tiny)
+    monkeypatch.setattr(cache_mod, "load_pair", lambda s: pytest.fail("decoded anyway"))
+    with pytest.raises(DatasetError) as e:
+        _open(synth_root, mode, tmp_path)
+    message = str(e.value)
+    needed = 8 * 48 * 80 * 4 / 2**20  # the tiny train split, 4 bytes a pixel
+    assert f"needs {needed:.1f} MiB" in message and "--data.cache none" in message
+    assert (str(tmp_path) if mode == "disk" else "memory") in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unlabelled_split_is_not_cached(synth_root: Path, tmp_path: Path):
+    from desertmind.errors import ConfigError
+    samples = [s.__class__(s.name, s.image, None) for s in list_split(synth_root, "val")]
+    with pytest.raises(ConfigError, match="labelled splits only"):
+        open_cache(samples, "disk", synth_root / "val", tmp_path)
+
+
+def test_fit_with_a_disk_cache_trains_to_the_same_result(synth_root: Path, tmp_path: Path,
+                                                         fit_once):
+    cache_dir = tmp_path / "cache"
+    miou, weights = fit_once(synth_root, tmp_path / "png")
+    miou_cached, weights_cached = fit_once(synth_root, tmp_path / "cached",
+                                           "--data.cache", "disk",
+                                           "--data.cache_dir", str(cache_dir))
+    assert len(list(cache_dir.iterdir())) == 2  # train and val were served from the cache
+    assert miou_cached == miou
+    assert all(torch.equal(weights[k], weights_cached[k]) for k in weights)
