@@ -43,7 +43,7 @@ def test_param_groups_are_named_and_scaled():
 
 
 def _with_trainer(module: SegmentationModule, steps: int = 100) -> SegmentationModule:
-    module._trainer = SimpleNamespace(estimated_stepping_batches=steps)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=steps, precision="32-true")
     return module
 
 

@@ -25,8 +25,8 @@ class OffroadDataModule(L.LightningDataModule):
             before any training).
         *_dataloader: uint8 batches; train shuffles and drops the last incomplete batch
             (BatchNorm cannot train on a batch of one).
-        on_after_batch_transfer: normalises images on the device and makes masks int64, so
-            the host-to-device copy stays uint8.
+        on_after_batch_transfer: normalises images on the device (in the dtype of a true
+            precision) and makes masks int64, so the host-to-device copy stays uint8.
 
     Args:
         root: dataset root holding the split folders.
@@ -195,4 +195,8 @@ class OffroadDataModule(L.LightningDataModule):
         batch["image"] = normalize(batch["image"])
         if "mask" in batch:
             batch["mask"] = batch["mask"].long()
+        if self.trainer is not None:
+            # Lightning casts a batch to a true precision's dtype (bf16-true, 16-true) before
+            # the transfer, while images are still uint8: cast the float images made here
+            batch = self.trainer.precision_plugin.convert_input(batch)
         return batch

@@ -262,10 +262,26 @@ class SegmentationModule(L.LightningModule):
             groups.append({"name": "aux", "params": aux, "lr_mult": 1.0})
         return groups
 
+    def _check_half_weights(self, optimizer: torch.optim.Optimizer) -> None:
+        """Refuse an optimizer whose eps vanishes in float16 when the weights are float16
+        (``16-true``): Adam's 1e-8 rounds to 0, and the first zero gradient gives 0/0 = NaN."""
+        trainer = self._trainer
+        if trainer is None or str(trainer.precision) not in ("16-true", "16"):
+            return
+        tiny = torch.finfo(torch.float16).smallest_normal
+        eps = [g["eps"] for g in optimizer.param_groups if isinstance(g.get("eps"), float)]
+        if eps and torch.tensor(min(eps), dtype=torch.float16).item() == 0:
+            raise ConfigError(
+                f"trainer.precision=16-true keeps the weights in float16, where "
+                f"{type(optimizer).__name__}'s eps={min(eps):g} rounds to zero and the first "
+                "zero gradient makes the weights NaN. Use 16-mixed (float16 compute, float32 "
+                f"weights) or bf16-true, or set the optimizer's eps to at least {tiny:.1e}")
+
     def configure_optimizers(self):
         optimizer = self.optimizer(self.param_groups())
         for group in optimizer.param_groups:
             group["lr"] = group["lr"] * group["lr_mult"]
+        self._check_half_weights(optimizer)
         if self.scheduler is None:
             return optimizer
         scheduler = self.scheduler(optimizer)
