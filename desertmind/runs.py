@@ -3,7 +3,8 @@
 ::
 
     <logs>/<phase>/                       a phase (the TensorBoard logger's save_dir / name)
-        version_N/                        one training run: events, config.yaml, provenance.json
+        version_N/                        one training run: events, config.yaml, provenance.json,
+                                          val_images.npz (per-image confusion, best epoch)
         checkpoints/best.ckpt             the best model on the monitored metric
         checkpoints/last.ckpt             the latest state, for --ckpt_path last
         eval/<command>/version_N/         a validate / test / predict run of that phase's model:
@@ -23,6 +24,7 @@ LAST = "last"
 CKPT_EXT = ".ckpt"
 PROVENANCE_FILE = "provenance.json"
 CONFIG_FILE = "config.yaml"
+VAL_IMAGES_FILE = "val_images.npz"
 EVAL_DIR = "eval"
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import cv2
 import nbformat
+import numpy as np
 import pytest
 from nbclient import NotebookClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -17,6 +18,8 @@ from torch.utils.tensorboard import SummaryWriter
 from desertmind.cli.main import main
 from desertmind.data.classes import CLASS_NAMES
 from desertmind.reports.report import load_report, write_report
+from desertmind.reports.uncertainty import dataset_miou
+from desertmind.runs import VAL_IMAGES_FILE
 from desertmind.training.checkpoints import best_score
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "phase_analysis.ipynb"
@@ -149,3 +152,26 @@ def test_write_report_returns_what_it_wrote(tiny_logs: Path, tmp_path: Path):
     result = write_report(tiny_logs, tmp_path)
     assert all(p.is_file() and p.stat().st_size > 0 for p in result["paths"].values())
     assert os.path.commonpath([str(p) for p in result["paths"].values()]) == str(tmp_path)
+
+
+def test_each_run_keeps_its_best_epochs_images_and_the_report_judges_the_change(
+        tiny_logs: Path, tmp_path: Path):
+    runs, _ = load_report(tiny_logs)
+    for r in runs:
+        with np.load(r.path / VAL_IMAGES_FILE) as kept:
+            names, cms, epoch = list(kept["names"]), kept["cms"], int(kept["epoch"])
+        assert len(names) == len(set(names)) == 4  # limit_val_batches 2 x batch 2
+        assert epoch == r.best_epoch  # a worse later epoch did not replace it
+        assert dataset_miou(cms.sum(0)) == pytest.approx(r.best_miou, abs=1e-6)
+        assert r.interval.low <= r.best_miou <= r.interval.high
+    phase1, head = runs
+    assert phase1.change is None and head.started_from == "phase1"
+    assert head.change.value == pytest.approx(head.delta, abs=1e-6)
+    assert head.change.low <= head.change.value <= head.change.high
+    assert set(head.per_class_delta) == set(head.per_class) & set(phase1.per_class)
+    text = write_report(tiny_logs, tmp_path)["paths"]["summary.md"].read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| phase2_1_head |"))
+    assert "0.5020" in row and head.change.verdict in row  # the study's figure, the verdict
+    assert f"[{head.interval.low:.4f}, {head.interval.high:.4f}]" in row
+    assert "## Worst validation images" in text
+    assert (tmp_path / "confusion.png").is_file()

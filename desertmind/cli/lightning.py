@@ -20,7 +20,7 @@ from desertmind.data.datamodule import OffroadDataModule
 from desertmind.errors import ConfigError
 from desertmind.inference.trained import read_settings
 from desertmind.inference.writer import PredictionWriter
-from desertmind.reports.evaluation import EvaluationWriter
+from desertmind.reports.evaluation import BestValidationImages, EvaluationWriter
 from desertmind.training.checkpoints import AtomicCheckpointIO, LastCheckpoint, PhaseCheckpoint
 from desertmind.training.freeze import BackboneFreeze
 from desertmind.training.metrics import MONITOR
@@ -154,7 +154,8 @@ class DesertMindCLI(LightningCLI):
     The checkpoint, early-stopping and backbone-freezing callbacks are config groups of their
     own (``checkpoint``, ``last_checkpoint``, ``early_stopping``, ``freeze``), so a phase
     config changes one value with a dotted key (``early_stopping.patience: 2``) instead of
-    repeating the callback list. Every run also writes ``provenance.json`` beside its logs.
+    repeating the callback list. Every run also writes ``provenance.json`` beside its logs,
+    and ``val_images.npz`` (the best epoch's per-image confusion matrices, for the report).
     ``trainer.precision`` left null means auto (:func:`resolve_precision`). Optimizer and
     scheduler are arguments of the model, which builds its own param groups, so LightningCLI's
     automatic ``--optimizer`` (one group for every parameter) is switched off.
@@ -162,7 +163,8 @@ class DesertMindCLI(LightningCLI):
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("trainer_defaults", {"callbacks": [Provenance()]})
+        kwargs.setdefault("trainer_defaults",
+                          {"callbacks": [Provenance(), BestValidationImages()]})
         kwargs.setdefault("parser_class", _Parser)
         super().__init__(SegmentationModule, OffroadDataModule,
                          auto_configure_optimizers=False, **kwargs)

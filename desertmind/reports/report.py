@@ -20,16 +20,29 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from desertmind.data.classes import CLASS_NAMES
 from desertmind.errors import DesertMindError, ReportError
 from desertmind.files import write_text
-from desertmind.reports.plots import new_figure, save
+from desertmind.reports.plots import confusion_matrix_figure, new_figure, save
+from desertmind.reports.uncertainty import (
+    LEVEL,
+    RESAMPLES,
+    Interval,
+    dataset_miou,
+    miou_interval,
+    paired_change,
+)
 from desertmind.runs import (
     CONFIG_FILE,
     PROVENANCE_FILE,
+    VAL_IMAGES_FILE,
     checkpoints_of_run,
     is_eval_run,
     phase_of_checkpoint,
 )
 from desertmind.training.checkpoints import read_checkpoint
 from desertmind.training.metrics import MONITOR
+
+#: the seed study's published val mIoU per phase (per-image mean of per-class IoU)
+STUDY_MIOU = {"phase1": 0.496, "phase2_1_head": 0.502, "phase2_2_backbone": 0.507,
+              "phase3": 0.487}
 
 
 @dataclass
@@ -53,6 +66,19 @@ class RunSummary:
     # their own eval/ folder: shown, but never taken as the phase's training run
     evaluation_only: bool = False
     provenance: dict = field(default_factory=dict)
+    phase: str = ""
+    # the best epoch's validation images and their confusion matrices (val_images.npz)
+    images: list[str] = field(default_factory=list)
+    image_cms: np.ndarray | None = None
+    interval: Interval | None = None  # of best_miou, over the validation images
+    change: Interval | None = None  # paired, against the run it started from
+    change_note: str = ""  # why there is no paired change, when there is none
+    per_class_delta: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def study(self) -> float | None:
+        """The seed study's published val mIoU for this phase (its per-image definition)."""
+        return STUDY_MIOU.get(Path(self.phase).name)
 
 
 def find_runs(logs: str | Path) -> list[Path]:
@@ -95,6 +121,7 @@ def load_run(path: Path, label: str) -> RunSummary:
     best_index = int(np.nanargmax([v for _, v in curve]))
     best_step = curve_events[best_index].step
     config = _read_yaml(path / CONFIG_FILE)
+    images, image_cms = _read_val_images(path, label)
     return RunSummary(
         run=label, path=path, best_miou=curve[best_index][1], best_epoch=curve[best_index][0],
         pixel_acc=at("val/pixel_acc", best_step), miou_per_image=at("val/mIoU_per_image",
@@ -103,8 +130,21 @@ def load_run(path: Path, label: str) -> RunSummary:
         per_class={n: v for n in CLASS_NAMES if (v := at(f"val/iou/{n}", best_step)) is not None},
         curve=curve, config=config,
         evaluation_only=not any(t.startswith("train/") for t in tags),
-        provenance=_read_json(path / PROVENANCE_FILE),
+        provenance=_read_json(path / PROVENANCE_FILE), images=images, image_cms=image_cms,
+        interval=miou_interval(image_cms) if image_cms is not None else None,
     )
+
+
+def _read_val_images(path: Path, label: str) -> tuple[list[str], np.ndarray | None]:
+    file = path / VAL_IMAGES_FILE
+    if not file.is_file():
+        return [], None
+    try:
+        with np.load(file) as data:
+            names, cms = [str(n) for n in data["names"]], data["cms"].astype(np.int64)
+    except (OSError, ValueError, KeyError) as e:
+        raise ReportError(f"run {label}: cannot read {file} ({e})") from e
+    return (names, cms) if len(names) >= 2 else ([], None)
 
 
 def latest_image(run_path: str | Path, tag: str) -> bytes | None:
@@ -157,6 +197,7 @@ def load_report(logs: str | Path = "lightning_logs") -> tuple[list[RunSummary], 
         except ReportError as e:
             problems.append(str(e))
             continue
+        run.phase = phase
         runs.append(run)
         if run.evaluation_only:
             run.run += " (evaluation)"
@@ -172,22 +213,42 @@ def load_report(logs: str | Path = "lightning_logs") -> tuple[list[RunSummary], 
                 source = source_dir.name
             r.started_from = source
             if source in by_phase:
-                r.delta = r.best_miou - by_phase[source].best_miou
+                _compare(r, by_phase[source])
     return runs, problems
 
 
-COLUMNS = ("run", "best_val_mIoU", "best_epoch", "pixel_acc", "val_mIoU_per_image", "epochs_run",
-           "early_stopped", "started_from", "delta_vs_start")
+def _compare(run: RunSummary, parent: RunSummary) -> None:
+    """The change from the run a phase started from: mIoU, per class, and its paired interval
+    when both kept their best epoch's validation images (the same images)."""
+    run.delta = run.best_miou - parent.best_miou
+    run.per_class_delta = {n: run.per_class[n] - parent.per_class[n] for n in CLASS_NAMES
+                           if n in run.per_class and n in parent.per_class}
+    if run.image_cms is None or parent.image_cms is None:
+        run.change_note = "no per-image results kept (val_images.npz)"
+    elif run.images != parent.images:
+        run.change_note = "not scored on the same validation images"
+    else:
+        run.change = paired_change(run.image_cms, parent.image_cms)
+
+
+COLUMNS = ("run", "best_val_mIoU", "ci_low", "ci_high", "best_epoch", "pixel_acc",
+           "val_mIoU_per_image", "study_val_mIoU_per_image", "epochs_run", "early_stopped",
+           "started_from", "delta_vs_start", "delta_ci_low", "delta_ci_high", "verdict")
 
 
 def rows(runs: list[RunSummary]) -> list[dict]:
     """One flat row per run (the CSV), per-class IoU columns included."""
     out = []
     for r in runs:
-        row = {"run": r.run, "best_val_mIoU": r.best_miou, "best_epoch": r.best_epoch,
-               "pixel_acc": r.pixel_acc, "val_mIoU_per_image": r.miou_per_image,
+        ci, ch = r.interval, r.change
+        row = {"run": r.run, "best_val_mIoU": r.best_miou,
+               "ci_low": ci.low if ci else None, "ci_high": ci.high if ci else None,
+               "best_epoch": r.best_epoch, "pixel_acc": r.pixel_acc,
+               "val_mIoU_per_image": r.miou_per_image, "study_val_mIoU_per_image": r.study,
                "epochs_run": r.epochs_run, "early_stopped": r.early_stopped,
-               "started_from": r.started_from, "delta_vs_start": r.delta}
+               "started_from": r.started_from, "delta_vs_start": r.delta,
+               "delta_ci_low": ch.low if ch else None, "delta_ci_high": ch.high if ch else None,
+               "verdict": ch.verdict if ch else None}
         row.update({f"iou_{n}": r.per_class.get(n) for n in CLASS_NAMES})
         out.append(row)
     return out
@@ -203,31 +264,77 @@ def _fmt(v, signed: bool = False) -> str:
     return str(v)
 
 
+def _interval(i: Interval | None, signed: bool = False) -> str:
+    return "-" if i is None else f"[{_fmt(i.low, signed)}, {_fmt(i.high, signed)}]"
+
+
+def _change(r: RunSummary) -> str:
+    if r.delta is None:
+        return "-"
+    if r.change is None:
+        return f"{_fmt(r.delta, signed=True)} (no interval: {r.change_note})"
+    return f"{_fmt(r.delta, signed=True)} {_interval(r.change, signed=True)}"
+
+
+def worst_images(run: RunSummary, count: int = 5) -> list[tuple[str, float]]:
+    """The run's validation images with the lowest mean IoU at its best epoch."""
+    if run.image_cms is None:
+        return []
+    miou = dataset_miou(run.image_cms)
+    order = np.argsort(miou, kind="stable")[:count]
+    return [(run.images[i], float(miou[i])) for i in order]
+
+
 def markdown(runs: list[RunSummary], problems: list[str]) -> str:
-    """The summary as markdown: best results per run, then per-class IoU (classes x runs)."""
+    """The summary as markdown: best results per run with their intervals and verdicts, then
+    per-class IoU and its change, the best run's worst images, and provenance."""
+    pct = f"{LEVEL:.0%}"
     lines = ["# desertmind phase report", "",
              "## Best results summary", "",
-             "| run | best val mIoU | epoch | pixel acc | mIoU per image (seed's) | epochs run "
-             "| early stop | started from | change |",
-             "|---|---:|---:|---:|---:|---:|---|---|---:|"]
+             f"| run | best val mIoU | {pct} interval | mIoU per image | study (per image) "
+             f"| epoch | pixel acc | epochs run | early stop | started from "
+             f"| change [{pct} paired interval] | verdict |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---|---|---|---|"]
     for r in runs:
-        lines.append(f"| {r.run} | {_fmt(r.best_miou)} | {r.best_epoch} | {_fmt(r.pixel_acc)} | "
-                     f"{_fmt(r.miou_per_image)} | {r.epochs_run} | {_fmt(r.early_stopped)} | "
-                     f"{r.started_from or '-'} | {_fmt(r.delta, signed=True)} |")
+        verdict = r.change.verdict if r.change else "-"
+        lines.append(f"| {r.run} | {_fmt(r.best_miou)} | {_interval(r.interval)} | "
+                     f"{_fmt(r.miou_per_image)} | {_fmt(r.study)} | {r.best_epoch} | "
+                     f"{_fmt(r.pixel_acc)} | {r.epochs_run} | {_fmt(r.early_stopped)} | "
+                     f"{r.started_from or '-'} | {_change(r)} | {verdict} |")
     if runs:
         best = max(runs, key=lambda r: r.best_miou)
         lines += ["", f"Best run: **{best.run}** with val mIoU {best.best_miou:.4f} "
                       f"(epoch {best.best_epoch})."]
+    lines += ["", f"The {pct} interval resamples the validation images ({RESAMPLES} bootstrap "
+              "resamples); the change is paired: each resample draws the same images for a run "
+              "and the run it started from. A verdict is significant only when the whole "
+              "interval of the change lies on one side of zero. 'study' is the seed study's "
+              "published figure, which uses its per-image definition: compare it with the "
+              "'mIoU per image' column, not with the dataset-level one. The intervals cover the "
+              "choice of validation images, not training randomness: only runs repeated with "
+              "other seeds show that."]
     lines += ["", "## Per-class IoU at each run's best epoch", "",
               "| class | " + " | ".join(r.run for r in runs) + " |",
               "|---|" + "---:|" * len(runs)]
     for name in CLASS_NAMES:
         lines.append(f"| {name} | " + " | ".join(_fmt(r.per_class.get(name)) for r in runs)
                      + " |")
+    changed = [r for r in runs if r.per_class_delta]
+    if changed:
+        lines += ["", "## Per-class IoU change against the run each started from", "",
+                  "| class | " + " | ".join(f"{r.run} (from {r.started_from})" for r in changed)
+                  + " |", "|---|" + "---:|" * len(changed)]
+        for name in CLASS_NAMES:
+            lines.append(f"| {name} | " + " | ".join(
+                _fmt(r.per_class_delta.get(name), signed=True) for r in changed) + " |")
     lines += ["", "val mIoU is dataset-level: intersections and unions summed over the whole "
               "validation set, averaged over the classes present in the target or the prediction. "
               "'mIoU per image' is the seed's definition (mean over images of each image's mean "
               "IoU), kept for comparison with its published numbers. Epochs count from 0."]
+    if runs and (worst := worst_images(best)):
+        lines += ["", f"## Worst validation images of {best.run} (best epoch)", "",
+                  "| image | mIoU |", "|---|---:|"]
+        lines += [f"| {name} | {_fmt(v)} |" for name, v in worst]
     lines += ["", "## Provenance", "",
               "| run | desertmind | git commit | dirty | torch | lightning | device | dataset |",
               "|---|---|---|---|---|---|---|---|"]
@@ -293,7 +400,8 @@ def per_class_figure(runs: list[RunSummary]) -> Figure:
 
 
 def write_report(logs: str | Path = "lightning_logs", out: str | Path = "reports") -> dict:
-    """Write summary.md, summary.csv, curves.png and per_class_iou.png; return their paths."""
+    """Write summary.md, summary.csv, curves.png, per_class_iou.png and the best run's
+    confusion.png (when it kept its validation images); return their paths."""
     runs, problems = load_report(logs)
     if not runs:
         detail = "; ".join(problems) if problems else "no runs with event files"
@@ -305,4 +413,9 @@ def write_report(logs: str | Path = "lightning_logs", out: str | Path = "reports
         write_text(paths[key], text)
     paths["curves.png"] = save(curves_figure(runs), out / "curves.png")
     paths["per_class_iou.png"] = save(per_class_figure(runs), out / "per_class_iou.png")
+    best = max(runs, key=lambda r: r.best_miou)
+    if best.image_cms is not None:
+        paths["confusion.png"] = save(confusion_matrix_figure(
+            best.image_cms.sum(0), f"{best.run}: confusion matrix at its best epoch "
+            f"({len(best.images)} validation images)"), out / "confusion.png")
     return {"paths": paths, "runs": runs, "problems": problems}

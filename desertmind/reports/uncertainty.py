@@ -1,0 +1,89 @@
+"""How sure a val mIoU is: bootstrap intervals over validation images, and paired verdicts.
+
+A run's dataset-level mIoU comes from the validation images' confusion matrices summed. Which
+317 images were drawn is chance, so the figure has sampling error: resampling the images with
+replacement (``scipy.stats.bootstrap``, percentile method) and recomputing the mIoU from the
+resampled sum gives its 95% interval. Two runs scored on the same images are compared
+*paired*: each resample draws the same images for both, so what the images share (a hard image
+is hard for both) cancels, and the interval of the difference is much narrower than the two
+intervals side by side would suggest. A change is a significant gain when that interval lies
+above zero, a significant regression when it lies below, and no significant change otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import bootstrap
+
+from desertmind.errors import ReportError
+
+LEVEL = 0.95
+RESAMPLES = 2000
+SEED = 0  # fixed: the same runs always get the same intervals
+GAIN, SAME, REGRESSION = "significant gain", "no significant change", "significant regression"
+
+
+def dataset_miou(cms: np.ndarray) -> np.ndarray:
+    """mIoU of confusion matrices (..., C, C): IoU per class from the counts, averaged over the
+    classes present in the target or the prediction (the rule of ``val/mIoU``)."""
+    cms = np.asarray(cms, dtype=np.float64)
+    inter = np.diagonal(cms, axis1=-2, axis2=-1)
+    union = cms.sum(-1) + cms.sum(-2) - inter
+    present = union > 0
+    iou = np.where(present, inter / np.where(present, union, 1), 0.0)
+    return iou.sum(-1) / np.maximum(present.sum(-1), 1)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A statistic and its bootstrap interval."""
+
+    value: float
+    low: float
+    high: float
+
+    @property
+    def verdict(self) -> str:
+        """For a difference: which side of zero the whole interval lies on."""
+        return GAIN if self.low > 0 else REGRESSION if self.high < 0 else SAME
+
+
+def _bootstrap(statistic, images: int) -> tuple[float, float]:
+    # the data are image indices; the statistic sums the resampled images' matrices
+    result = bootstrap((np.arange(images),), statistic, n_resamples=RESAMPLES,
+                       confidence_level=LEVEL, method="percentile", vectorized=True,
+                       batch=100, rng=np.random.default_rng(SEED))
+    low, high = result.confidence_interval
+    return float(low), float(high)
+
+
+def miou_interval(cms: np.ndarray) -> Interval:
+    """The dataset-level mIoU of per-image confusion matrices (N, C, C) and its interval."""
+    cms = _per_image(cms)
+    low, high = _bootstrap(lambda idx, axis=-1: dataset_miou(cms[idx].sum(-3)), len(cms))
+    return Interval(float(dataset_miou(cms.sum(0))), low, high)
+
+
+def paired_change(cms: np.ndarray, parent: np.ndarray) -> Interval:
+    """mIoU of ``cms`` minus that of ``parent``, the same images in the same order, with the
+    paired interval of the difference."""
+    cms, parent = _per_image(cms), _per_image(parent)
+    if cms.shape != parent.shape:
+        raise ReportError(f"paired comparison needs the same images: {len(cms)} against "
+                          f"{len(parent)}")
+
+    def diff(idx: np.ndarray, axis: int = -1) -> np.ndarray:
+        return dataset_miou(cms[idx].sum(-3)) - dataset_miou(parent[idx].sum(-3))
+
+    low, high = _bootstrap(diff, len(cms))
+    return Interval(float(dataset_miou(cms.sum(0)) - dataset_miou(parent.sum(0))), low, high)
+
+
+def _per_image(cms: np.ndarray) -> np.ndarray:
+    cms = np.asarray(cms, dtype=np.int64)
+    if cms.ndim != 3 or cms.shape[1] != cms.shape[2] or len(cms) < 2:
+        raise ReportError(f"per-image confusion matrices must be (images >= 2, C, C), got "
+                          f"{cms.shape}")
+    return cms

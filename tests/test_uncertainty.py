@@ -1,0 +1,114 @@
+"""Bootstrap intervals and paired verdicts, against a reference bootstrap on known data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from desertmind.errors import ReportError
+from desertmind.reports.uncertainty import (
+    GAIN,
+    REGRESSION,
+    SAME,
+    dataset_miou,
+    miou_interval,
+    paired_change,
+)
+from desertmind.training.metrics import SegmentationMetrics, batched_confusion
+
+C = 10
+
+
+def _images(n: int = 120, seed: int = 0) -> np.ndarray:
+    """Per-image confusion matrices of varied quality: most pixels right, some confused."""
+    rng = np.random.default_rng(seed)
+    cms = rng.integers(0, 400, (n, C, C))
+    cms[:, np.arange(C), np.arange(C)] += rng.integers(500, 6000, (n, C))
+    cms[rng.random((n, C)) < 0.2] = 0  # classes absent from some images
+    return cms
+
+
+def _reference(cms: np.ndarray, resamples: int = 4000, seed: int = 1) -> tuple[float, float]:
+    """A plain percentile bootstrap written out: draw images, sum, score, take percentiles."""
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(resamples):
+        idx = rng.integers(0, len(cms), len(cms))
+        stats.append(dataset_miou(cms[idx].sum(0)))
+    return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
+
+
+def test_dataset_miou_is_the_logged_metric():
+    torch.manual_seed(0)
+    target = torch.randint(0, C, (6, 20, 30))
+    preds = torch.where(torch.rand(6, 20, 30) < 0.7, target, torch.randint(0, C, (6, 20, 30)))
+    target[0, :5] = 255  # ignored pixels
+    metric = SegmentationMetrics()
+    metric.update(preds, target)
+    cms = batched_confusion(preds, target, C).numpy()
+    assert dataset_miou(cms.sum(0)) == pytest.approx(float(metric.compute()["mIoU"]), abs=1e-6)
+
+
+def test_interval_matches_a_reference_bootstrap():
+    cms = _images()
+    ours = miou_interval(cms)
+    low, high = _reference(cms)
+    width = high - low
+    assert width > 0.005  # a real spread, so the comparison means something
+    assert ours.value == pytest.approx(dataset_miou(cms.sum(0)))
+    assert ours.low < ours.value < ours.high
+    assert ours.low == pytest.approx(low, abs=0.1 * width)
+    assert ours.high == pytest.approx(high, abs=0.1 * width)
+
+
+def test_identical_images_leave_no_uncertainty():
+    cms = np.repeat(_images(1), 50, axis=0)  # every image the same: every resample the same
+    result = miou_interval(cms)
+    assert result.low == pytest.approx(result.value) and result.high == pytest.approx(result.value)
+
+
+def _moved(cms: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """Move ``pixels[i]`` pixels of every class of image i from one wrong column onto the
+    diagonal (positive: better) or back (negative: worse), at most what both cells hold, so a
+    move and its opposite on the same image have the same size; each row keeps its total."""
+    out = cms.copy()
+    for c in range(C):
+        wrong = (c + 1) % C
+        size = np.minimum(np.abs(pixels), np.minimum(out[:, c, c], out[:, c, wrong]))
+        step = np.sign(pixels) * size
+        out[:, c, c] += step
+        out[:, c, wrong] -= step
+    return out
+
+
+def test_a_real_difference_is_significant_both_ways():
+    cms = _images()
+    better = _moved(cms, np.full(len(cms), 60))
+    gain = paired_change(better, cms)
+    assert gain.value > 0 and gain.low > 0 and gain.verdict == GAIN
+    loss = paired_change(cms, better)
+    assert loss.value == pytest.approx(-gain.value) and loss.high < 0
+    assert loss.verdict == REGRESSION
+
+
+def test_a_zero_difference_is_not_significant():
+    cms = _images()
+    assert paired_change(cms, cms.copy()).verdict == SAME  # the same predictions
+    # images in identical pairs; one of each pair gets better, the other worse by the same
+    # pixels: single images change a lot, the summed matrix not at all
+    twins = np.repeat(_images(60), 2, axis=0)
+    signs = np.where(np.arange(len(twins)) % 2 == 0, 1, -1)
+    noisy = _moved(twins, signs * 300)
+    assert (noisy.sum(0) == twins.sum(0)).all()
+    assert (noisy != twins).any(axis=(1, 2)).all()
+    change = paired_change(noisy, twins)
+    assert change.value == pytest.approx(0, abs=1e-12)
+    assert change.low < 0 < change.high and change.verdict == SAME
+
+
+def test_paired_change_needs_the_same_images():
+    with pytest.raises(ReportError, match="same images"):
+        paired_change(_images(10), _images(12))
+    with pytest.raises(ReportError, match="images >= 2"):
+        miou_interval(_images(1))
