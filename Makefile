@@ -14,10 +14,23 @@ CONFIGS ?=
 FIT_ARGS ?=
 PHASE1_ARGS ?=
 RUN_ARGS = --data.root $(DATA) --trainer.logger.init_args.save_dir $(LOGS) $(FIT_ARGS)
-P1 := $(LOGS)/phase1/checkpoints/best.ckpt
-P21 := $(LOGS)/phase2_1_head/checkpoints/best.ckpt
-P22 := $(LOGS)/phase2_2_backbone/checkpoints/best.ckpt
-P3 := $(LOGS)/phase3/checkpoints/best.ckpt
+# RECIPE=seed: the study's four phases exactly as it ran them (configs/seed, logs under seed/)
+RECIPE ?=
+ifeq ($(RECIPE),seed)
+PHASE_CONFIGS := configs/seed
+PHASE_LOGS := $(LOGS)/seed
+else ifeq ($(RECIPE),)
+PHASE_CONFIGS := configs
+PHASE_LOGS := $(LOGS)
+else
+$(error RECIPE=$(RECIPE): leave it unset for the corrected chain, or use RECIPE=seed)
+endif
+P1 := $(PHASE_LOGS)/phase1/checkpoints/best.ckpt
+P21 := $(PHASE_LOGS)/phase2_1_head/checkpoints/best.ckpt
+P22 := $(PHASE_LOGS)/phase2_2_backbone/checkpoints/best.ckpt
+P3 := $(PHASE_LOGS)/phase3/checkpoints/best.ckpt
+# the study's phase 3 started from COCO weights, not from its phase 2.2
+P3_INIT := $(if $(filter seed,$(RECIPE)),,--model.init_from $(P22))
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-browser app lint demo check-data bench clean phase1 phase2 phase3 phases \
@@ -65,23 +78,24 @@ demo: $(STAMP) $(DEMO_DATA)/train ## synthetic data (if absent), the four phases
 
 # Each phase starts from the previous phase's best checkpoint; finished phases are skipped.
 $(P1): | $(STAMP)
-	$(DM) fit -c configs/phase1.yaml $(CONFIGS) $(RUN_ARGS) $(PHASE1_ARGS)
+	$(DM) fit -c $(PHASE_CONFIGS)/phase1.yaml $(CONFIGS) $(RUN_ARGS) $(PHASE1_ARGS)
 $(P21): $(P1)
-	$(DM) fit -c configs/phase2_1_head.yaml $(CONFIGS) --model.init_from $< $(RUN_ARGS)
+	$(DM) fit -c $(PHASE_CONFIGS)/phase2_1_head.yaml $(CONFIGS) --model.init_from $< $(RUN_ARGS)
 $(P22): $(P21)
-	$(DM) fit -c configs/phase2_2_backbone.yaml $(CONFIGS) --model.init_from $< $(RUN_ARGS)
+	$(DM) fit -c $(PHASE_CONFIGS)/phase2_2_backbone.yaml $(CONFIGS) --model.init_from $< \
+		$(RUN_ARGS)
 $(P3): $(P22)
-	$(DM) fit -c configs/phase3.yaml $(CONFIGS) --model.init_from $< $(RUN_ARGS)
+	$(DM) fit -c $(PHASE_CONFIGS)/phase3.yaml $(CONFIGS) $(P3_INIT) $(RUN_ARGS)
 
-phase1: $(P1) ## phase 1 baseline on DATA (default data/offroad)
+phase1: $(P1) ## phase 1 baseline on DATA (default data/offroad; RECIPE=seed: the study's own)
 phase2: $(P22) ## phase 2.1 (head only) then 2.2 (backbone), earlier phases first
 phase3: $(P3) ## phase 3 (weighted CE + Dice + crops), earlier phases first
-phases: $(P3) ## all four phases
+phases: $(P3) ## all four phases (RECIPE=seed: exactly as the study ran them)
 	$(DM) scores --logs $(LOGS)
 
 resume: $(STAMP) ## resume PHASE (e.g. PHASE=phase1) from its last.ckpt after a crash
 	@test -n "$(PHASE)" || { echo "usage: make resume PHASE=phase1|phase2_1_head|phase2_2_backbone|phase3"; exit 2; }
-	$(DM) fit -c configs/$(PHASE).yaml $(CONFIGS) $(RUN_ARGS) --ckpt_path last
+	$(DM) fit -c $(PHASE_CONFIGS)/$(PHASE).yaml $(CONFIGS) $(RUN_ARGS) --ckpt_path last
 
 report: $(STAMP) ## summary.md/.csv and charts of every run under LOGS, in REPORTS
 	$(DM) report --logs $(LOGS) --out $(REPORTS) --print

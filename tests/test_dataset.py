@@ -17,6 +17,7 @@ from desertmind.data.imageio import read_image, read_mask, write_png
 from desertmind.data.layout import list_split
 from desertmind.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from desertmind.errors import DatasetError
+from desertmind.training.module import SegmentationModule
 
 
 def test_sample_is_uint8_image_and_remapped_mask(synth_root: Path):
@@ -61,10 +62,14 @@ def test_datamodule_batches_stay_uint8_until_on_device_normalisation(synth_root:
     batch = next(iter(loader))
     assert batch["image"].dtype == torch.uint8 and batch["mask"].dtype == torch.uint8
     raw = batch["image"].clone()
-    out = dm.on_after_batch_transfer(batch, 0)
-    assert out["image"].dtype == torch.float32 and out["mask"].dtype == torch.int64
-    expected = (raw[0, 1].float() / 255 - IMAGENET_MEAN[1]) / IMAGENET_STD[1]
-    torch.testing.assert_close(out["image"][0, 1], expected)
+    for scaling in ("imagenet", "unit"):  # the model scales, as it was trained to
+        module = SegmentationModule(weights="none", input_scaling=scaling)
+        out = module.on_after_batch_transfer(dict(batch), 0)
+        assert out["image"].dtype == torch.float32 and out["mask"].dtype == torch.int64
+        expected = raw[0, 1].float() / 255
+        if scaling == "imagenet":
+            expected = (expected - IMAGENET_MEAN[1]) / IMAGENET_STD[1]
+        torch.testing.assert_close(out["image"][0, 1], expected)
 
 
 def test_datamodule_resizes_eval_images_to_image_size(synth_root: Path):

@@ -12,8 +12,15 @@ from torch.utils.data import DataLoader
 from desertmind.data.cache import CACHES, Cache, open_cache
 from desertmind.data.dataset import OffroadDataset, seed_worker
 from desertmind.data.layout import list_images, list_split
-from desertmind.data.stats import WEIGHTINGS, Weighting, class_weights, scan
-from desertmind.data.transforms import PRESETS, Preset, build_transform, normalize
+from desertmind.data.stats import (
+    WEIGHTINGS,
+    Weighting,
+    class_weights,
+    crop_class_pixels,
+    scan,
+    seed_class_weights,
+)
+from desertmind.data.transforms import PRESETS, Preset, build_transform
 from desertmind.errors import ConfigError, DatasetError, check_choice
 
 
@@ -23,10 +30,9 @@ class OffroadDataModule(L.LightningDataModule):
     Hooks:
         setup: pairs the stage's files (missing folders, unpaired or empty splits fail here,
             before any training).
-        *_dataloader: uint8 batches; train shuffles and drops the last incomplete batch
-            (BatchNorm cannot train on a batch of one).
-        on_after_batch_transfer: normalises images on the device (in the dtype of a true
-            precision) and makes masks int64, so the host-to-device copy stays uint8.
+        *_dataloader: uint8 batches (the model scales them on the device: its
+            ``input_scaling`` is part of the trained network); train shuffles and drops the last
+            incomplete batch (BatchNorm cannot train on a batch of one).
 
     Args:
         root: dataset root holding the split folders.
@@ -38,7 +44,8 @@ class OffroadDataModule(L.LightningDataModule):
         train_preset: augmentation preset, one of :data:`~desertmind.data.transforms.PRESETS`.
         crop_size: square crop side for the ``crop`` and ``strong`` presets.
         class_weighting: ``none``, ``inverse_log`` or ``median_frequency``, computed from the
-            train split's statistics (see ``desertmind check-data``).
+            train split's statistics (see ``desertmind check-data``), or ``seed_inverse_log``,
+            the seed's: counted on one random ``crop_size`` crop per training mask.
         stats_path: where those statistics are cached; default ``ROOT/desertmind_stats.json``.
         pin_memory: pinned host memory; None means on when CUDA is available.
         cache: ``none`` decodes the PNGs every epoch; ``memory`` or ``disk`` decode each
@@ -145,6 +152,10 @@ class OffroadDataModule(L.LightningDataModule):
         hp = self.hparams
         if hp.class_weighting == "none":
             return None
+        if self._weights is None and hp.class_weighting == "seed_inverse_log":
+            seed = int(torch.randint(2**31 - 1, ()).item())  # seed_everything decides it
+            pixels = crop_class_pixels(list_split(self.root, hp.train_dir), hp.crop_size, seed)
+            self._weights = torch.as_tensor(seed_class_weights(pixels), dtype=torch.float32)
         if self._weights is None:
             stats = scan(self.root, [hp.train_dir], hp.stats_path)["splits"][hp.train_dir]
             if stats["problems"]:
@@ -190,13 +201,3 @@ class OffroadDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict")
-
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        batch["image"] = normalize(batch["image"])
-        if "mask" in batch:
-            batch["mask"] = batch["mask"].long()
-        if self.trainer is not None:
-            # Lightning casts a batch to a true precision's dtype (bf16-true, 16-true) before
-            # the transfer, while images are still uint8: cast the float images made here
-            batch = self.trainer.precision_plugin.convert_input(batch)
-        return batch

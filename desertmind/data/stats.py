@@ -17,7 +17,8 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from desertmind.data.classes import CLASS_NAMES, CLASSES, IGNORE_INDEX, NUM_CLASSES
+from desertmind.data.classes import CLASS_NAMES, CLASSES, IGNORE_INDEX, NUM_CLASSES, remap
+from desertmind.data.imageio import read_mask
 from desertmind.data.layout import (
     MASK_DIR,
     Sample,
@@ -32,7 +33,7 @@ from desertmind.files import write_json
 STATS_VERSION = 1
 STATS_FILE = "desertmind_stats.json"
 LABELLED_SPLITS = ("train", "val")  # splits that must have masks
-Weighting = Literal["none", "inverse_log", "median_frequency"]
+Weighting = Literal["none", "inverse_log", "median_frequency", "seed_inverse_log"]
 WEIGHTINGS: tuple[str, ...] = get_args(Weighting)
 
 
@@ -173,8 +174,12 @@ def class_weights(split_stats: dict, method: str) -> np.ndarray | None:
     - ``median_frequency``: ``median(freq) / freq_c`` (Eigen & Fergus), where ``freq_c`` is
       the class's pixels over the pixels of the images it appears in.
     Classes with no pixels in the split get weight 0: they never occur as a target.
+    ``seed_inverse_log`` is counted on crops instead (:func:`crop_class_pixels`,
+    :func:`seed_class_weights`).
     """
     check_choice("class weighting (data.class_weighting)", method, WEIGHTINGS)
+    if method == "seed_inverse_log":
+        raise ValueError("seed_inverse_log weights come from crop_class_pixels, not split stats")
     if method == "none":
         return None
     pixels = np.asarray(split_stats["class_pixels"], dtype=np.float64)
@@ -192,6 +197,32 @@ def class_weights(split_stats: dict, method: str) -> np.ndarray | None:
                                             dtype=np.float64)[present]
         weights[present] = np.median(freq) / freq
     return weights
+
+
+def crop_class_pixels(samples: list[Sample], size: int, seed: int) -> np.ndarray:
+    """Pixels per class in one random ``size`` square crop of each mask (whole masks smaller
+    than the crop), as the seed's phase 3 counted them: through its training dataset, crops
+    included."""
+    rng = np.random.default_rng(seed)
+    counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+    for s in samples:
+        mask = remap(read_mask(s.mask))
+        h, w = mask.shape
+        if h >= size and w >= size:
+            y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+            mask = mask[y:y + size, x:x + size]
+        counts += np.bincount(mask[mask != IGNORE_INDEX], minlength=NUM_CLASSES)[:NUM_CLASSES]
+    return counts
+
+
+def seed_class_weights(pixels: np.ndarray) -> np.ndarray:
+    """The seed's phase-3 weights: ``1 / log(1.02 + f)``, normalised to mean 1 over all 10
+    classes (an absent class gets the largest weight, 1 / log(1.02), as in the study)."""
+    pixels = np.asarray(pixels, dtype=np.float64)
+    if pixels.sum() == 0:
+        raise DatasetError("no labelled pixels in the crops; cannot compute class weights")
+    weights = 1.0 / np.log(1.02 + pixels / pixels.sum())
+    return weights / weights.mean()
 
 
 def format_report(result: dict, strict: bool = False) -> str:

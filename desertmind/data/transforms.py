@@ -16,8 +16,11 @@ import torch
 from desertmind.data.classes import IGNORE_INDEX
 from desertmind.errors import check_choice
 
-Preset = Literal["none", "flip_color", "crop", "strong"]
+Preset = Literal["none", "flip_color", "crop", "strong", "seed_flip_color"]
 PRESETS: tuple[str, ...] = get_args(Preset)
+#: how uint8 images become the network's input: ImageNet mean/std, or only / 255 (the seed's)
+Scaling = Literal["imagenet", "unit"]
+SCALINGS: tuple[str, ...] = get_args(Scaling)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,7 +49,9 @@ def build_transform(
     """Return the training pipeline for ``preset``; ``none`` is also the eval pipeline.
 
     - ``none``: resize to ``image_size`` (H, W), or keep the full size when it is None.
-    - ``flip_color``: + horizontal flip and brightness/contrast (the seed's phase 2).
+    - ``flip_color``: + horizontal flip and brightness/contrast, each half the time.
+    - ``seed_flip_color``: the seed's phase 2.2: horizontal flip half the time, and every image
+      multiplied in brightness and contrast by factors drawn from U(0.8, 1.2).
     - ``crop``: + random ``crop_size`` square crop and horizontal flip (the seed's phase 3).
     - ``strong``: random rescale 0.5-2.0, crop, flip and photometric distortion
       (MMSegmentation's default recipe).
@@ -57,6 +62,11 @@ def build_transform(
     steps = _resize(image_size)
     if preset == "flip_color":
         steps += [A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(0.2, 0.2, p=0.5)]
+    elif preset == "seed_flip_color":
+        # brightness and contrast factors drawn from U(0.8, 1.2) on every image, the way
+        # torchvision's adjust_brightness / adjust_contrast apply them
+        steps += [A.HorizontalFlip(p=0.5),
+                  A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0, hue=0, p=1.0)]
     elif preset == "crop":
         steps += _random_crop(crop_size) + [A.HorizontalFlip(p=0.5)]
     elif preset == "strong":
@@ -69,8 +79,12 @@ def build_transform(
     return A.Compose([*steps, A.ToTensorV2()], seed=seed)
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float32 normalised with ImageNet mean/std, on the images' device."""
+def normalize(images: torch.Tensor, scaling: str = "imagenet") -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float32 on the images' device: normalised with ImageNet mean/std,
+    or for ``unit`` divided by 255 only."""
+    check_choice("input scaling (model.input_scaling)", scaling, SCALINGS)
+    if scaling == "unit":
+        return images.float() / 255
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
     return (images.float() - mean) / std

@@ -1,8 +1,9 @@
 """Exporting a trained network to ONNX or TorchScript with dynamic batch, height and width.
 
-The exported graph is the network's contract forward: normalised float32 images (N, 3, H, W),
-ImageNet mean/std as in training, to logits (N, 10, H, W), padding to the architecture's size
-multiple included, so any input size works.
+The exported graph is the network's contract forward: float32 images (N, 3, H, W) scaled as in
+training (ImageNet mean/std, or / 255 only for a model trained with ``input_scaling: unit``),
+to logits (N, 10, H, W), padding to the architecture's size multiple included, so any input
+size works.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from desertmind.data.classes import CLASS_NAMES, NUM_CLASSES
-from desertmind.data.transforms import build_transform, normalize
+from desertmind.data.transforms import build_transform
 from desertmind.errors import DatasetError
 from desertmind.inference.trained import TrainedSettings, load_trained
 
@@ -56,7 +56,7 @@ class Predictor:
                 sliding_window: int | None = None) -> np.ndarray:
         """Train-id map (H, W) uint8 of an RGB uint8 image, at the image's own size."""
         check_image(image)
-        x = normalize(self._transform(image=image)["image"][None].to(self.device))
+        x = self.module.normalize(self._transform(image=image)["image"][None].to(self.device))
         with self._lock:
             hp = self.module.hparams
             hp.tta_flip, hp.sliding_window = tta_flip, sliding_window or None

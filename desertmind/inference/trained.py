@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from desertmind.data.classes import CLASS_NAMES, class_table
+from desertmind.data.transforms import SCALINGS
 from desertmind.errors import CheckpointError
 from desertmind.models.registry import ARCHITECTURES
 from desertmind.training.checkpoints import CLASS_TABLE_KEY, copy_weights, read_checkpoint
@@ -35,6 +36,8 @@ NETWORK_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     "backbone": (None, lambda v: isinstance(v, str), "a backbone name"),
     "num_classes": (None, lambda v: v == len(CLASS_NAMES), f"{len(CLASS_NAMES)} (the class table)"),
     "aux_loss": (False, lambda v: isinstance(v, bool), "true or false"),
+    # the weights were trained on inputs scaled this way; checkpoints before it: imagenet
+    "input_scaling": ("imagenet", lambda v: v in SCALINGS, f"one of {list(SCALINGS)}"),
 }
 
 

@@ -16,7 +16,6 @@ import torch
 from desertmind import runs
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.data.dataset import OffroadDataset
-from desertmind.data.transforms import normalize
 from desertmind.inference.trained import load_module
 from desertmind.reports.plots import prediction_grid
 from desertmind.reports.report import RunSummary
@@ -60,7 +59,7 @@ class SplitRanking:
 
     @torch.no_grad()
     def _predict(self, images: torch.Tensor) -> torch.Tensor:
-        return self.module(normalize(images)).argmax(1)
+        return self.module(self.module.normalize(images)).argmax(1)
 
     def render(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Image (H, W, 3), ground truth and prediction (H, W train ids) of dataset item

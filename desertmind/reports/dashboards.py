@@ -15,7 +15,6 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard import SummaryWriter
 
 from desertmind.data.classes import CLASS_NAMES
-from desertmind.data.transforms import normalize
 from desertmind.reports.plots import confusion_matrix_figure, prediction_grid
 
 BEST_METRIC = "hp/best_val_mIoU"
@@ -146,7 +145,7 @@ class PredictionGrid(L.Callback):
         items = [dataset[int(i)] for i in picks]
         images = torch.stack([it["image"] for it in items])
         with torch.no_grad():
-            logits = pl_module(normalize(images.to(pl_module.device)))
+            logits = pl_module(pl_module.normalize(images.to(pl_module.device)))
         preds = logits.argmax(1).cpu().numpy()
         grid = prediction_grid([im.permute(1, 2, 0).numpy() for im in images],
                                [it["mask"].numpy() for it in items], list(preds))

@@ -16,7 +16,7 @@ from torch import nn
 from desertmind.data.classes import IGNORE_INDEX
 from desertmind.errors import ConfigError
 
-LOSSES = ("ce", "weighted_ce", "dice")
+LOSSES = ("ce", "weighted_ce", "dice", "seed_dice")
 _TERM = re.compile(r"^\s*(?:(\d+(?:\.\d*)?|\.\d+)\s*\*?\s*)?([a-z_]+)\s*$")
 
 
@@ -25,13 +25,17 @@ class SoftDiceLoss(nn.Module):
 
     Probabilities are the softmax over classes, computed in float32. Ignored pixels are
     removed from both sums. The mean runs over the classes present in the batch's target, so
-    classes that are absent do not reward predicting nothing.
+    classes that are absent do not reward predicting nothing; ``all_classes`` averages over
+    every class instead (the seed's ``seed_dice``: eps 1e-6, an absent class scores about 1
+    when nothing is predicted for it and about 0 when anything is).
     """
 
-    def __init__(self, ignore_index: int = IGNORE_INDEX, eps: float = 1.0) -> None:
+    def __init__(self, ignore_index: int = IGNORE_INDEX, eps: float = 1.0,
+                 all_classes: bool = False) -> None:
         super().__init__()
         self.ignore_index = ignore_index
         self.eps = eps
+        self.all_classes = all_classes
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         num_classes = logits.shape[1]
@@ -43,6 +47,8 @@ class SoftDiceLoss(nn.Module):
         inter = (probs * onehot).sum(dims)
         card = probs.sum(dims) + onehot.sum(dims)
         dice = (2 * inter + self.eps) / (card + self.eps)
+        if self.all_classes:
+            return 1.0 - dice.mean()
         present = onehot.sum(dims) > 0
         if not present.any():
             return probs.sum() * 0.0  # nothing labelled: zero loss that keeps the graph
@@ -111,6 +117,8 @@ def build_loss(spec: str, class_weights: torch.Tensor | None = None,
                 raise ConfigError("loss 'weighted_ce' needs class weights: set "
                                  "data.class_weighting to inverse_log or median_frequency")
             module = CrossEntropy(class_weights, ignore_index)
+        elif name == "seed_dice":
+            module = SoftDiceLoss(ignore_index, eps=1e-6, all_classes=True)
         else:
             module = SoftDiceLoss(ignore_index)
         terms.append((coef, name, module))

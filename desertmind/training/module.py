@@ -10,7 +10,8 @@ from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from desertmind.data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, class_table
-from desertmind.errors import ConfigError, NonFiniteLossError
+from desertmind.data.transforms import SCALINGS, Scaling, normalize
+from desertmind.errors import ConfigError, NonFiniteLossError, check_choice
 from desertmind.inference.tta import predict_probs, restrict
 from desertmind.models.network import set_bn_momentum
 from desertmind.models.registry import DEFAULT_ARCH, Arch, build_network
@@ -33,6 +34,11 @@ class SegmentationModule(L.LightningModule):
             ``fit`` log the cross-entropy as ``<stage>/loss``.
         training_step / validation_step / test_step: loss (plus aux loss), and for evaluation
             the per-stage metric objects, accumulated over the whole epoch.
+        on_after_batch_transfer: turns the uint8 batch into the network's input on the device
+            (:meth:`normalize`, then the dtype of a true precision) and masks into int64, so
+            the host-to-device copy stays uint8.
+        train: with ``freeze_bn``, puts the BatchNorm layers back in eval mode whenever
+            Lightning switches the model to training.
         on_save_checkpoint: stores the class table beside the weights, so a checkpoint alone
             says what its outputs mean (:mod:`desertmind.inference.trained`).
         on_{validation,test}_epoch_end: logs ``<stage>/mIoU`` (dataset level, the headline and
@@ -68,6 +74,13 @@ class SegmentationModule(L.LightningModule):
         sliding_window: evaluate in overlapping square windows of this size (large images).
         predict_classes: restrict the argmax to these class names (others are never
             predicted); None allows all.
+        input_scaling: how uint8 images become the network's input: ``imagenet`` (mean/std,
+            what pretrained encoders expect) or ``unit`` (/ 255 only, the seed's). Part of
+            the trained model: a checkpoint's value is always the one used.
+        freeze_bn: keep every BatchNorm layer in eval mode while training (running statistics
+            frozen, affine parameters still trained), as the seed's phase 3 did.
+        scheduler_monitor: the validation metric a reduce-on-plateau scheduler follows
+            (``val/mIoU``; the seed followed ``val/mIoU_per_image``).
     """
 
     def __init__(
@@ -90,12 +103,16 @@ class SegmentationModule(L.LightningModule):
         tta_flip: bool = False,
         sliding_window: int | None = None,
         predict_classes: list[str] | None = None,
+        input_scaling: Scaling = "imagenet",
+        freeze_bn: bool = False,
+        scheduler_monitor: str = MONITOR,
     ) -> None:
         super().__init__()
         if num_classes != NUM_CLASSES:
             raise ConfigError(f"num_classes={num_classes} does not match the class table, which "
                              f"has {NUM_CLASSES} classes ({', '.join(CLASS_NAMES)})")
         parse_loss(loss)  # fail on a bad loss spec now, not after the data is loaded
+        check_choice("model.input_scaling", input_scaling, SCALINGS)
         # evaluation options are checked here, not after a whole training epoch
         if backbone_lr_mult < 0:
             raise ConfigError(f"model.backbone_lr_mult={backbone_lr_mult}: must be >= 0 (0 "
@@ -144,6 +161,28 @@ class SegmentationModule(L.LightningModule):
             return None
         dm = self.trainer.datamodule
         return dm.class_weights() if hasattr(dm, "class_weights") else None
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (N, 3, H, W) -> the network's float input (``input_scaling``)."""
+        return normalize(images, self.hparams.input_scaling)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        batch["image"] = self.normalize(batch["image"])
+        if "mask" in batch:
+            batch["mask"] = batch["mask"].long()
+        if self._trainer is not None:
+            # Lightning casts a batch to a true precision's dtype (bf16-true, 16-true) before
+            # the transfer, while images are still uint8: cast the float images made here
+            batch = self._trainer.precision_plugin.convert_input(batch)
+        return batch
+
+    def train(self, mode: bool = True) -> SegmentationModule:
+        super().train(mode)
+        if mode and self.hparams.freeze_bn:
+            for m in self.model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised float images (N, 3, H, W) -> logits (N, C, H, W)."""
@@ -291,9 +330,9 @@ class SegmentationModule(L.LightningModule):
                 scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
             interval = "step"
         if isinstance(scheduler, ReduceLROnPlateau) and scheduler.mode != "max":
-            raise ConfigError(f"ReduceLROnPlateau monitors {MONITOR}, which is maximised: set "
-                             "mode: max in its init_args")
+            raise ConfigError(f"ReduceLROnPlateau monitors {self.hparams.scheduler_monitor}, "
+                              "which is maximised: set mode: max in its init_args")
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": interval,
-                                 "monitor": MONITOR}}
+                                 "monitor": self.hparams.scheduler_monitor}}
 
