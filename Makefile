@@ -90,7 +90,14 @@ $(P3): $(P22)
 phase1: $(P1) ## phase 1 baseline on DATA (default data/offroad; RECIPE=seed: the study's own)
 phase2: $(P22) ## phase 2.1 (head only) then 2.2 (backbone), earlier phases first
 phase3: $(P3) ## phase 3 (weighted CE + Dice + crops), earlier phases first
-phases: $(P3) ## all four phases (RECIPE=seed: exactly as the study ran them)
+# SEEDS="1 2 3": the chain once per random seed, under $(LOGS)/random_seed_N (runs.py)
+phases: $(if $(SEEDS),$(STAMP),$(P3)) ## all four phases (RECIPE=seed: the study's; SEEDS="1 2 3": repeated)
+ifneq ($(SEEDS),)
+	@for s in $(SEEDS); do \
+		$(MAKE) --no-print-directory phases SEEDS= LOGS=$(LOGS)/random_seed_$$s \
+			FIT_ARGS="$(FIT_ARGS) --seed_everything $$s" || exit 1; \
+	done
+endif
 	$(DM) scores --logs $(LOGS)
 
 resume: $(STAMP) ## resume PHASE (e.g. PHASE=phase1) from its last.ckpt after a crash

@@ -9,6 +9,8 @@
         checkpoints/last.ckpt             the latest state, for --ckpt_path last
         eval/<command>/version_N/         a validate / test / predict run of that phase's model:
                                           never read as a training run
+    <logs>/random_seed_N/<phase>/         the same chain trained with seed N
+                                          (``make phases SEEDS="1 2 3"``)
 
 The CLI, the report, ``desertmind scores``, the notebook and the Makefile's phase targets all
 take these paths from here.
@@ -26,6 +28,7 @@ PROVENANCE_FILE = "provenance.json"
 CONFIG_FILE = "config.yaml"
 VAL_IMAGES_FILE = "val_images.npz"
 EVAL_DIR = "eval"
+RANDOM_SEED_DIR = "random_seed_"
 
 
 def phase_dir(logs: str | Path, phase: str) -> Path:
@@ -74,6 +77,19 @@ def is_eval_run(run_dir: str | Path, logs: str | Path) -> bool:
 
 
 def find_best_checkpoints(logs: str | Path) -> list[Path]:
-    """Every ``<logs>/<phase>/checkpoints/best.ckpt``, oldest first."""
-    found = Path(logs).glob(f"*/{CHECKPOINT_DIR}/{BEST}{CKPT_EXT}")
+    """Every ``<logs>/.../<phase>/checkpoints/best.ckpt`` (phases in subfolders included:
+    ``seed/``, ``recipes/``, ``random_seed_N/``), oldest first."""
+    found = Path(logs).glob(f"**/{CHECKPOINT_DIR}/{BEST}{CKPT_EXT}")
     return sorted(found, key=lambda p: p.stat().st_mtime)
+
+
+def without_random_seed(phase: str) -> tuple[str, int | None]:
+    """A phase name without its ``random_seed_N`` folder, and N (None if it has none):
+    ``random_seed_2/phase1`` -> ``("phase1", 2)``; runs of one phase with several seeds share
+    the first part."""
+    parts = Path(phase).parts
+    for i, part in enumerate(parts):
+        seed = part.removeprefix(RANDOM_SEED_DIR)
+        if part.startswith(RANDOM_SEED_DIR) and seed.isdigit():
+            return Path(*parts[:i], *parts[i + 1:]).as_posix(), int(seed)
+    return phase, None

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import Precision
 
 from desertmind.data.cache import open_cache
 from desertmind.data.classes import remap
@@ -62,9 +64,10 @@ def test_datamodule_batches_stay_uint8_until_on_device_normalisation(synth_root:
     batch = next(iter(loader))
     assert batch["image"].dtype == torch.uint8 and batch["mask"].dtype == torch.uint8
     raw = batch["image"].clone()
-    for scaling in ("imagenet", "unit"):  # the model scales, as it was trained to
+    for scaling in ("imagenet", "unit"):  # the model decides, as it was trained to
         module = SegmentationModule(weights="none", input_scaling=scaling)
-        out = module.on_after_batch_transfer(dict(batch), 0)
+        dm.trainer = SimpleNamespace(lightning_module=module, precision_plugin=Precision())
+        out = dm.on_after_batch_transfer(dict(batch), 0)
         assert out["image"].dtype == torch.float32 and out["mask"].dtype == torch.int64
         expected = raw[0, 1].float() / 255
         if scaling == "imagenet":

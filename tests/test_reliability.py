@@ -13,6 +13,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -21,6 +22,7 @@ from desertmind.cli.main import main
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.errors import NonFiniteLossError
 from desertmind.reports.report import load_report, markdown
+from desertmind.runs import VAL_IMAGES_FILE
 from desertmind.training.checkpoints import AtomicCheckpointIO, PhaseCheckpoint, read_checkpoint
 from desertmind.training.module import SegmentationModule
 
@@ -158,6 +160,9 @@ def test_ddp_validation_equals_single_process(data_copy: Path, tmp_path: Path, p
         results[name] = _scalars(versions[0], "val/mIoU")
         prov = json.loads((versions[0] / "provenance.json").read_text())
         assert prov["device"]["world_size"] == (2 if name == "ddp" else 1)
+        with np.load(versions[0] / VAL_IMAGES_FILE) as kept:  # gathered from both ranks
+            assert sorted(kept["names"]) == sorted(
+                p.stem for p in (data_copy / "val" / "Color_Images").iterdir())
     single, ddp = results["single"], results["ddp"]
     assert len(single) == len(ddp) == 1
     assert list(ddp.values())[0] == pytest.approx(list(single.values())[0], abs=1e-6)

@@ -175,3 +175,32 @@ def test_each_run_keeps_its_best_epochs_images_and_the_report_judges_the_change(
     assert f"[{head.interval.low:.4f}, {head.interval.high:.4f}]" in row
     assert "## Worst validation images" in text
     assert (tmp_path / "confusion.png").is_file()
+
+
+def test_runs_repeated_with_random_seeds_are_summarised_per_phase():
+    from desertmind.reports.report import RunSummary, across_seeds, markdown
+    from desertmind.runs import without_random_seed
+
+    assert without_random_seed("demo/random_seed_12/phase3") == ("demo/phase3", 12)
+    assert without_random_seed("seed/phase1") == ("seed/phase1", None)
+    runs = [RunSummary(run=f"random_seed_{s}/{p}", path=Path("."), best_miou=v, best_epoch=1,
+                       pixel_acc=None, miou_per_image=None, epochs_run=2, early_stopped=False,
+                       phase=f"random_seed_{s}/{p}")
+            for s, p, v in ((1, "phase1", 0.40), (2, "phase1", 0.44), (3, "phase1", 0.45),
+                            (1, "phase3", 0.5))]
+    groups = across_seeds(runs)
+    assert list(groups) == ["phase1"] and len(groups["phase1"]) == 3  # phase3: one seed only
+    row = next(line for line in markdown(runs, []).splitlines() if line.startswith("| phase1 |"))
+    values = np.array([0.40, 0.44, 0.45])
+    assert f"| 3 | {values.mean():.4f} | {values.std(ddof=1):.4f} | 0.4000 | 0.4500 |" in row
+
+
+def test_chained_phases_are_drawn_end_to_end_with_their_losses(tiny_logs: Path):
+    from desertmind.reports.report import TRAIN_LOSS, VAL_LOSS
+
+    phase1, head = load_report(tiny_logs)[0]
+    assert phase1.epoch_offset == 0 and head.epoch_offset == phase1.epochs_run == 3
+    for r in (phase1, head):
+        assert [e for e, _ in r.loss_curves[TRAIN_LOSS]] == [0, 1, 2]
+        logged = [e.value for e in _events(r.path).Scalars(VAL_LOSS)]
+        assert [v for _, v in r.loss_curves[VAL_LOSS]] == pytest.approx(logged)

@@ -20,7 +20,7 @@ from desertmind.data.stats import (
     scan,
     seed_class_weights,
 )
-from desertmind.data.transforms import PRESETS, Preset, build_transform
+from desertmind.data.transforms import PRESETS, Preset, build_transform, normalize
 from desertmind.errors import ConfigError, DatasetError, check_choice
 
 
@@ -30,9 +30,12 @@ class OffroadDataModule(L.LightningDataModule):
     Hooks:
         setup: pairs the stage's files (missing folders, unpaired or empty splits fail here,
             before any training).
-        *_dataloader: uint8 batches (the model scales them on the device: its
-            ``input_scaling`` is part of the trained network); train shuffles and drops the last
-            incomplete batch (BatchNorm cannot train on a batch of one).
+        *_dataloader: uint8 batches; train shuffles and drops the last incomplete batch
+            (BatchNorm cannot train on a batch of one).
+        on_after_batch_transfer: on the device, scales images the way the model being trained
+            or evaluated expects (its ``normalize``: the scaling is part of the trained network;
+            ImageNet mean/std without a trainer), casts them to a true precision's dtype, and
+            makes masks int64, so the host-to-device copy stays uint8.
 
     Args:
         root: dataset root holding the split folders.
@@ -201,3 +204,15 @@ class OffroadDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict")
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        images = batch["image"]
+        batch["image"] = module.normalize(images) if module is not None else normalize(images)
+        if "mask" in batch:
+            batch["mask"] = batch["mask"].long()
+        if self.trainer is not None:
+            # Lightning casts a batch to a true precision's dtype (bf16-true, 16-true) before
+            # the transfer, while images are still uint8: cast the float images made here
+            batch = self.trainer.precision_plugin.convert_input(batch)
+        return batch

@@ -16,7 +16,7 @@ import torch
 from desertmind.data.classes import IGNORE_INDEX
 from desertmind.errors import check_choice
 
-Preset = Literal["none", "flip_color", "crop", "strong", "seed_flip_color"]
+Preset = Literal["none", "flip_color", "crop", "scale_crop", "strong", "seed_flip_color"]
 PRESETS: tuple[str, ...] = get_args(Preset)
 #: how uint8 images become the network's input: ImageNet mean/std, or only / 255 (the seed's)
 Scaling = Literal["imagenet", "unit"]
@@ -53,6 +53,7 @@ def build_transform(
     - ``seed_flip_color``: the seed's phase 2.2: horizontal flip half the time, and every image
       multiplied in brightness and contrast by factors drawn from U(0.8, 1.2).
     - ``crop``: + random ``crop_size`` square crop and horizontal flip (the seed's phase 3).
+    - ``scale_crop``: random rescale 0.5-2.0, ``crop_size`` crop and horizontal flip.
     - ``strong``: random rescale 0.5-2.0, crop, flip and photometric distortion
       (MMSegmentation's default recipe).
 
@@ -69,13 +70,12 @@ def build_transform(
                   A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0, hue=0, p=1.0)]
     elif preset == "crop":
         steps += _random_crop(crop_size) + [A.HorizontalFlip(p=0.5)]
-    elif preset == "strong":
-        steps += [
-            A.RandomScale(scale_limit=(-0.5, 1.0), p=1.0),
-            *_random_crop(crop_size),
-            A.HorizontalFlip(p=0.5),
-            A.ColorJitter(brightness=0.125, contrast=0.5, saturation=0.5, hue=0.05, p=0.8),
-        ]
+    elif preset in ("scale_crop", "strong"):
+        steps += [A.RandomScale(scale_limit=(-0.5, 1.0), p=1.0), *_random_crop(crop_size),
+                  A.HorizontalFlip(p=0.5)]
+        if preset == "strong":
+            steps.append(A.ColorJitter(brightness=0.125, contrast=0.5, saturation=0.5,
+                                       hue=0.05, p=0.8))
     return A.Compose([*steps, A.ToTensorV2()], seed=seed)
 
 

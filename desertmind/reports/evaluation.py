@@ -157,12 +157,13 @@ class BestValidationImages(_PerImageConfusion):
         if trainer.sanity_checking or trainer.state.fn != "fit" or trainer.logger is None:
             return
         names, cms = self._gathered(trainer)  # every rank takes part in the gather
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank asks too
         value = trainer.callback_metrics.get(MONITOR)
         if value is None or not math.isfinite(float(value)) or float(value) <= self.best:
             return
         self.best = float(value)
         if trainer.is_global_zero:
-            write_with(Path(trainer.log_dir) / VAL_IMAGES_FILE, lambda f: np.savez_compressed(
+            write_with(Path(log_dir) / VAL_IMAGES_FILE, lambda f: np.savez_compressed(
                 f, names=np.array(names), cms=cms.numpy(), epoch=trainer.current_epoch,
                 value=self.best))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,9 +37,12 @@ from desertmind.runs import (
     checkpoints_of_run,
     is_eval_run,
     phase_of_checkpoint,
+    without_random_seed,
 )
 from desertmind.training.checkpoints import read_checkpoint
 from desertmind.training.metrics import MONITOR
+
+TRAIN_LOSS, VAL_LOSS = "train/loss_epoch", "val/loss"
 
 #: the seed study's published val mIoU per phase (per-image mean of per-class IoU)
 STUDY_MIOU = {"phase1": 0.496, "phase2_1_head": 0.502, "phase2_2_backbone": 0.507,
@@ -61,6 +65,10 @@ class RunSummary:
     delta: float | None = None
     per_class: dict[str, float] = field(default_factory=dict)
     curve: list[tuple[int, float]] = field(default_factory=list)
+    # (epoch, value) of train/loss_epoch and val/loss
+    loss_curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    # epochs of the phases this run's chain went through before it (curves end to end)
+    epoch_offset: int = 0
     config: dict = field(default_factory=dict)
     # a validate run logged into a phase folder by desertmind before evaluation runs got
     # their own eval/ folder: shown, but never taken as the phase's training run
@@ -116,6 +124,9 @@ def load_run(path: Path, label: str) -> RunSummary:
         values = [e.value for e in events.Scalars(tag) if e.step == step]
         return float(values[-1]) if values else None
 
+    loss_curves = {tag: [(epoch_at.get(e.step, i), float(e.value))
+                         for i, e in enumerate(events.Scalars(tag))]
+                   for tag in (TRAIN_LOSS, VAL_LOSS) if tag in tags}
     curve_events = events.Scalars(MONITOR)
     curve = [(epoch_at.get(e.step, i), float(e.value)) for i, e in enumerate(curve_events)]
     best_index = int(np.nanargmax([v for _, v in curve]))
@@ -128,7 +139,7 @@ def load_run(path: Path, label: str) -> RunSummary:
                                                                     best_step),
         epochs_run=len(curve), early_stopped=_early_stopped(path),
         per_class={n: v for n in CLASS_NAMES if (v := at(f"val/iou/{n}", best_step)) is not None},
-        curve=curve, config=config,
+        curve=curve, loss_curves=loss_curves, config=config,
         evaluation_only=not any(t.startswith("train/") for t in tags),
         provenance=_read_json(path / PROVENANCE_FILE), images=images, image_cms=image_cms,
         interval=miou_interval(image_cms) if image_cms is not None else None,
@@ -214,7 +225,20 @@ def load_report(logs: str | Path = "lightning_logs") -> tuple[list[RunSummary], 
             r.started_from = source
             if source in by_phase:
                 _compare(r, by_phase[source])
+    _chain_offsets(runs, by_phase)
     return runs, problems
+
+
+def _chain_offsets(runs: list[RunSummary], by_phase: dict[str, RunSummary]) -> None:
+    """Each run's epoch offset: the epochs of every run its chain started from."""
+    def offset(run: RunSummary, seen: frozenset = frozenset()) -> int:
+        parent = by_phase.get(run.started_from or "")
+        if parent is None or parent.phase in seen:
+            return 0
+        return offset(parent, seen | {run.phase}) + parent.epochs_run
+
+    for r in runs:
+        r.epoch_offset = offset(r)
 
 
 def _compare(run: RunSummary, parent: RunSummary) -> None:
@@ -276,6 +300,35 @@ def _change(r: RunSummary) -> str:
     return f"{_fmt(r.delta, signed=True)} {_interval(r.change, signed=True)}"
 
 
+def across_seeds(runs: list[RunSummary]) -> dict[str, list[RunSummary]]:
+    """Runs of the same phase trained with different random seeds (``random_seed_N/``
+    folders), by phase, for phases with at least two seeds."""
+    groups: dict[str, list[RunSummary]] = {}
+    for r in runs:
+        phase, seed = without_random_seed(r.phase)
+        if seed is not None and not r.evaluation_only:
+            groups.setdefault(phase, []).append(r)
+    return {p: g for p, g in groups.items() if len(g) >= 2}
+
+
+def _seed_lines(groups: dict[str, list[RunSummary]]) -> list[str]:
+    lines = ["", "## Across random seeds", "",
+             "| phase | seeds | mean val mIoU | std | min | max | mean change | verdicts |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for phase, group in groups.items():
+        best = np.array([r.best_miou for r in group])
+        deltas = [r.delta for r in group if r.delta is not None]
+        verdicts = Counter(r.change.verdict for r in group if r.change is not None)
+        lines.append(
+            f"| {phase} | {len(group)} | {best.mean():.4f} | {best.std(ddof=1):.4f} | "
+            f"{best.min():.4f} | {best.max():.4f} | "
+            f"{_fmt(float(np.mean(deltas)), signed=True) if deltas else '-'} | "
+            f"{', '.join(f'{n} x {v}' for v, n in verdicts.items()) or '-'} |")
+    lines += ["", "std is the sample standard deviation over seeds: the spread that retraining "
+              "alone produces, which a change between phases has to exceed to be trusted."]
+    return lines
+
+
 def worst_images(run: RunSummary, count: int = 5) -> list[tuple[str, float]]:
     """The run's validation images with the lowest mean IoU at its best epoch."""
     if run.image_cms is None:
@@ -319,6 +372,8 @@ def markdown(runs: list[RunSummary], problems: list[str]) -> str:
     for name in CLASS_NAMES:
         lines.append(f"| {name} | " + " | ".join(_fmt(r.per_class.get(name)) for r in runs)
                      + " |")
+    if groups := across_seeds(runs):
+        lines += _seed_lines(groups)
     changed = [r for r in runs if r.per_class_delta]
     if changed:
         lines += ["", "## Per-class IoU change against the run each started from", "",
@@ -367,16 +422,27 @@ def csv_text(runs: list[RunSummary]) -> str:
 
 
 def curves_figure(runs: list[RunSummary]) -> Figure:
-    """val/mIoU per epoch, one line per run."""
-    fig, ax = new_figure(8, 4.5)
-    for r in runs:
+    """val/mIoU (left) and the train and val losses (right) per epoch, one colour per run, a
+    chained phase drawn after the phases it started from (one epoch axis for the chain)."""
+    fig = Figure(figsize=(13, 4.5), dpi=100)
+    ax_miou, ax_loss = fig.subplots(1, 2)
+    for i, r in enumerate(runs):
+        colour = f"C{i % 10}"
         epochs, values = zip(*r.curve, strict=True)
-        ax.plot(epochs, values, marker="o", markersize=3, label=r.run)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("val mIoU (dataset level)")
-    ax.set_title("Validation mIoU per epoch")
-    ax.grid(alpha=0.3)
-    ax.legend()
+        ax_miou.plot(np.add(epochs, r.epoch_offset), values, marker="o", markersize=3,
+                     color=colour, label=r.run)
+        for tag, style in ((TRAIN_LOSS, "-"), (VAL_LOSS, "--")):
+            if r.loss_curves.get(tag):
+                e, v = zip(*r.loss_curves[tag], strict=True)
+                ax_loss.plot(np.add(e, r.epoch_offset), v, style, color=colour,
+                             label=f"{r.run} {'train' if tag == TRAIN_LOSS else 'val'}")
+    for ax, ylabel, title in ((ax_miou, "val mIoU (dataset level)", "Validation mIoU"),
+                              (ax_loss, "loss", "Train (solid) and validation (dashed) loss")):
+        ax.set_xlabel("epoch, phases end to end")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -34,9 +34,8 @@ class SegmentationModule(L.LightningModule):
             ``fit`` log the cross-entropy as ``<stage>/loss``.
         training_step / validation_step / test_step: loss (plus aux loss), and for evaluation
             the per-stage metric objects, accumulated over the whole epoch.
-        on_after_batch_transfer: turns the uint8 batch into the network's input on the device
-            (:meth:`normalize`, then the dtype of a true precision) and masks into int64, so
-            the host-to-device copy stays uint8.
+        normalize: turns uint8 images into the network's input (``input_scaling``); the data
+            module calls it on the device, so the host-to-device copy stays uint8.
         train: with ``freeze_bn``, puts the BatchNorm layers back in eval mode whenever
             Lightning switches the model to training.
         on_save_checkpoint: stores the class table beside the weights, so a checkpoint alone
@@ -165,16 +164,6 @@ class SegmentationModule(L.LightningModule):
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (N, 3, H, W) -> the network's float input (``input_scaling``)."""
         return normalize(images, self.hparams.input_scaling)
-
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        batch["image"] = self.normalize(batch["image"])
-        if "mask" in batch:
-            batch["mask"] = batch["mask"].long()
-        if self._trainer is not None:
-            # Lightning casts a batch to a true precision's dtype (bf16-true, 16-true) before
-            # the transfer, while images are still uint8: cast the float images made here
-            batch = self._trainer.precision_plugin.convert_input(batch)
-        return batch
 
     def train(self, mode: bool = True) -> SegmentationModule:
         super().train(mode)
