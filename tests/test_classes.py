@@ -34,3 +34,18 @@ def test_remap_round_trips_through_train_to_raw():
     assert train.tolist() == [[0, 5, 9], [8, 255, 255]]
     known = train != IGNORE_INDEX
     assert (TRAIN_TO_RAW[train[known]] == raw[known]).all()
+
+
+def test_every_two_class_colours_can_be_told_apart():
+    import itertools
+
+    import cv2
+
+    from desertmind.data.classes import CLASSES
+
+    def lab(rgb):  # OpenCV's 8-bit Lab, scaled back to L in 0-100 and a, b around 0
+        v = cv2.cvtColor(np.uint8([[rgb]]), cv2.COLOR_RGB2LAB)[0, 0].astype(float)
+        return v * [100 / 255, 1, 1] - [0, 128, 128]
+
+    for a, b in itertools.combinations(CLASSES, 2):
+        assert np.linalg.norm(lab(a.color) - lab(b.color)) >= 30, (a.name, b.name)

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar.layout_pb2 import Layout
+from tensorboard.plugins.hparams import metadata
 from torch.utils.tensorboard import SummaryWriter
 
 from desertmind.cli.main import main
@@ -96,9 +98,25 @@ def test_dashboard_images_come_at_the_configured_interval_only(tiny_logs: Path):
     assert grids == [1]  # every_n_epochs: 2
     best = max(e.value for e in ea.Scalars("val/mIoU"))
     assert ea.Scalars("hp/best_val_mIoU")[-1].value == pytest.approx(best)
+    # one value per validation, none before the first (no 0.0 placeholder)
+    kept, logged = ea.Scalars("hp/best_val_mIoU"), ea.Scalars("val/mIoU")
+    assert len(kept) == len(logged) and kept[0].step >= logged[0].step > 0
     hparams = ea.PluginTagToContent("hparams")
-    assert b"mobilenet_v3_large" in hparams["_hparams_/session_start_info"]
-    assert b"hp/best_val_mIoU" in hparams["_hparams_/experiment"]
+    experiment = metadata.parse_experiment_plugin_data(hparams["_hparams_/experiment"])
+    names = [h.name for h in experiment.hparam_infos]
+    assert names[:6] == ["loss", "init_from", "lr_head", "lr_backbone", "unfreeze_at_epoch",
+                         "train_preset"]  # what the phases change comes first
+    assert [m.name.tag for m in experiment.metric_infos] == ["hp/best_val_mIoU"]
+    session = metadata.parse_session_start_info_plugin_data(
+        hparams["_hparams_/session_start_info"]).hparams
+    assert session["backbone"].string_value == "mobilenet_v3_large"
+    assert session["aux_loss"].WhichOneof("kind") == "bool_value"  # a boolean, not 0.0
+    assert session["max_epochs"].number_value == 3
+    layout = Layout.FromString(
+        ea.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    per_class = next(c for c in layout.category if c.title == "per-class IoU")
+    assert [(c.title, list(c.multiline.tag)) for c in per_class.chart] == \
+        [(n, [f"val/iou/{n}"]) for n in CLASS_NAMES]  # one chart per class
 
 
 def test_notebook_runs_top_to_bottom(tiny_logs: Path, monkeypatch):
@@ -204,3 +222,18 @@ def test_chained_phases_are_drawn_end_to_end_with_their_losses(tiny_logs: Path):
         assert [e for e, _ in r.loss_curves[TRAIN_LOSS]] == [0, 1, 2]
         logged = [e.value for e in _events(r.path).Scalars(VAL_LOSS)]
         assert [v for _, v in r.loss_curves[VAL_LOSS]] == pytest.approx(logged)
+
+
+def test_prediction_grid_has_column_titles_row_names_and_a_class_legend():
+    from desertmind.data.classes import CLASSES
+    from desertmind.reports.plots import GRID_COLUMNS, prediction_grid
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (18, 32, 3), dtype=np.uint8) for _ in range(2)]
+    masks = [rng.integers(0, 10, (18, 32), dtype=np.uint8) for _ in range(2)]
+    fig = prediction_grid(images, masks, masks[::-1], ["a.png", "b.png"])
+    axes = fig.get_axes()
+    assert [ax.get_title() for ax in axes[:4]] == list(GRID_COLUMNS)
+    assert [axes[0].get_ylabel(), axes[4].get_ylabel()] == ["a.png", "b.png"]
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [c.name for c in CLASSES]

@@ -25,15 +25,15 @@ class SegClass:
 
 CLASSES: tuple[SegClass, ...] = (
     SegClass(100, 0, "Trees", (34, 139, 34)),
-    SegClass(200, 1, "Lush Bushes", (0, 230, 64)),
-    SegClass(300, 2, "Dry Grass", (210, 180, 140)),
-    SegClass(500, 3, "Dry Bushes", (139, 90, 43)),
+    SegClass(200, 1, "Lush Bushes", (154, 230, 60)),
+    SegClass(300, 2, "Dry Grass", (215, 190, 150)),
+    SegClass(500, 3, "Dry Bushes", (200, 110, 40)),
     SegClass(550, 4, "Ground Clutter", (128, 128, 0)),
     SegClass(600, 5, "Flowers", (255, 105, 180)),
-    SegClass(700, 6, "Logs", (90, 50, 20)),
-    SegClass(800, 7, "Rocks", (128, 128, 128)),
-    SegClass(7100, 8, "Landscape", (244, 164, 96)),
-    SegClass(10000, 9, "Sky", (135, 206, 235)),
+    SegClass(700, 6, "Logs", (90, 45, 20)),
+    SegClass(800, 7, "Rocks", (140, 140, 140)),
+    SegClass(7100, 8, "Landscape", (245, 225, 100)),
+    SegClass(10000, 9, "Sky", (100, 170, 255)),
 )
 
 NUM_CLASSES = len(CLASSES)

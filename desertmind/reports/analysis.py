@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from desertmind import runs
 from desertmind.data.datamodule import OffroadDataModule
@@ -69,10 +70,13 @@ class SplitRanking:
         return (item["image"].permute(1, 2, 0).numpy(), item["mask"].numpy().astype(np.uint8),
                 pred.numpy().astype(np.uint8))
 
-    def grid(self, k: int = 4) -> np.ndarray:
-        """image | ground truth | prediction | error map for the ``k`` lowest-scoring images."""
-        shown = [self.render(s.index) for s in self.scores[:k]]
-        return prediction_grid(*(list(column) for column in zip(*shown, strict=True)))
+    def grid(self, k: int = 4) -> Figure:
+        """image | ground truth | prediction | error map for the ``k`` lowest-scoring images,
+        each row titled with the image's name and mean IoU."""
+        worst = self.scores[:k]
+        shown = [self.render(s.index) for s in worst]
+        return prediction_grid(*(list(column) for column in zip(*shown, strict=True)),
+                               [f"{s.name}\nmIoU {s.miou:.3f}" for s in worst])
 
 
 def load_best(run: RunSummary) -> tuple[SegmentationModule, OffroadDataModule]:

@@ -12,6 +12,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.plugins.hparams.summary_v2 import HParam, Metric, hparams_config_pb, hparams_pb
 from torch.utils.tensorboard import SummaryWriter
 
 from desertmind.data.classes import CLASS_NAMES
@@ -34,16 +35,15 @@ def _due(trainer: L.Trainer, every_n_epochs: int) -> bool:
 
 
 class ScalarLayout(L.Callback):
-    """Custom-scalar charts: all per-class IoUs in one chart, both mIoUs, train vs val loss."""
+    """Custom-scalar charts: one chart per class's IoU (a line per run in each, not 10 x runs
+    lines in one), both mIoUs, train vs val loss."""
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         writer = _writer(trainer)
         if writer is None:
             return
         writer.add_custom_scalars({
-            "per-class IoU": {
-                "val": ["Multiline", [f"val/iou/{name}" for name in CLASS_NAMES]],
-            },
+            "per-class IoU": {name: ["Multiline", [f"val/iou/{name}"]] for name in CLASS_NAMES},
             "mIoU": {
                 "dataset level vs per image": ["Multiline", ["val/mIoU", "val/mIoU_per_image"]],
                 "accuracy": ["Multiline", ["val/pixel_acc", "val/mean_acc"]],
@@ -55,8 +55,10 @@ class ScalarLayout(L.Callback):
 class HParamsSummary(L.Callback):
     """The run's key hyperparameters with its best val/mIoU, for TensorBoard's HParams tab.
 
-    The hyperparameters are written once at the start of training; ``hp/best_val_mIoU`` is
-    updated after every validation (and survives a resume).
+    The hyperparameters are written once at the start of training, those that tell phases
+    apart first (:func:`key_hparams`), booleans as booleans; ``hp/best_val_mIoU`` is declared
+    then and written after every validation as the best so far (never a placeholder value
+    before the first one), and survives a resume.
     """
 
     def __init__(self, monitor: str = "val/mIoU") -> None:
@@ -64,10 +66,14 @@ class HParamsSummary(L.Callback):
         self.best: float | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(key_hparams(trainer, pl_module),
-                                       {BEST_METRIC: self.best or 0.0})
+        writer = _writer(trainer)
+        if writer is None:
+            return
+        params = key_hparams(trainer, pl_module)
+        # tensorboard's own protos: the columns in this order, the metric declared, no value
+        writer.file_writer.add_summary(hparams_config_pb(
+            hparams=[HParam(k) for k in params], metrics=[Metric(BEST_METRIC)]))
+        writer.file_writer.add_summary(hparams_pb(params))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         value = trainer.callback_metrics.get(self.monitor)
@@ -86,25 +92,38 @@ class HParamsSummary(L.Callback):
 
 
 def key_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-    """The hyperparameters that tell phases and ablations apart, as flat scalars."""
+    """The hyperparameters that tell phases and ablations apart, as flat scalars: first what
+    the phases change (loss, starting point, LRs, freezing, augmentation, class weights), then
+    the network and the rest. Booleans and numbers keep their type; None becomes ``none``."""
     hp = dict(pl_module.hparams)
-    out: dict[str, Any] = {k: hp.get(k) for k in (
-        "backbone", "weights", "loss", "aux_loss", "backbone_lr_mult", "init_from")}
-    opt = trainer.optimizers[0] if trainer.optimizers else None
-    if opt is not None:
-        out["optimizer"] = type(opt).__name__
-        out["lr_head"] = next((g["lr"] for g in opt.param_groups if g.get("name") == "head"), None)
-    schedulers = trainer.lr_scheduler_configs
-    out["scheduler"] = type(schedulers[0].scheduler).__name__ if schedulers else "none"
     dm = trainer.datamodule
-    if dm is not None:
-        for k in ("batch_size", "image_size", "train_preset", "crop_size", "class_weighting"):
-            out[k] = dm.hparams.get(k)
-    for cb in trainer.callbacks:
-        if hasattr(cb, "unfreeze_at_epoch"):
-            out["unfreeze_at_epoch"] = cb.unfreeze_at_epoch
-    out["max_epochs"] = trainer.max_epochs
-    out["precision"] = str(trainer.precision)
+    data = dict(dm.hparams) if dm is not None else {}
+    groups = {g.get("name"): g["lr"] for g in (trainer.optimizers[0].param_groups
+                                               if trainer.optimizers else [])}
+    freeze = next((cb for cb in trainer.callbacks if hasattr(cb, "unfreeze_at_epoch")), None)
+    schedulers = trainer.lr_scheduler_configs
+    out: dict[str, Any] = {
+        "loss": hp.get("loss"),
+        "init_from": hp.get("init_from"),
+        "lr_head": groups.get("head"),
+        "lr_backbone": groups.get("backbone"),
+        "unfreeze_at_epoch": freeze.unfreeze_at_epoch if freeze is not None else None,
+        "train_preset": data.get("train_preset"),
+        "crop_size": data.get("crop_size"),
+        "class_weighting": data.get("class_weighting"),
+        "scheduler": type(schedulers[0].scheduler).__name__ if schedulers else "none",
+        "arch": hp.get("arch"),
+        "backbone": hp.get("backbone"),
+        "weights": hp.get("weights"),
+        "aux_loss": hp.get("aux_loss"),
+        "freeze_bn": hp.get("freeze_bn"),
+        "input_scaling": hp.get("input_scaling"),
+        "optimizer": type(trainer.optimizers[0]).__name__ if trainer.optimizers else None,
+        "batch_size": data.get("batch_size"),
+        "image_size": data.get("image_size"),
+        "max_epochs": trainer.max_epochs,
+        "precision": str(trainer.precision),
+    }
     return {k: ("none" if v is None else v if isinstance(v, int | float | str | bool) else str(v))
             for k, v in out.items()}
 
@@ -126,7 +145,8 @@ class ConfusionMatrixImage(L.Callback):
 
 
 class PredictionGrid(L.Callback):
-    """image | ground truth | prediction | error map for a fixed set of validation images.
+    """image | ground truth | prediction | error map for a fixed set of validation images, with
+    column titles, the images' names and a legend of the class colours.
 
     The images are ``num_images`` evenly spaced samples of the validation set, the same every
     time, drawn every ``every_n_epochs`` epochs.
@@ -147,6 +167,7 @@ class PredictionGrid(L.Callback):
         with torch.no_grad():
             logits = pl_module(pl_module.normalize(images.to(pl_module.device)))
         preds = logits.argmax(1).cpu().numpy()
-        grid = prediction_grid([im.permute(1, 2, 0).numpy() for im in images],
-                               [it["mask"].numpy() for it in items], list(preds))
-        writer.add_image("val/predictions", grid, trainer.global_step, dataformats="HWC")
+        fig = prediction_grid([im.permute(1, 2, 0).numpy() for im in images],
+                              [it["mask"].numpy() for it in items], list(preds),
+                              [it["name"] for it in items])
+        writer.add_figure("val/predictions", fig, trainer.global_step, close=True)

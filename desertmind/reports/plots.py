@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
-from desertmind.data.classes import CLASS_NAMES
+from desertmind.data.classes import CLASS_NAMES, CLASSES
 from desertmind.data.palette import colorize, error_map
 from desertmind.files import write_with
 
@@ -43,22 +44,31 @@ def confusion_matrix_figure(confmat: np.ndarray, title: str = "confusion matrix"
     return fig
 
 
+GRID_COLUMNS = ("image", "ground truth", "prediction", "errors (red: wrong, black: ignored)")
+
+
 def prediction_grid(images: Sequence[np.ndarray], targets: Sequence[np.ndarray],
-                    preds: Sequence[np.ndarray], gap: int = 2) -> np.ndarray:
-    """One row per image: image | ground truth | prediction | error map (RGB uint8)."""
-    rows = []
-    for img, tgt, pred in zip(images, targets, preds, strict=True):
-        tiles = [img, colorize(tgt), colorize(pred), error_map(pred, tgt)]
-        spacer = np.full((img.shape[0], gap, 3), 255, dtype=np.uint8)
-        row = [tiles[0]]
-        for t in tiles[1:]:
-            row += [spacer, t]
-        rows.append(np.concatenate(row, axis=1))
-    width = rows[0].shape[1]
-    out = [rows[0]]
-    for r in rows[1:]:
-        out += [np.full((gap, width, 3), 255, dtype=np.uint8), r]
-    return np.concatenate(out, axis=0)
+                    preds: Sequence[np.ndarray],
+                    row_titles: Sequence[str] | None = None) -> Figure:
+    """One row per image: image | ground truth | prediction | error map, with column titles,
+    optional row titles, and a legend of every class colour."""
+    rows = len(images)
+    h, w = images[0].shape[:2]
+    fig = Figure(figsize=(12, 3 * rows * h / w + 1.0), dpi=100)
+    axes = np.atleast_2d(fig.subplots(rows, 4))
+    for r, (img, tgt, pred) in enumerate(zip(images, targets, preds, strict=True)):
+        for c, tile in enumerate((img, colorize(tgt), colorize(pred), error_map(pred, tgt))):
+            ax = axes[r, c]
+            ax.imshow(tile, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(GRID_COLUMNS[c], fontsize=9)
+        if row_titles is not None:
+            axes[r, 0].set_ylabel(row_titles[r], fontsize=8)
+    handles = [Patch(color=np.asarray(c.color) / 255, label=c.name) for c in CLASSES]
+    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.9 / fig.get_figheight(), 1, 1))
+    return fig
 
 
 def class_share_figure(pixel_share: Sequence[float], image_share: Sequence[float],
