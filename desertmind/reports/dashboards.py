@@ -92,9 +92,12 @@ class HParamsSummary(L.Callback):
 
 
 def key_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-    """The hyperparameters that tell phases and ablations apart, as flat scalars: first what
-    the phases change (loss, starting point, LRs, freezing, augmentation, class weights), then
-    the network and the rest. Booleans and numbers keep their type; None becomes ``none``."""
+    """The hyperparameters that tell phases and ablations apart, as flat scalars.
+
+    TensorBoard's HParams tab lists hyperparameters by name and shows the first few, so what
+    the phases change (loss, starting point, LRs, freezing, augmentation, class weights) is
+    named ``change/...`` and the rest ``setup/...``. Booleans stay booleans and LRs numbers;
+    integers become text (TensorBoard would print 4 as 4.0000); None becomes ``none``."""
     hp = dict(pl_module.hparams)
     dm = trainer.datamodule
     data = dict(dm.hparams) if dm is not None else {}
@@ -102,7 +105,7 @@ def key_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
                                                if trainer.optimizers else [])}
     freeze = next((cb for cb in trainer.callbacks if hasattr(cb, "unfreeze_at_epoch")), None)
     schedulers = trainer.lr_scheduler_configs
-    out: dict[str, Any] = {
+    change = {
         "loss": hp.get("loss"),
         "init_from": hp.get("init_from"),
         "lr_head": groups.get("head"),
@@ -112,6 +115,8 @@ def key_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
         "crop_size": data.get("crop_size"),
         "class_weighting": data.get("class_weighting"),
         "scheduler": type(schedulers[0].scheduler).__name__ if schedulers else "none",
+    }
+    setup = {
         "arch": hp.get("arch"),
         "backbone": hp.get("backbone"),
         "weights": hp.get("weights"),
@@ -124,8 +129,15 @@ def key_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
         "max_epochs": trainer.max_epochs,
         "precision": str(trainer.precision),
     }
-    return {k: ("none" if v is None else v if isinstance(v, int | float | str | bool) else str(v))
-            for k, v in out.items()}
+    return {f"{group}/{k}": _scalar(v) for group, values in (("change", change),
+                                                              ("setup", setup))
+            for k, v in values.items()}
+
+
+def _scalar(value: Any) -> bool | float | str:
+    if isinstance(value, bool | float | str):
+        return value
+    return "none" if value is None else str(value)
 
 
 class ConfusionMatrixImage(L.Callback):
