@@ -22,7 +22,7 @@ from desertmind.data.classes import CLASS_NAMES
 from desertmind.reports.report import load_report, write_report
 from desertmind.reports.uncertainty import dataset_miou
 from desertmind.runs import VAL_IMAGES_FILE
-from desertmind.training.checkpoints import best_score
+from desertmind.training.checkpoints import best_score, read_checkpoint
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "phase_analysis.ipynb"
 
@@ -240,3 +240,16 @@ def test_prediction_grid_has_column_titles_row_names_and_a_class_legend():
     assert [axes[0].get_ylabel(), axes[4].get_ylabel()] == ["a.png", "b.png"]
     (legend,) = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == [c.name for c in CLASSES]
+
+
+def test_a_chained_phase_continues_the_previous_phases_tensorboard_steps(tiny_logs: Path):
+    phase1, head = load_report(tiny_logs)[0]
+    first, second = _events(phase1.path), _events(head.path)
+    last_step = read_checkpoint(tiny_logs / "phase1" / "checkpoints" / "last.ckpt")["global_step"]
+    assert last_step == 6  # phase 1's 3 epochs x 2 steps: phase 2.1 starts where it ended
+    for tag in ("val/mIoU", "train/loss_epoch", "epoch"):
+        own = [e.step for e in first.Scalars(tag)]
+        chained = [e.step for e in second.Scalars(tag)]
+        assert chained == [s + last_step for s in own]  # the same run length, shifted
+    assert [e.step for e in second.Images("val/confusion_matrix")] == \
+        [e.step + last_step for e in first.Images("val/confusion_matrix")]

@@ -17,6 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from desertmind.data.classes import CLASS_NAMES
 from desertmind.reports.plots import confusion_matrix_figure, prediction_grid
+from desertmind.training.chain_logger import logged_step
 
 BEST_METRIC = "hp/best_val_mIoU"
 
@@ -153,7 +154,7 @@ class ConfusionMatrixImage(L.Callback):
             return
         fig = confusion_matrix_figure(last["confmat"].numpy(),
                                       f"validation, epoch {trainer.current_epoch}")
-        writer.add_figure("val/confusion_matrix", fig, trainer.global_step, close=True)
+        writer.add_figure("val/confusion_matrix", fig, logged_step(trainer), close=True)
 
 
 class PredictionGrid(L.Callback):
@@ -182,4 +183,4 @@ class PredictionGrid(L.Callback):
         fig = prediction_grid([im.permute(1, 2, 0).numpy() for im in images],
                               [it["mask"].numpy() for it in items], list(preds),
                               [it["name"] for it in items])
-        writer.add_figure("val/predictions", fig, trainer.global_step, close=True)
+        writer.add_figure("val/predictions", fig, logged_step(trainer), close=True)

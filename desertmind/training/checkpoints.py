@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from desertmind.files import write_with
 _SHOW = 8
 #: where every checkpoint stores the class table it was trained with
 CLASS_TABLE_KEY = "desertmind_classes"
+#: the step at which a chained run's logging started (see desertmind.training.chain_logger)
+STEP_OFFSET_KEY = "desertmind_step_offset"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -97,13 +100,24 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: cannot read checkpoint ({e})") from e
 
 
-def load_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> None:
-    """Copy the weights under ``prefix`` of a Lightning checkpoint into ``model``, strictly.
+def load_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> int:
+    """Copy the weights under ``prefix`` of a Lightning checkpoint into ``model``, strictly,
+    and return where the source run's logging ended on the chained axis
+    (:mod:`desertmind.training.chain_logger`): the step of its ``last.ckpt`` when the file sits
+    in a phase's checkpoints folder (the run went on after its best epoch), else its own.
 
     Only weights are taken: no optimizer, epoch, scheduler or callback state.
     """
     ckpt = read_checkpoint(path)
     copy_weights(model, ckpt.get("state_dict", ckpt), path, prefix)
+    last = Path(path).parent / f"{runs.LAST}{runs.CKPT_EXT}"
+    if Path(path).parent.name == runs.CHECKPOINT_DIR and last.is_file():
+        try:  # memory-mapped: only the step numbers are read, not the optimizer state
+            ckpt = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # only the logging axis depends on it
+            warnings.warn(f"{last}: unreadable ({e}); this run's TensorBoard steps continue "
+                          f"from {path} instead", stacklevel=2)
+    return int(ckpt.get("global_step", 0)) + int(ckpt.get(STEP_OFFSET_KEY, 0))
 
 
 def copy_weights(model: nn.Module, state: dict[str, Any], source: str | Path,

@@ -15,7 +15,8 @@ from desertmind.errors import ConfigError, NonFiniteLossError, check_choice
 from desertmind.inference.tta import predict_probs, restrict
 from desertmind.models.network import set_bn_momentum
 from desertmind.models.registry import DEFAULT_ARCH, Arch, build_network
-from desertmind.training.checkpoints import CLASS_TABLE_KEY, load_weights
+from desertmind.training.chain_logger import set_step_offset
+from desertmind.training.checkpoints import CLASS_TABLE_KEY, STEP_OFFSET_KEY, load_weights
 from desertmind.training.losses import build_loss, parse_loss
 from desertmind.training.metrics import MONITOR, SegmentationMetrics
 from desertmind.training.schedulers import PolyLR
@@ -29,9 +30,11 @@ class SegmentationModule(L.LightningModule):
 
     Hooks:
         setup: for ``fit`` only, builds the loss (class weights come from the data module's
-            train split) and loads ``init_from``'s weights; a ``--ckpt_path`` resume is restored
-            after this and wins. Evaluating needs neither: ``validate`` and ``test`` outside
-            ``fit`` log the cross-entropy as ``<stage>/loss``.
+            train split) and loads ``init_from``'s weights, whose last step becomes this run's
+            TensorBoard step offset (:mod:`desertmind.training.chain_logger`); a
+            ``--ckpt_path`` resume is restored after this and wins. Evaluating needs neither:
+            ``validate`` and ``test`` outside ``fit`` log the cross-entropy as
+            ``<stage>/loss``.
         training_step / validation_step / test_step: loss (plus aux loss), and for evaluation
             the per-stage metric objects, accumulated over the whole epoch.
         normalize: turns uint8 images into the network's input (``input_scaling``); the data
@@ -143,6 +146,8 @@ class SegmentationModule(L.LightningModule):
         self.test_metrics = SegmentationMetrics(num_classes)
         #: the last epoch's computed metrics per stage (on the CPU), for dashboard callbacks
         self.last_eval: dict[str, dict[str, torch.Tensor]] = {}
+        #: where this run's logged steps start: init_from's last step on the chained axis
+        self.step_offset = 0
 
     def setup(self, stage: str) -> None:
         if stage != "fit":
@@ -150,10 +155,13 @@ class SegmentationModule(L.LightningModule):
         if self.criterion is None:
             self.criterion = build_loss(self.hparams.loss, self._class_weights())
         if self.hparams.init_from:
-            load_weights(self.model, self.hparams.init_from)
+            self.step_offset = load_weights(self.model, self.hparams.init_from)
+            if self._trainer is not None:
+                set_step_offset(self._trainer, self.step_offset)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CLASS_TABLE_KEY] = class_table()
+        checkpoint[STEP_OFFSET_KEY] = self.step_offset
 
     def _class_weights(self) -> torch.Tensor | None:
         if all(name != "weighted_ce" for _, name in parse_loss(self.hparams.loss)):
