@@ -69,6 +69,10 @@ lint: $(STAMP) ## ruff check
 
 $(DEMO_DATA)/train: | $(STAMP)
 	$(DM) synth $(DEMO_DATA) --n-train 96 --n-val 24 --height 144 --width 256 --seed 0
+# the shifted desert (darker, rocky, three classes absent), labelled, for scoring the gap
+$(DEMO_DATA)/test_shifted: | $(STAMP)
+	$(DM) synth $(DEMO_DATA) --n-train 0 --n-val 0 --n-shifted 24 --height 144 --width 256 \
+		--seed 0
 
 demo: $(STAMP) $(DEMO_DATA)/train ## synthetic data (if absent), the four phases on it, their scores
 	$(DM) check-data $(DEMO_DATA)

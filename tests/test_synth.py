@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from desertmind.cli.main import main
-from desertmind.data.classes import RAW_IDS
+from desertmind.data.classes import RAW_IDS, remap
 from desertmind.data.imageio import read_image, read_mask
 from desertmind.data.synth import generate
 
@@ -65,3 +65,25 @@ def test_synth_rejects_nonsense_arguments(tmp_path: Path, bad, capsys):
         main(["synth", str(tmp_path / "d"), *bad])
     assert "must be at least" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_the_shifted_domain_is_darker_rocky_and_lacks_three_classes(tmp_path: Path):
+    root = generate(tmp_path / "d", n_train=16, n_val=0, height=72, width=128, seed=1,
+                    n_shifted=16)
+    assert not (root / "val").exists()  # 0 scenes: not written
+
+    def stats(split: str) -> tuple[np.ndarray, np.ndarray]:
+        means, counts = [], np.zeros(10)
+        for p in sorted((root / split / "Color_Images").glob("*.png")):
+            means.append(read_image(p).reshape(-1, 3).mean(0))
+            mask = remap(read_mask(root / split / "Segmentation" / p.name))
+            counts += np.bincount(mask.ravel(), minlength=10)[:10]
+        return np.mean(means, axis=0), counts / counts.sum()
+
+    (src_rgb, src_share), (dst_rgb, dst_share) = stats("train"), stats("test_shifted")
+    assert (dst_rgb < 0.92 * src_rgb).all()  # darker in every channel
+    assert dst_share[[4, 5, 6]].sum() == 0 and src_share[[4, 5, 6]].min() > 0
+    assert dst_share[7] > 3 * src_share[7]  # rocks
+    again = generate(tmp_path / "again", n_train=0, n_val=0, height=72, width=128, seed=1,
+                     n_shifted=16)
+    assert _same_tree(root / "test_shifted", again / "test_shifted")

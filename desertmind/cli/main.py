@@ -61,9 +61,10 @@ def _synth(args: argparse.Namespace) -> int:
     from desertmind.data.synth import generate
 
     out = generate(args.out, args.n_train, args.n_val, args.height, args.width, args.seed,
-                   args.overwrite)
-    print(f"wrote {args.n_train} train and {args.n_val} val scenes "
-          f"({args.width}x{args.height}, seed {args.seed}) to {out}")
+                   args.overwrite, args.n_shifted, args.domain)
+    shifted = f" and {args.n_shifted} test_shifted scenes" if args.n_shifted else ""
+    print(f"wrote {args.n_train} train and {args.n_val} val scenes ({args.domain} domain)"
+          f"{shifted} ({args.width}x{args.height}, seed {args.seed}) to {out}")
     return 0
 
 
@@ -151,6 +152,11 @@ def _tool_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output dataset root")
     p.add_argument("--n-train", type=_int_at_least(0), default=40)
     p.add_argument("--n-val", type=_int_at_least(0), default=10)
+    p.add_argument("--n-shifted", type=_int_at_least(0), default=0,
+                   help="also write a labelled test_shifted split of the shifted domain")
+    p.add_argument("--domain", choices=("source", "shifted"), default="source",
+                   help="the domain of train and val: source (default) or shifted (darker, "
+                   "rocky, no Ground Clutter / Flowers / Logs: like the real test desert)")
     p.add_argument("--height", type=_int_at_least(16), default=540)
     p.add_argument("--width", type=_int_at_least(16), default=960)
     p.add_argument("--seed", type=int, default=0)

@@ -3,6 +3,15 @@
 Each scene has a wavy horizon, sky above and landscape below, and objects of the eight other
 classes, each with its own colour and texture so that a model can learn them. Output is
 deterministic for a seed: sample ``i`` of a split draws from ``SeedSequence([seed, split, i])``.
+
+Two domains, like the real train and test deserts:
+
+- ``source`` (train / val): every class, daylight.
+- ``shifted`` (the ``test_shifted`` split): what is known of the real test desert. Darker, with
+  the test set's colour cast (its mean RGB is about [0.83, 0.81, 0.88] of train's); no Ground
+  Clutter, Flowers or Logs and almost no Lush Bushes; rocks everywhere, larger and of another
+  stone; coarser ground texture and redder sand. Same shapes, so the classes stay learnable:
+  what changes is appearance and class balance.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from desertmind.data.classes import NUM_CLASSES, TRAIN_TO_RAW
+from desertmind.data.classes import TRAIN_TO_RAW
 from desertmind.data.imageio import write_png
 from desertmind.data.layout import IMAGE_DIR, MASK_DIR
 from desertmind.errors import DatasetError
@@ -39,8 +48,36 @@ _TEXTURE = np.array([
 ], dtype=np.float32)
 
 
+DOMAINS = ("source", "shifted")
+SHIFTED_ABSENT = (CLUTTER, FLOWERS, LOGS)
+# the shifted desert's own appearance: colours that change, texture, light
+_SHIFTED_BASE = {ROCKS: (150, 112, 92), LANDSCAPE: (200, 150, 110), DRY_GRASS: (176, 160, 100)}
+_SHIFTED_TEXTURE = {LANDSCAPE: (22, 0, 0), ROCKS: (24, 0, 0)}
+_SHIFTED_LIGHT = np.array([0.83, 0.81, 0.88], dtype=np.float32)
+
+
+def _palette(domain: str) -> tuple[np.ndarray, np.ndarray]:
+    base, texture = _BASE.copy(), _TEXTURE.copy()
+    if domain == "shifted":
+        for c, rgb in _SHIFTED_BASE.items():
+            base[c] = rgb
+        for c, tex in _SHIFTED_TEXTURE.items():
+            texture[c] = tex
+    return base, texture
+
+
+def _object_classes(rng: np.random.Generator, force: int | None, domain: str) -> list[int]:
+    """The classes drawn in a scene, back to front (``force`` last)."""
+    if domain == "shifted":  # rocks always, almost never lush bushes, never the absent three
+        classes = [c for c in OBJECT_CLASSES if c != force and c not in SHIFTED_ABSENT
+                   and (c == ROCKS or rng.random() < (0.02 if c == LUSH else 0.7))]
+    else:
+        classes = [c for c in OBJECT_CLASSES if c != force and rng.random() < 0.7]
+    return classes if force is None else [*classes, force]
+
+
 def render_scene(rng: np.random.Generator, height: int, width: int,
-                 force: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 force: int | None = None, domain: str = "source") -> tuple[np.ndarray, np.ndarray]:
     """One scene as (RGB uint8 image, uint16 raw-id mask); class ``force`` is drawn last."""
     label = np.full((height, width), LANDSCAPE, dtype=np.uint8)
     ys, xs = np.mgrid[0:height, 0:width]
@@ -50,20 +87,20 @@ def render_scene(rng: np.random.Generator, height: int, width: int,
     label[ys < horizon[None, :]] = SKY
     s = height / 60.0  # size unit; objects must stay learnable at small image sizes
 
-    classes = [c for c in OBJECT_CLASSES if c != force and rng.random() < 0.7]
-    if force is not None:
-        classes.append(force)
-    for c in classes:
-        for _ in range(int(rng.integers(1, 4))):
+    rocky = domain == "shifted"
+    for c in _object_classes(rng, force, domain):
+        many = rocky and c == ROCKS
+        for _ in range(int(rng.integers(3, 8) if many else rng.integers(1, 4))):
             x = int(rng.uniform(0, width))
             top = horizon[min(x, width - 1)] + 2 * s
             y = int(rng.uniform(top, height))
             depth = 0.6 + 1.6 * (y - top) / max(height - top, 1.0)  # nearer is bigger
-            _draw(label, c, rng, x, y, s * depth)
+            _draw(label, c, rng, x, y, s * depth * (1.6 if many else 1.0))
 
-    image = _BASE[label].copy()
+    base, texture = _palette(domain)
+    image = base[label].copy()
     noise = rng.normal(0.0, 1.0, (height, width)).astype(np.float32)
-    tex = _TEXTURE[label]
+    tex = texture[label]
     image += (tex[..., 0] * noise)[..., None]
     image += (tex[..., 1] * np.sin(xs * (2.2 / max(s, 0.5))))[..., None]
     image += (tex[..., 2] * np.sin(ys * (1.6 / max(s, 0.5))))[..., None]
@@ -71,6 +108,8 @@ def render_scene(rng: np.random.Generator, height: int, width: int,
     image[sky] -= (50.0 * (1.0 - ys[sky] / max(horizon.max(), 1.0)))[:, None] * np.array(
         [1.0, 0.6, 0.0], dtype=np.float32)
     image *= rng.uniform(0.85, 1.15)
+    if domain == "shifted":
+        image *= _SHIFTED_LIGHT * rng.uniform(0.92, 1.05)
     image = np.clip(image, 0, 255).astype(np.uint8)
     return image, TRAIN_TO_RAW[label]
 
@@ -108,22 +147,34 @@ def _draw(label: np.ndarray, c: int, rng: np.random.Generator, x: int, y: int,
         cv2.fillPoly(label, [cv2.convexHull(pts.astype(np.int32))], ROCKS)
 
 
-def generate(out: str | Path, n_train: int = 40, n_val: int = 10, height: int = 540,
-             width: int = 960, seed: int = 0, overwrite: bool = False) -> Path:
-    """Write ``OUT/{train,val}/{Color_Images,Segmentation}/NAME.png``; return ``OUT``.
+SHIFTED_SPLIT = "test_shifted"
 
-    Within a split, image ``i`` always contains class ``i mod 8`` among the object classes, so
-    any split of at least 8 images uses every class.
+
+def generate(out: str | Path, n_train: int = 40, n_val: int = 10, height: int = 540,
+             width: int = 960, seed: int = 0, overwrite: bool = False, n_shifted: int = 0,
+             domain: str = "source") -> Path:
+    """Write ``OUT/{train,val}/{Color_Images,Segmentation}/NAME.png`` in ``domain``, and
+    ``n_shifted`` scenes of the shifted domain, with masks, in ``OUT/test_shifted``; return
+    ``OUT``. A split asked for 0 scenes is neither written nor checked.
+
+    Within a split, image ``i`` always contains class ``i mod 8`` among the object classes (in
+    the shifted domain, among those it has), so any split of at least 8 images uses every class
+    its domain has.
     """
+    if domain not in DOMAINS:
+        raise DatasetError(f"domain {domain!r}: one of {', '.join(DOMAINS)}")
     out = Path(out)
-    for split in ("train", "val"):
+    splits = [(split, n, dom, split_id) for split_id, (split, n, dom) in enumerate(
+        (("train", n_train, domain), ("val", n_val, domain),
+         (SHIFTED_SPLIT, n_shifted, "shifted"))) if n > 0]
+    for split, *_ in splits:
         if (out / split).exists() and not overwrite:
             raise DatasetError(f"{out / split} already exists; pass --overwrite to replace it")
-    for split_id, (split, n) in enumerate((("train", n_train), ("val", n_val))):
+    for split, n, dom, split_id in splits:
+        present = [c for c in OBJECT_CLASSES if dom == "source" or c not in SHIFTED_ABSENT]
         for i in range(n):
             rng = np.random.default_rng(np.random.SeedSequence([seed, split_id, i]))
-            force = OBJECT_CLASSES[i % (NUM_CLASSES - 2)]
-            image, mask = render_scene(rng, height, width, force=force)
+            image, mask = render_scene(rng, height, width, present[i % len(present)], dom)
             name = f"synth_{split}_{i:05d}.png"
             write_png(out / split / IMAGE_DIR / name, image, rgb=True)
             write_png(out / split / MASK_DIR / name, mask)
