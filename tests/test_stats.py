@@ -12,7 +12,7 @@ import pytest
 import desertmind.data.stats as stats
 from desertmind.cli.main import main
 from desertmind.data.classes import RAW_IDS
-from desertmind.data.imageio import read_mask, write_png
+from desertmind.data.imageio import read_image, read_mask, write_png
 
 
 def _count(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -97,3 +97,21 @@ def test_median_frequency_weights():
     assert stats.class_weights(_split(pixels, presence), "none") is None
     with pytest.raises(ValueError, match="inverse_log"):
         stats.class_weights(_split(pixels, presence), "balanced")
+
+
+def test_check_data_puts_two_splits_side_by_side(tmp_path: Path, capsys):
+    from desertmind.data.synth import generate
+
+    root = generate(tmp_path / "d", n_train=4, n_val=0, height=40, width=64, n_shifted=4)
+    assert main(["check-data", str(root), "--splits", "train", "test_shifted",
+                 "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("splits side by side"):].splitlines()
+    assert table[1].split() == ["train", "test_shifted"]
+    for split, column in (("train", 2), ("test_shifted", 3)):
+        pixels = np.concatenate([read_image(p).reshape(-1, 3)
+                                 for p in (root / split / "Color_Images").glob("*.png")])
+        expected = "/".join(f"{v:.0f}" for v in pixels.mean(0))
+        assert table[2].split()[column] == expected  # mean RGB over every pixel
+    logs = next(line for line in table if line.strip().startswith("Logs"))
+    assert logs.split()[-1] == "0.00%"  # absent from the shifted desert

@@ -129,7 +129,9 @@ def _tool_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-data", help="scan a dataset, print its statistics and problems",
                        description="Check every image and mask of the given splits (in "
                        "parallel), print per-class pixel and image shares and every problem "
-                       "with its file. Exit 1 when a problem is found.")
+                       "with its file, and with two splits or more their mean colour and "
+                       "class shares side by side (e.g. --splits train test_shifted). Exit 1 "
+                       "when a problem is found.")
     p.add_argument("root", help="dataset root holding the split folders")
     p.add_argument("--splits", nargs="+", default=["train", "val"],
                    help="split folders to check (default: train val)")

@@ -30,7 +30,7 @@ from desertmind.data.layout import (
 from desertmind.errors import DatasetError, check_choice
 from desertmind.files import write_json
 
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: mean colour per split
 STATS_FILE = "desertmind_stats.json"
 LABELLED_SPLITS = ("train", "val")  # splits that must have masks
 Weighting = Literal["none", "inverse_log", "median_frequency", "seed_inverse_log"]
@@ -62,7 +62,8 @@ def scan_file(sample: Sample) -> dict:
     except DatasetError as e:
         return {"name": sample.name, "problem": str(e)}
     h, w = image.shape[:2]
-    result: dict = {"name": sample.name, "size": f"{w}x{h}"}
+    result: dict = {"name": sample.name, "size": f"{w}x{h}",
+                    "rgb_mean": image.reshape(-1, 3).mean(0).tolist()}
     if mask is None:
         return result
     counts = np.bincount(mask.ravel(), minlength=256)
@@ -78,6 +79,7 @@ def _summarise(split: str, labelled: bool, files: list[dict], problems: list[str
     images = np.zeros(NUM_CLASSES, dtype=np.int64)
     presence_pixels = np.zeros(NUM_CLASSES, dtype=np.int64)
     sizes: Counter = Counter()
+    rgb, area = np.zeros(3), 0
     unknown: Counter = Counter()
     unknown_files: Counter = Counter()
     for f in files:
@@ -85,6 +87,9 @@ def _summarise(split: str, labelled: bool, files: list[dict], problems: list[str
             problems.append(f["problem"])
             continue
         sizes[f["size"]] += 1
+        w, h = (int(v) for v in f["size"].split("x"))
+        rgb += np.asarray(f["rgb_mean"]) * w * h
+        area += w * h
         if "pixels" in f:
             p = np.asarray(f["pixels"], dtype=np.int64)
             pixels += p
@@ -100,6 +105,7 @@ def _summarise(split: str, labelled: bool, files: list[dict], problems: list[str
         "labelled": labelled,
         "n_images": len(files),
         "sizes": dict(sizes),
+        "rgb_mean": (rgb / max(area, 1)).tolist(),  # over every pixel of the split
         "class_pixels": pixels.tolist(),
         "class_images": images.tolist(),
         "class_presence_pixels": presence_pixels.tolist(),
@@ -225,6 +231,24 @@ def seed_class_weights(pixels: np.ndarray) -> np.ndarray:
     return weights / weights.mean()
 
 
+def _comparison(splits: list[dict]) -> list[str]:
+    """Splits side by side: mean colour, then each class's pixel share (labelled splits), so
+    a domain shift (darker images, other class balance) shows at a glance."""
+    if len(splits) < 2:
+        return []
+    names = [s["split"] for s in splits]
+    width = max(13, *(len(n) + 2 for n in names))
+    lines = ["\nsplits side by side", f"  {'':<16}" + "".join(f"{n:>{width}}" for n in names)]
+    rgb = ["/".join(f"{v:.0f}" for v in s["rgb_mean"]) for s in splits]
+    lines.append(f"  {'mean RGB':<16}" + "".join(f"{v:>{width}}" for v in rgb))
+    labelled = [s["labelled"] for s in splits]
+    for c in CLASSES:
+        cells = [f"{s['pixel_share'][c.train_id]:.2%}" if ok else "-"
+                 for s, ok in zip(splits, labelled, strict=True)]
+        lines.append(f"  {c.name:<16}" + "".join(f"{v:>{width}}" for v in cells))
+    return lines
+
+
 def format_report(result: dict, strict: bool = False) -> str:
     """The human-readable check-data report."""
     lines = [f"dataset {result['root']}"]
@@ -243,6 +267,7 @@ def format_report(result: dict, strict: bool = False) -> str:
                 for v, u in s["unknown_values"].items()))
         for p in s["problems"]:
             lines.append(f"  PROBLEM: {p}")
+    lines += _comparison([s for s in result["splits"].values() if s["n_images"]])
     n = sum(len(s["problems"]) for s in result["splits"].values())
     unknown = any(s["unknown_values"] for s in result["splits"].values())
     if n:
