@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from desertmind.data.cache import CACHES, Cache, open_cache
 from desertmind.data.dataset import OffroadDataset, seed_worker
-from desertmind.data.layout import list_images, list_split
+from desertmind.data.layout import Sample, list_images, list_split
 from desertmind.data.stats import (
     WEIGHTINGS,
     Weighting,
@@ -20,7 +20,14 @@ from desertmind.data.stats import (
     scan,
     seed_class_weights,
 )
-from desertmind.data.transforms import PRESETS, Preset, build_transform, normalize
+from desertmind.data.transforms import (
+    PRESETS,
+    TRANSFERS,
+    Preset,
+    Transfer,
+    build_transform,
+    normalize,
+)
 from desertmind.errors import ConfigError, DatasetError, check_choice
 
 
@@ -55,6 +62,12 @@ class OffroadDataModule(L.LightningDataModule):
             labelled split once and serve it from a decoded uint8 copy, about 100x cheaper
             per sample (see :mod:`desertmind.data.cache`).
         cache_dir: where ``disk`` keeps its copies; default ``~/.cache/desertmind/decoded``.
+        target_dir: a folder of unlabelled images of the domain the model will be used on (a
+            plain folder, or a split folder whose ``Color_Images`` are taken; its masks, if
+            any, are never read). Used by ``target_transfer`` and by self-training.
+        target_transfer: ``fda`` or ``histogram``: move training images' appearance toward a
+            random target image with probability ``target_transfer_p`` (albumentations' FDA
+            and HistogramMatching).
     """
 
     def __init__(
@@ -75,12 +88,19 @@ class OffroadDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         cache: Cache = "none",
         cache_dir: str | None = None,
+        target_dir: str | None = None,
+        target_transfer: Transfer = "none",
+        target_transfer_p: float = 0.5,
     ) -> None:
         super().__init__()
         # Python callers bypass the CLI's Literal check: fail here, not at setup
         check_choice("data.train_preset", train_preset, PRESETS)
         check_choice("data.class_weighting", class_weighting, WEIGHTINGS)
         check_choice("data.cache", cache, CACHES)
+        check_choice("data.target_transfer", target_transfer, TRANSFERS)
+        if target_transfer != "none" and target_dir is None:
+            raise ConfigError(f"data.target_transfer={target_transfer} needs unlabelled target "
+                              "images: set data.target_dir to a folder of them")
         if image_size is not None and (len(image_size) != 2 or min(image_size) < 16):
             raise ConfigError(f"data.image_size={list(image_size)}: (height, width), each at "
                               "least 16 pixels, or null for the full size")
@@ -100,11 +120,25 @@ class OffroadDataModule(L.LightningDataModule):
         samples = list_split(self.root, split)
         decoded = open_cache(samples, hp.cache, self.root / split, hp.cache_dir)
         transform = self._eval_transform()
-        if train:
-            # drawn from torch's RNG, which seed_everything controls
-            seed = int(torch.randint(2**31 - 1, ()).item())
-            transform = build_transform(hp.train_preset, hp.image_size, hp.crop_size, seed)
-        return OffroadDataset(samples, transform, decoded)
+        if not train:
+            return OffroadDataset(samples, transform, decoded)
+        # drawn from torch's RNG, which seed_everything controls
+        seed = int(torch.randint(2**31 - 1, ()).item())
+        transform = build_transform(hp.train_preset, hp.image_size, hp.crop_size, seed,
+                                    hp.target_transfer, hp.target_transfer_p)
+        references = self.target_images() if hp.target_transfer != "none" else None
+        return OffroadDataset(samples, transform, decoded, references, seed)
+
+    def _images(self, folder: str) -> list[Sample]:
+        """Unlabelled samples of a folder given as a path, or relative to the dataset root."""
+        path = Path(folder)
+        if not path.is_dir() and (self.root / path).is_dir():
+            path = self.root / path
+        return list_images(path)
+
+    def target_images(self) -> list[Path]:
+        """The unlabelled target images of ``target_dir`` (never their masks)."""
+        return [s.image for s in self._images(self.hparams.target_dir)]
 
     def prepare_data(self) -> None:
         """Build the disk cache of the splits this run reads, once per node (Lightning calls
@@ -136,10 +170,7 @@ class OffroadDataModule(L.LightningDataModule):
         if stage == "predict":
             if hp.predict_dir is None:
                 raise DatasetError("no images to predict: set --data.predict_dir")
-            folder = Path(hp.predict_dir)
-            if not folder.is_dir() and (self.root / folder).is_dir():
-                folder = self.root / folder
-            self.datasets["predict"] = OffroadDataset(list_images(folder),
+            self.datasets["predict"] = OffroadDataset(self._images(hp.predict_dir),
                                                       self._eval_transform())
 
     def check_fit(self) -> None:

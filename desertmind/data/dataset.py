@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import albumentations as A
 import numpy as np
@@ -12,7 +13,9 @@ from torch.utils.data import Dataset
 
 from desertmind.data.cache import DecodedSplit
 from desertmind.data.classes import IGNORE_INDEX, unknown_values
+from desertmind.data.imageio import read_image
 from desertmind.data.layout import Sample, load_pair
+from desertmind.data.transforms import REFERENCE_KEY
 
 
 def seed_worker(worker_id: int) -> None:
@@ -35,15 +38,20 @@ class OffroadDataset(Dataset):
     values are ignored (255) and reported once per value and process with a warning.
 
     With ``decoded`` (see :mod:`desertmind.data.cache`), pairs come from the decoded cache
-    instead of the PNG files, bit for bit the same arrays.
+    instead of the PNG files, bit for bit the same arrays. With ``references`` (unlabelled
+    target-domain images), each sample also gets one of them at random, drawn from ``seed``
+    (reseeded per worker), for the pipeline's appearance transfer.
     """
 
     def __init__(self, samples: list[Sample], transform: Callable | None = None,
-                 decoded: DecodedSplit | None = None) -> None:
+                 decoded: DecodedSplit | None = None, references: list[Path] | None = None,
+                 seed: int = 0) -> None:
         if decoded is not None and len(decoded) != len(samples):
             raise ValueError(f"decoded cache holds {len(decoded)} samples, not {len(samples)}")
         self.samples = samples
         self.decoded = decoded
+        self.references = references or []
+        self._rng = np.random.default_rng(seed)
         self.transform = transform if transform is not None else A.Compose([A.ToTensorV2()])
         self._reported: set[int] = set()
 
@@ -51,6 +59,7 @@ class OffroadDataset(Dataset):
         """Give the augmentation pipeline its own random state (each DataLoader worker does)."""
         if hasattr(self.transform, "set_random_seed"):
             self.transform.set_random_seed(seed)
+        self._rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -65,11 +74,15 @@ class OffroadDataset(Dataset):
             unknown = unknown_values(mask, raw) if mask is not None else {}
         meta = {"name": sample.name, "path": str(sample.image),
                 "size": torch.tensor(image.shape[:2])}  # original (H, W), for predictions
+        extra = {}
+        if self.references:  # a random unlabelled target image, for appearance transfer
+            ref = read_image(self.references[self._rng.integers(len(self.references))])
+            extra[REFERENCE_KEY] = [ref.astype(np.float32) / 255]
         if mask is None:
-            return {"image": self.transform(image=image)["image"], **meta}
+            return {"image": self.transform(image=image, **extra)["image"], **meta}
         if unknown:
             self._report_unknown(sample, unknown)
-        out = self.transform(image=image, mask=mask)
+        out = self.transform(image=image, mask=mask, **extra)
         mask_t = out["mask"]
         if not isinstance(mask_t, torch.Tensor):
             mask_t = torch.from_numpy(np.ascontiguousarray(mask_t))

@@ -16,8 +16,15 @@ import torch
 from desertmind.data.classes import IGNORE_INDEX
 from desertmind.errors import check_choice
 
-Preset = Literal["none", "flip_color", "crop", "scale_crop", "strong", "seed_flip_color"]
+Preset = Literal["none", "flip_color", "crop", "scale_crop", "strong", "seed_flip_color",
+                 "domain_random"]
 PRESETS: tuple[str, ...] = get_args(Preset)
+#: appearance transfer toward unlabelled target images (albumentations' domain adaptation)
+# PixelDistributionAdaptation is left out: in albumentations 2.0.8 it returns zeros on uint8
+# and saturates on float images of the synthetic scenes (an ill-conditioned PCA on flat colours)
+Transfer = Literal["none", "fda", "histogram"]
+TRANSFERS: tuple[str, ...] = get_args(Transfer)
+REFERENCE_KEY = "target_reference"  # where a call passes the target image to transfer toward
 #: how uint8 images become the network's input: ImageNet mean/std, or only / 255 (the seed's)
 Scaling = Literal["imagenet", "unit"]
 SCALINGS: tuple[str, ...] = get_args(Scaling)
@@ -40,11 +47,42 @@ def _random_crop(size: int) -> list[A.BasicTransform]:
     ]
 
 
+def _domain_random() -> list[A.BasicTransform]:
+    """Photometric domain randomisation: light, colour cast, lens and sensor, no geometry but
+    a flip, so a model cannot lean on one desert's palette."""
+    return [
+        A.HorizontalFlip(p=0.5),
+        A.RandomBrightnessContrast(brightness_limit=0.3, contrast_limit=0.3, p=0.8),
+        A.RandomGamma(gamma_limit=(70, 150), p=0.5),
+        A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=25, val_shift_limit=20, p=0.7),
+        A.RGBShift(r_shift_limit=20, g_shift_limit=20, b_shift_limit=20, p=0.5),
+        A.GaussianBlur(blur_limit=(3, 5), p=0.2),
+        A.GaussNoise(std_range=(0.02, 0.06), p=0.3),
+    ]
+
+
+def _transfer(kind: str, p: float) -> list[A.BasicTransform]:
+    """Move a source image's appearance toward a target image (no target labels): the
+    dataset passes one random target image per sample under :data:`REFERENCE_KEY`, as float32
+    in [0, 1], so the image goes to float and back around the transfer."""
+    check_choice("appearance transfer (data.target_transfer)", kind, TRANSFERS)
+    if kind == "none":
+        return []
+    if kind == "fda":  # the target's low frequencies (overall colour and light)
+        step = A.FDA(metadata_key=REFERENCE_KEY, beta_limit=(0.0, 0.05), p=1.0)
+    else:  # the target's per-channel histograms
+        step = A.HistogramMatching(metadata_key=REFERENCE_KEY, blend_ratio=(0.5, 1.0), p=1.0)
+    return [A.Sequential([A.ToFloat(max_value=255), step,
+                          A.FromFloat(max_value=255, dtype="uint8")], p=p)]
+
+
 def build_transform(
     preset: str = "none",
     image_size: tuple[int, int] | None = None,
     crop_size: int = 512,
     seed: int | None = None,
+    transfer: str = "none",
+    transfer_p: float = 0.5,
 ) -> A.Compose:
     """Return the training pipeline for ``preset``; ``none`` is also the eval pipeline.
 
@@ -56,6 +94,12 @@ def build_transform(
     - ``scale_crop``: random rescale 0.5-2.0, ``crop_size`` crop and horizontal flip.
     - ``strong``: random rescale 0.5-2.0, crop, flip and photometric distortion
       (MMSegmentation's default recipe).
+    - ``domain_random``: flip and photometric domain randomisation (brightness, contrast,
+      gamma, hue, saturation, colour cast, blur, noise).
+
+    ``transfer`` (``fda``, ``histogram``) then moves the image's appearance, with
+    probability ``transfer_p``, toward the unlabelled target image given with each call under
+    :data:`REFERENCE_KEY` (:class:`~desertmind.data.dataset.OffroadDataset` draws it).
 
     ``seed`` fixes the pipeline's own random state (albumentations ignores global seeds).
     """
@@ -76,6 +120,9 @@ def build_transform(
         if preset == "strong":
             steps.append(A.ColorJitter(brightness=0.125, contrast=0.5, saturation=0.5,
                                        hue=0.05, p=0.8))
+    elif preset == "domain_random":
+        steps += _domain_random()
+    steps += _transfer(transfer, transfer_p)
     return A.Compose([*steps, A.ToTensorV2()], seed=seed)
 
 
