@@ -63,3 +63,74 @@ def test_domain_randomisation_changes_appearance_not_labels(two_deserts: Path):
 def test_transfer_without_target_images_is_refused():
     with pytest.raises(ConfigError, match="data.target_dir"):
         OffroadDataModule(target_transfer="fda")
+
+
+def test_self_training_never_reads_target_masks(tmp_path: Path, phase_args):
+    from desertmind.cli.main import main
+    from desertmind.training.checkpoints import read_checkpoint
+
+    root = generate(tmp_path / "d", n_train=8, n_val=4, height=48, width=80, seed=2, n_shifted=6)
+    for mask in (root / "test_shifted" / "Segmentation").glob("*.png"):
+        mask.write_bytes(b"not a png: any read of a target mask fails the run")
+    logs = tmp_path / "logs"
+    assert main(["fit", *phase_args("phase1", root, logs)]) == 0
+    teacher = logs / "phase1" / "checkpoints" / "best.ckpt"
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    args = ["fit", *phase_args("phase1", root, logs), "-c", str(configs / "self_training.yaml"),
+            "--model.init_from", str(teacher), "--data.target_dir", "test_shifted",
+            "--trainer.logger.init_args.save_dir", str(logs)]
+    assert main(args) == 0
+    ckpt = read_checkpoint(logs / "self_training" / "checkpoints" / "best.ckpt")
+    assert not any(k.startswith("pseudo") or "teacher" in k for k in ckpt["state_dict"])
+    events = _scalars(next((logs / "self_training").glob("version_*")))
+    assert "train/pseudo_loss_epoch" in events and 0 < events["train/pseudo_kept"] <= 1
+    # the best checkpoint is chosen on the source validation split
+    best = [s for s in ckpt["callbacks"].values() if "best_model_score" in s][0]
+    assert best["monitor"] == "val/mIoU"
+
+
+def _scalars(run: Path) -> dict[str, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    ea.Reload()
+    return {tag: ea.Scalars(tag)[-1].value for tag in ea.Tags()["scalars"]}
+
+
+def test_pseudo_labels_keep_the_confident_and_a_share_of_every_class():
+    from desertmind.training.self_training import PseudoLabeler, pseudo_label_loss
+
+    class Fixed(torch.nn.Module):  # logits given by the test, whatever the input
+        def __init__(self, logits: torch.Tensor) -> None:
+            super().__init__()
+            self.logits = torch.nn.Parameter(logits)
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.logits
+
+    logits = torch.zeros(1, 3, 1, 6)
+    logits[0, 0, 0, :4] = torch.tensor([9.0, 8.0, 0.5, 0.4])  # class 0: 2 sure, 2 unsure
+    logits[0, 2, 0, 4:] = torch.tensor([0.6, 0.3])  # class 2: both unsure
+    strict = PseudoLabeler(Fixed(logits), threshold=0.9, class_balance=False)
+    assert strict.label(torch.zeros(1)).tolist() == [[[0, 0, 255, 255, 255, 255]]]
+    balanced = PseudoLabeler(Fixed(logits), threshold=0.9, class_balance=True)
+    labels = balanced.label(torch.zeros(1))
+    assert labels[0, 0, 4].item() == 2  # the rare class keeps its more confident half
+    assert (labels[0, 0, :2] == 0).all()
+    nothing = torch.full((1, 1, 6), 255)
+    loss = pseudo_label_loss(logits.requires_grad_(), nothing)
+    assert loss.item() == 0 and loss.requires_grad  # no NaN when the teacher keeps nothing
+
+
+def test_an_ema_teacher_moves_toward_the_student():
+    from desertmind.training.self_training import PseudoLabeler
+
+    student = torch.nn.Linear(2, 2)
+    fixed = PseudoLabeler(student, ema_decay=None)
+    ema = PseudoLabeler(student, ema_decay=0.9)
+    before = ema.teacher.weight.clone()
+    with torch.no_grad():
+        student.weight.add_(1.0)
+    fixed.update(student), ema.update(student)
+    assert torch.equal(fixed.teacher.weight, before)
+    torch.testing.assert_close(ema.teacher.weight, before + 0.1)

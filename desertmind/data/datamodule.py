@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
 from desertmind.data.cache import CACHES, Cache, open_cache
@@ -224,8 +225,23 @@ class OffroadDataModule(L.LightningDataModule):
             worker_init_fn=seed_worker,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
+        source = self._loader("train", train=True)
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if not getattr(module, "uses_target_images", False):
+            return source
+        if self.hparams.target_dir is None:
+            raise ConfigError("self-training needs unlabelled target images: set "
+                              "data.target_dir")
+        if "target" not in self.datasets:
+            images = self._images(self.hparams.target_dir)
+            if len(images) < self.hparams.batch_size:
+                raise DatasetError(f"{self.hparams.target_dir}: {len(images)} target images, "
+                                   f"fewer than batch_size={self.hparams.batch_size}")
+            self.datasets["target"] = OffroadDataset(images, self.datasets["train"].transform)
+        # an epoch is as long as the longer of the two; the shorter one cycles
+        return CombinedLoader({"source": source, "target": self._loader("target", train=True)},
+                              mode="max_size_cycle")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
@@ -237,6 +253,8 @@ class OffroadDataModule(L.LightningDataModule):
         return self._loader("predict")
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if "source" in batch:  # self-training: a labelled and an unlabelled batch
+            return {k: self.on_after_batch_transfer(b, dataloader_idx) for k, b in batch.items()}
         module = self.trainer.lightning_module if self.trainer is not None else None
         images = batch["image"]
         batch["image"] = module.normalize(images) if module is not None else normalize(images)

@@ -20,6 +20,7 @@ from desertmind.training.checkpoints import CLASS_TABLE_KEY, STEP_OFFSET_KEY, lo
 from desertmind.training.losses import build_loss, parse_loss
 from desertmind.training.metrics import MONITOR, SegmentationMetrics
 from desertmind.training.schedulers import PolyLR
+from desertmind.training.self_training import PseudoLabeler, pseudo_label_loss
 
 
 class SegmentationModule(L.LightningModule):
@@ -83,6 +84,11 @@ class SegmentationModule(L.LightningModule):
             frozen, affine parameters still trained), as the seed's phase 3 did.
         scheduler_monitor: the validation metric a reduce-on-plateau scheduler follows
             (``val/mIoU``; the seed followed ``val/mIoU_per_image``).
+        self_training: weight of the pseudo-label loss on the data module's unlabelled
+            ``target_dir`` images (0: off). The teacher is ``init_from``'s network
+            (:mod:`desertmind.training.self_training`); ``pseudo_threshold``,
+            ``pseudo_class_balance`` and ``teacher_ema`` (None: a fixed teacher; e.g. 0.999:
+            an exponential moving average of the student) shape its labels.
     """
 
     def __init__(
@@ -108,6 +114,10 @@ class SegmentationModule(L.LightningModule):
         input_scaling: Scaling = "imagenet",
         freeze_bn: bool = False,
         scheduler_monitor: str = MONITOR,
+        self_training: float = 0.0,
+        pseudo_threshold: float = 0.9,
+        pseudo_class_balance: bool = True,
+        teacher_ema: float | None = None,
     ) -> None:
         super().__init__()
         if num_classes != NUM_CLASSES:
@@ -122,6 +132,11 @@ class SegmentationModule(L.LightningModule):
         if tta_scales is not None and (not tta_scales or any(x <= 0 for x in tta_scales)):
             raise ConfigError(f"model.tta_scales={tta_scales}: every scale must be > 0, e.g. "
                               "[0.75, 1.0, 1.25]")
+        if self_training < 0 or not 0 < pseudo_threshold <= 1 or (
+                teacher_ema is not None and not 0 < teacher_ema < 1):
+            raise ConfigError(f"model.self_training={self_training}, pseudo_threshold="
+                              f"{pseudo_threshold}, teacher_ema={teacher_ema}: need a weight "
+                              ">= 0, a threshold in (0, 1] and an EMA decay in (0, 1) or null")
         if sliding_window is not None and sliding_window < 16:
             raise ConfigError(f"model.sliding_window={sliding_window}: a window is at least 16 "
                               "pixels (null: whole images)")
@@ -148,6 +163,8 @@ class SegmentationModule(L.LightningModule):
         self.last_eval: dict[str, dict[str, torch.Tensor]] = {}
         #: where this run's logged steps start: init_from's last step on the chained axis
         self.step_offset = 0
+        #: the self-training teacher, built in setup from init_from's network
+        self.pseudo: PseudoLabeler | None = None
 
     def setup(self, stage: str) -> None:
         if stage != "fit":
@@ -158,6 +175,26 @@ class SegmentationModule(L.LightningModule):
             self.step_offset = load_weights(self.model, self.hparams.init_from)
             if self._trainer is not None:
                 set_step_offset(self._trainer, self.step_offset)
+        if self.uses_target_images and self.pseudo is None:
+            if not self.hparams.init_from:
+                raise ConfigError("model.self_training needs a teacher: set model.init_from to "
+                                  "the checkpoint of the phase it continues")
+            hp = self.hparams
+            self.pseudo = PseudoLabeler(self.model, hp.pseudo_threshold,
+                                        hp.pseudo_class_balance, hp.teacher_ema)
+
+    @property
+    def uses_target_images(self) -> bool:
+        """Whether training also takes batches of unlabelled target images (self-training)."""
+        return self.hparams.self_training > 0
+
+    def on_fit_start(self) -> None:
+        if self.pseudo is not None:
+            self.pseudo.to(self.device)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.pseudo is not None:
+            self.pseudo.update(self.model)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CLASS_TABLE_KEY] = class_table()
@@ -198,7 +235,20 @@ class SegmentationModule(L.LightningModule):
         return loss, logits
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """A labelled batch, or with self-training ``{"source": labelled, "target": images}``:
+        the source loss plus ``self_training`` x the pseudo-label loss on the target images."""
+        target = batch.get("target")
+        if target is not None:
+            batch = batch["source"]
         loss, _ = self._loss(batch)
+        if target is not None and self.pseudo is not None:
+            labels = self.pseudo.label(target["image"])
+            pseudo = pseudo_label_loss(self(target["image"]), labels)
+            kept = (labels != IGNORE_INDEX).float().mean()
+            n = target["image"].shape[0]
+            self.log("train/pseudo_loss", pseudo, on_step=True, on_epoch=True, batch_size=n)
+            self.log("train/pseudo_kept", kept, on_step=False, on_epoch=True, batch_size=n)
+            loss = loss + self.hparams.self_training * pseudo
         if not torch.isfinite(loss):  # before backward: no weight, optimizer or file changes
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at global step {self.global_step} (epoch "
