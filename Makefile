@@ -74,10 +74,12 @@ $(DEMO_DATA)/test_shifted: | $(STAMP)
 	$(DM) synth $(DEMO_DATA) --n-train 0 --n-val 0 --n-shifted 24 --height 144 --width 256 \
 		--seed 0
 
-demo: $(STAMP) $(DEMO_DATA)/train ## synthetic data (if absent), the four phases on it, their scores
-	$(DM) check-data $(DEMO_DATA)
+demo: $(STAMP) $(DEMO_DATA)/train $(DEMO_DATA)/test_shifted ## synthetic data (if absent), the four phases, scores on val and a shifted desert
+	$(DM) check-data $(DEMO_DATA) --splits train val test_shifted
 	$(MAKE) --no-print-directory phases DATA=$(DEMO_DATA) LOGS=$(LOGS)/demo \
 		CONFIGS="-c configs/demo.yaml" PHASE1_ARGS="--trainer.max_epochs 14"
+	$(DM) test --ckpt_path $(LOGS)/demo/phase3/checkpoints/best.ckpt \
+		--data.test_dir test_shifted --trainer.enable_progress_bar false
 	$(DM) report --logs $(LOGS)/demo --out $(REPORTS) --print
 
 # Each phase starts from the previous phase's best checkpoint; finished phases are skipped.

@@ -253,3 +253,19 @@ def test_a_chained_phase_continues_the_previous_phases_tensorboard_steps(tiny_lo
         assert chained == [s + last_step for s in own]  # the same run length, shifted
     assert [e.step for e in second.Images("val/confusion_matrix")] == \
         [e.step + last_step for e in first.Images("val/confusion_matrix")]
+
+
+def test_val_and_test_side_by_side(tiny_logs: Path, tmp_path: Path):
+    # last in this file: it adds an evaluation run to the shared logs
+    best = tiny_logs / "phase2_1_head" / "checkpoints" / "best.ckpt"
+    assert main(["test", "--ckpt_path", str(best), "--data.test_dir", "val",
+                 "--trainer.enable_progress_bar", "false"]) == 0
+    phase1, head = load_report(tiny_logs)[0]
+    assert phase1.test_miou is None
+    (run,) = (tiny_logs / "phase2_1_head" / "eval" / "test").glob("version_*")
+    logged = _events(run).Scalars("test/mIoU")[-1].value
+    assert head.test_split == "val" and head.test_miou == pytest.approx(logged)
+    text = write_report(tiny_logs, tmp_path)["paths"]["summary.md"].read_text()
+    row = next(line for line in text.splitlines()
+               if line.startswith("| phase2_1_head |") and "| val |" in line)
+    assert f"{head.test_miou:.4f}" in row and f"{head.best_miou - head.test_miou:+.4f}" in row

@@ -32,11 +32,13 @@ from desertmind.reports.uncertainty import (
 )
 from desertmind.runs import (
     CONFIG_FILE,
+    EVAL_DIR,
     PROVENANCE_FILE,
     VAL_IMAGES_FILE,
     checkpoints_of_run,
     is_eval_run,
     phase_of_checkpoint,
+    phase_of_run,
     without_random_seed,
 )
 from desertmind.training.checkpoints import read_checkpoint
@@ -81,6 +83,9 @@ class RunSummary:
     interval: Interval | None = None  # of best_miou, over the validation images
     change: Interval | None = None  # paired, against the run it started from
     change_note: str = ""  # why there is no paired change, when there is none
+    # the latest `desertmind test` of this phase's model (its eval/test runs), if any
+    test_split: str | None = None
+    test_miou: float | None = None
     per_class_delta: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -142,6 +147,7 @@ def load_run(path: Path, label: str) -> RunSummary:
         curve=curve, loss_curves=loss_curves, config=config,
         evaluation_only=not any(t.startswith("train/") for t in tags),
         provenance=_read_json(path / PROVENANCE_FILE), images=images, image_cms=image_cms,
+        test_split=(test := _latest_test(path))[0], test_miou=test[1],
         interval=miou_interval(image_cms) if image_cms is not None else None,
     )
 
@@ -179,6 +185,23 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def _latest_test(run_path: Path) -> tuple[str | None, float | None]:
+    """The split and test/mIoU of the newest ``desertmind test`` run of this run's phase
+    (``<phase>/eval/test/version_N``), or ``(None, None)``."""
+    tests = sorted((phase_of_run(run_path) / EVAL_DIR / "test").glob("version_*"),
+                   key=lambda p: p.stat().st_mtime)
+    for run in reversed(tests):
+        events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+        try:
+            events.Reload()
+            value = events.Scalars("test/mIoU")[-1].value
+        except Exception:  # no test/mIoU, or an unreadable file: try an older run
+            continue
+        split = (_read_yaml(run / CONFIG_FILE).get("data") or {}).get("test_dir")
+        return split, float(value)
+    return None, None
 
 
 def _early_stopped(run_path: Path) -> bool | None:
@@ -257,7 +280,8 @@ def _compare(run: RunSummary, parent: RunSummary) -> None:
 
 COLUMNS = ("run", "best_val_mIoU", "ci_low", "ci_high", "best_epoch", "pixel_acc",
            "val_mIoU_per_image", "study_val_mIoU_per_image", "epochs_run", "early_stopped",
-           "started_from", "delta_vs_start", "delta_ci_low", "delta_ci_high", "verdict")
+           "started_from", "delta_vs_start", "delta_ci_low", "delta_ci_high", "verdict",
+           "test_split", "test_mIoU")
 
 
 def rows(runs: list[RunSummary]) -> list[dict]:
@@ -272,7 +296,8 @@ def rows(runs: list[RunSummary]) -> list[dict]:
                "epochs_run": r.epochs_run, "early_stopped": r.early_stopped,
                "started_from": r.started_from, "delta_vs_start": r.delta,
                "delta_ci_low": ch.low if ch else None, "delta_ci_high": ch.high if ch else None,
-               "verdict": ch.verdict if ch else None}
+               "verdict": ch.verdict if ch else None,
+               "test_split": r.test_split, "test_mIoU": r.test_miou}
         row.update({f"iou_{n}": r.per_class.get(n) for n in CLASS_NAMES})
         out.append(row)
     return out
@@ -374,6 +399,17 @@ def markdown(runs: list[RunSummary], problems: list[str]) -> str:
                      + " |")
     if groups := across_seeds(runs):
         lines += _seed_lines(groups)
+    tested = [r for r in runs if r.test_miou is not None]
+    if tested:
+        lines += ["", "## Validation and test side by side", "",
+                  "| run | val mIoU | test split | test mIoU | val - test |",
+                  "|---|---:|---|---:|---:|"]
+        lines += [f"| {r.run} | {_fmt(r.best_miou)} | {r.test_split or '-'} | "
+                  f"{_fmt(r.test_miou)} | {_fmt(r.best_miou - r.test_miou, signed=True)} |"
+                  for r in tested]
+        lines += ["", "Test figures come from the newest `desertmind test` of each phase's "
+                  "checkpoint (its `eval/test` runs); on another desert the gap, not val, is "
+                  "what to close."]
     changed = [r for r in runs if r.per_class_delta]
     if changed:
         lines += ["", "## Per-class IoU change against the run each started from", "",
