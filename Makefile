@@ -131,6 +131,7 @@ bench: $(STAMP) ## run the benchmarks, CPU-sized (JSON on stdout; figures in doc
 	$(BIN)/python benchmarks/eval_throughput.py
 	$(BIN)/python benchmarks/inference_latency.py
 	$(BIN)/python benchmarks/dashboard_overhead.py
+	$(BIN)/python benchmarks/domain_gap.py
 
 clean: ## remove the virtual environment and caches (keeps data and logs)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -134,3 +134,24 @@ def test_an_ema_teacher_moves_toward_the_student():
     fixed.update(student), ema.update(student)
     assert torch.equal(fixed.teacher.weight, before)
     torch.testing.assert_close(ema.teacher.weight, before + 0.1)
+
+
+def test_the_domain_generalisation_overlay_trains_and_a_shifted_split_is_scored(
+        tmp_path: Path, phase_args):
+    import json
+
+    from desertmind.cli.main import main
+
+    root = generate(tmp_path / "d", n_train=8, n_val=4, height=48, width=80, seed=4, n_shifted=4)
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    logs = tmp_path / "logs"
+    assert main(["fit", *phase_args("phase1", root, logs),
+                 "-c", str(configs / "domain_generalisation.yaml"),
+                 "--data.target_dir", str(root / "test_shifted" / "Color_Images")]) == 0
+    out = tmp_path / "scored"
+    best = logs / "phase1" / "checkpoints" / "best.ckpt"
+    assert main(["test", "--ckpt_path", str(best), "--data.test_dir", "test_shifted",
+                 "--out", str(out), "--model.predict_classes",
+                 "[Trees, Lush Bushes, Dry Grass, Dry Bushes, Rocks, Landscape, Sky]"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["images"] == 4 and 0 <= metrics["test/mIoU"] <= 1

@@ -10,8 +10,8 @@ Two domains, like the real train and test deserts:
 - ``shifted`` (the ``test_shifted`` split): what is known of the real test desert. Darker, with
   the test set's colour cast (its mean RGB is about [0.83, 0.81, 0.88] of train's); no Ground
   Clutter, Flowers or Logs and almost no Lush Bushes; rocks everywhere, larger and of another
-  stone; coarser ground texture and redder sand. Same shapes, so the classes stay learnable:
-  what changes is appearance and class balance.
+  stone; coarser ground texture, redder sand and a hazy sky. Same shapes, so the classes stay
+  learnable: what changes is appearance and class balance.
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ _TEXTURE = np.array([
 DOMAINS = ("source", "shifted")
 SHIFTED_ABSENT = (CLUTTER, FLOWERS, LOGS)
 # the shifted desert's own appearance: colours that change, texture, light
-_SHIFTED_BASE = {ROCKS: (150, 112, 92), LANDSCAPE: (200, 150, 110), DRY_GRASS: (176, 160, 100)}
-_SHIFTED_TEXTURE = {LANDSCAPE: (22, 0, 0), ROCKS: (24, 0, 0)}
+_SHIFTED_BASE = {ROCKS: (150, 112, 92), LANDSCAPE: (185, 130, 95), DRY_GRASS: (176, 160, 100),
+                 SKY: (160, 152, 142)}  # a hazy sky
+_SHIFTED_TEXTURE = {LANDSCAPE: (30, 0, 0), ROCKS: (24, 0, 0)}
 _SHIFTED_LIGHT = np.array([0.83, 0.81, 0.88], dtype=np.float32)
 
 
