@@ -102,3 +102,14 @@ def test_every_loss_works_with_half_precision_logits(dtype, cast_module):
     assert value.dtype == torch.float32 and half.grad.dtype == dtype
     assert torch.isfinite(half.grad.float()).all()
     torch.testing.assert_close(value, reference, rtol=0.02, atol=0.02)
+
+
+@pytest.mark.parametrize("spec", ["ce", "weighted_ce", "dice", "seed_dice",
+                                  "weighted_ce + 0.5 dice", "ce + 0.5 seed_dice"])
+def test_a_batch_without_labelled_pixels_gives_zero_loss_with_its_graph(spec):
+    logits = torch.randn(2, 10, 6, 8, requires_grad=True)
+    target = torch.full((2, 6, 8), 255)  # every mask value unknown: all ignored
+    loss = build_loss(spec, torch.ones(10))(logits, target)
+    assert torch.isfinite(loss)
+    loss.backward()  # the graph is kept: the step runs, the weights do not move
+    assert torch.isfinite(logits.grad).all() and loss.item() == 0

@@ -3,6 +3,7 @@ evaluation from a checkpoint alone."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
+from jsonargparse import ActionYesNo
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -189,6 +191,8 @@ class DesertMindCLI(LightningCLI):
                             help="predict: folder for raw/, color/ and overlay/ PNGs; validate "
                             "and test: folder for metrics.json, per_image.csv and the "
                             "confusion matrix (and the run's logs)")
+        parser.add_argument("--overwrite", action=ActionYesNo, default=False,
+                            help="predict: replace the predictions already in --out")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         argv = list(sys.argv[1:] if args is None else args)
@@ -207,6 +211,9 @@ class DesertMindCLI(LightningCLI):
 
     def _eval_logger(self, config) -> TensorBoardLogger:
         if config.get("out"):
+            if Path(config.out).exists() and not Path(config.out).is_dir():
+                raise ConfigError(f"--out {config.out}: is a file; give a folder for the "
+                                  "results")
             return TensorBoardLogger(config.out, name="", version="logs",
                                      default_hp_metric=False)
         logger = config.trainer.get("logger")
@@ -279,6 +286,16 @@ class DesertMindCLI(LightningCLI):
         out = self.config.predict.out
         if not out:
             raise ConfigError("predict needs --out FOLDER for the predicted masks")
+        out_path = Path(out)
+        if out_path.exists() and not out_path.is_dir():
+            raise ConfigError(f"--out {out}: is a file; give a folder for the predictions")
+        old = [d for d in ("raw", "color", "overlay") if any((out_path / d).glob("*.png"))]
+        if old and not self.config.predict.get("overwrite"):
+            raise ConfigError(f"--out {out}: already holds predictions ({', '.join(old)}/); "
+                              "choose an empty folder, or pass --overwrite to replace them")
+        if old:  # replace, not mix: an image no longer predicted must not stay behind
+            for d in old:
+                shutil.rmtree(out_path / d)
         self._writer = PredictionWriter(out)
         self.trainer.callbacks.append(self._writer)
         # the writer saves every batch; keeping all predictions in memory too would not scale

@@ -35,7 +35,7 @@ USAGE = """usage: desertmind [--version] COMMAND ...
 
 
 def _check_data(args: argparse.Namespace) -> int:
-    from desertmind.data.stats import format_report, scan
+    from desertmind.data.stats import format_report, scan, strict_findings
 
     result = scan(args.root, args.splits, args.stats, args.workers)
     if args.json:
@@ -53,8 +53,7 @@ def _check_data(args: argparse.Namespace) -> int:
                         args.plot)
             print(f"plot written to {path}")
     problems = sum(len(s["problems"]) for s in result["splits"].values())
-    unknown = any(s["unknown_values"] for s in result["splits"].values())
-    return 1 if problems or (args.strict and unknown) else 0
+    return 1 if problems or (args.strict and strict_findings(result)) else 0
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -141,7 +140,8 @@ def _tool_parser() -> argparse.ArgumentParser:
                    help="statistics JSON (default: ROOT/desertmind_stats.json); reused while "
                    "the split's files are unchanged")
     p.add_argument("--strict", action="store_true",
-                   help="also exit 1 when masks hold raw values outside the class table")
+                   help="also exit 1 when masks hold raw values outside the class table or a "
+                   "split mixes image sizes")
     p.add_argument("--json", action="store_true", help="print the statistics as JSON")
     p.add_argument("--plot", metavar="FILE", default=None,
                    help="also write a bar chart of per-class pixel and image share (PNG)")

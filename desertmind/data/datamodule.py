@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
 from desertmind.data.cache import CACHES, Cache, open_cache
-from desertmind.data.dataset import OffroadDataset, seed_worker
+from desertmind.data.dataset import OffroadDataset, collate, seed_worker
 from desertmind.data.layout import Sample, list_images, list_split
 from desertmind.data.stats import (
     WEIGHTINGS,
@@ -223,6 +223,7 @@ class OffroadDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
             pin_memory=pin,
             worker_init_fn=seed_worker,
+            collate_fn=collate,
         )
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:

@@ -9,13 +9,27 @@ from pathlib import Path
 import albumentations as A
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from desertmind.data.cache import DecodedSplit
 from desertmind.data.classes import IGNORE_INDEX, unknown_values
 from desertmind.data.imageio import read_image
 from desertmind.data.layout import Sample, load_pair
 from desertmind.data.transforms import REFERENCE_KEY
+from desertmind.errors import DatasetError
+
+
+def collate(batch: list[dict]) -> dict:
+    """torch's ``default_collate``, but images of different sizes get a message that names
+    them (torch only says "stack expects each tensor to be equal size")."""
+    sizes = {tuple(item["image"].shape[-2:]) for item in batch}
+    if len(sizes) > 1:
+        listed = ", ".join(f"{item['path']} ({item['image'].shape[-1]}x"
+                           f"{item['image'].shape[-2]})" for item in batch)
+        raise DatasetError(f"images of different sizes in one batch: {listed}. Set "
+                           "data.image_size (height, width) to resize every image, e.g. "
+                           "[540, 960], or use a crop preset")
+    return default_collate(batch)
 
 
 def seed_worker(worker_id: int) -> None:

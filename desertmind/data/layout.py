@@ -35,6 +35,9 @@ class Sample:
 def _files(folder: Path, exts: tuple[str, ...]) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
+        if p.is_symlink() and not p.exists():
+            raise DatasetError(f"{p}: broken symbolic link (its target {os.readlink(p)} does not "
+                               "exist); fix or remove the link")
         if p.name.startswith(".") or p.suffix.lower() not in exts or not p.is_file():
             continue
         if p.stem in files:
@@ -59,7 +62,10 @@ def _names(names: list[str]) -> str:
 
 
 def missing_root_message(root: Path) -> str:
-    """Say where a dataset should be, for a root that does not exist."""
+    """Say where a dataset should be, for a root that does not exist or is not a folder."""
+    if root.exists():
+        return (f"dataset root {root} is a file, not a folder: point --data.root / DATA= at "
+                "the folder that holds train/ and val/")
     return (f"dataset root {root} does not exist. Put the Duality Offroad Segmentation dataset "
             f"there (ROOT/train/Color_Images, ROOT/train/Segmentation, ROOT/val/...), point "
             f"--data.root / DATA= at it, or generate a synthetic one with "

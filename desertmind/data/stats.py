@@ -50,7 +50,11 @@ def fingerprint(root: str | Path, split: str) -> str:
     """Hash of the split's file names, sizes and mtimes (no file is opened)."""
     h = hashlib.sha256()
     for sub, entry in split_files(root, split):
-        st = entry.stat()
+        try:
+            st = entry.stat()
+        except OSError as e:  # a broken symbolic link, a file removed meanwhile
+            raise DatasetError(f"{entry.path}: cannot read file ({e.strerror or e}); a broken "
+                               "symbolic link? fix or remove it") from e
         h.update(f"{sub}/{entry.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
@@ -249,6 +253,17 @@ def _comparison(splits: list[dict]) -> list[str]:
     return lines
 
 
+def strict_findings(result: dict) -> str:
+    """What ``--strict`` counts as a problem, in words ("" when nothing): raw mask values
+    outside the class table, and splits of mixed image sizes."""
+    found = []
+    if any(s["unknown_values"] for s in result["splits"].values()):
+        found.append("unknown raw values")
+    if any(len(s["sizes"]) > 1 for s in result["splits"].values()):
+        found.append("mixed image sizes")
+    return " and ".join(found)
+
+
 def format_report(result: dict, strict: bool = False) -> str:
     """The human-readable check-data report."""
     lines = [f"dataset {result['root']}"]
@@ -261,6 +276,9 @@ def format_report(result: dict, strict: bool = False) -> str:
             for c in CLASSES:
                 lines.append(f"  {c.name:<16}{c.raw_id:>7}{s['pixel_share'][c.train_id]:>12.2%}"
                              f"{s['image_share'][c.train_id]:>13.1%}")
+        if len(s["sizes"]) > 1:
+            lines.append("  mixed image sizes: training and prediction need data.image_size "
+                         "(height, width) set, e.g. [540, 960] (a problem under --strict)")
         if s["unknown_values"]:
             lines.append("  unknown raw values (ignored, index 255): " + ", ".join(
                 f"{v}: {u['pixels']} px in {u['files']} file(s)"
@@ -269,14 +287,14 @@ def format_report(result: dict, strict: bool = False) -> str:
             lines.append(f"  PROBLEM: {p}")
     lines += _comparison([s for s in result["splits"].values() if s["n_images"]])
     n = sum(len(s["problems"]) for s in result["splits"].values())
-    unknown = any(s["unknown_values"] for s in result["splits"].values())
+    unknown = strict_findings(result)
     if n:
         lines.append(f"\n{n} problem(s) found.")
     elif unknown and strict:
-        lines.append("\nunknown raw values found: a problem under --strict.")
+        lines.append(f"\n{unknown} found: a problem under --strict.")
     elif unknown:
-        lines.append("\nno problems found (the unknown raw values above are ignored in "
-                     "training; --strict makes them a problem).")
+        lines.append(f"\nno problems found ({unknown} noted above; --strict makes them a "
+                     "problem).")
     else:
         lines.append("\nno problems found.")
     lines.append(f"statistics written to {result['stats_path']}")

@@ -16,6 +16,7 @@ Two domains, like the real train and test deserts:
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import cv2
@@ -171,6 +172,8 @@ def generate(out: str | Path, n_train: int = 40, n_val: int = 10, height: int = 
     for split, *_ in splits:
         if (out / split).exists() and not overwrite:
             raise DatasetError(f"{out / split} already exists; pass --overwrite to replace it")
+    for split, *_ in splits:  # replace, not add to: old files of another size would remain
+        shutil.rmtree(out / split, ignore_errors=True)
     for split, n, dom, split_id in splits:
         present = [c for c in OBJECT_CLASSES if dom == "source" or c not in SHIFTED_ABSENT]
         for i in range(n):

@@ -72,6 +72,10 @@ class CrossEntropy(nn.Module):
                              persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not (target != self.ignore_index).any():
+            # no labelled pixel (every mask value unknown): a mean over none would be NaN and
+            # stop training; zero keeps the graph and lets the batch pass
+            return logits.float().sum() * 0.0
         weight = None if self.weight is None else self.weight.float()
         return F.cross_entropy(logits.float(), target, weight=weight,
                                ignore_index=self.ignore_index)

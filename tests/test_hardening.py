@@ -1,0 +1,83 @@
+"""Inputs a careful new user broke (issue 11): each gets a message that names the file or value
+and says what to do, and nothing is lost or mixed up."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from desertmind.cli.main import main
+from desertmind.data.imageio import read_image, read_mask, write_png
+from desertmind.data.synth import generate
+
+
+def test_training_on_masks_without_one_known_value_does_not_stop(data_copy: Path,
+                                                                   tmp_path: Path, phase_args):
+    for path in (data_copy / "train" / "Segmentation").glob("*.png"):
+        write_png(path, np.full_like(read_mask(path), 4242))  # nothing labelled at all
+    assert main(["fit", *phase_args("phase1", data_copy, tmp_path)]) == 0
+
+
+def test_mixed_image_sizes_name_the_files_and_check_data_notes_them(data_copy: Path,
+                                                                    tmp_path: Path, capsys,
+                                                                    phase_args):
+    small = generate(tmp_path / "small", n_train=1, n_val=0, height=40, width=64, seed=9)
+    for sub in ("Color_Images", "Segmentation"):
+        src = small / "train" / sub / "synth_train_00000.png"
+        (data_copy / "train" / sub / "odd_size.png").write_bytes(src.read_bytes())
+    args = ["fit", *phase_args("phase1", data_copy, tmp_path), "--data.image_size", "null",
+            "--data.batch_size", "8", "--data.eval_batch_size", "2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "odd_size.png (64x40)" in err and "data.image_size" in err
+    assert main(["check-data", str(data_copy), "--workers", "1"]) == 0
+    assert "mixed image sizes" in capsys.readouterr().out
+    assert main(["check-data", str(data_copy), "--workers", "1", "--strict"]) == 1
+
+
+def test_synth_overwrite_replaces_instead_of_adding(tmp_path: Path):
+    generate(tmp_path / "d", n_train=4, n_val=1, height=32, width=48)
+    generate(tmp_path / "d", n_train=2, n_val=1, height=40, width=64, overwrite=True)
+    images = list((tmp_path / "d" / "train" / "Color_Images").glob("*.png"))
+    assert len(images) == 2 and {read_image(p).shape for p in images} == {(40, 64, 3)}
+
+
+def test_a_broken_link_and_a_root_that_is_a_file_are_named(data_copy: Path, tmp_path: Path,
+                                                            capsys, phase_args):
+    link = data_copy / "val" / "Color_Images" / "gone.png"
+    os.symlink(tmp_path / "nowhere.png", link)
+    assert main(["check-data", str(data_copy), "--workers", "1"]) == 2
+    assert f"{link}: " in capsys.readouterr().err
+    assert main(["fit", *phase_args("phase1", data_copy, tmp_path)]) == 2
+    assert "broken symbolic link" in capsys.readouterr().err
+    afile = tmp_path / "root.txt"
+    afile.write_text("not a dataset")
+    assert main(["fit", *phase_args("phase1", afile, tmp_path)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_predict_never_mixes_old_and_new_results(synth_root: Path, tmp_path: Path, capsys,
+                                                 phase_args):
+    logs = tmp_path / "logs"
+    assert main(["fit", *phase_args("phase1", synth_root, logs)]) == 0
+    best = str(logs / "phase1" / "checkpoints" / "best.ckpt")
+    out = tmp_path / "out"
+    stale = out / "raw" / "an_image_from_before.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    predict = ["predict", "--ckpt_path", best, "--data.predict_dir", str(synth_root / "val"),
+               "--out", str(out), "--trainer.enable_progress_bar", "false"]
+    assert main(predict) == 2
+    assert "--overwrite" in capsys.readouterr().err and stale.exists()
+    assert main([*predict, "--overwrite"]) == 0
+    assert not stale.exists() and len(list((out / "raw").glob("*.png"))) == 4
+    afile = tmp_path / "a_file"
+    afile.write_text("x")
+    for command in (["predict", "--data.predict_dir", str(synth_root / "val")], ["test"]):
+        args = [command[0], "--ckpt_path", best, *command[1:], "--out", str(afile)]
+        if command[0] == "test":
+            args += ["--data.test_dir", "val"]
+        assert main(args) == 2
+        assert "is a file" in capsys.readouterr().err
