@@ -81,3 +81,22 @@ def test_predict_never_mixes_old_and_new_results(synth_root: Path, tmp_path: Pat
             args += ["--data.test_dir", "val"]
         assert main(args) == 2
         assert "is a file" in capsys.readouterr().err
+
+
+def test_a_corrupt_checkpoint_is_named_in_one_line_never_with_torchs_advice(
+        synth_root: Path, tmp_path: Path, capsys, phase_args):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"garbage, not a checkpoint")
+    assert main(["fit", *phase_args("phase1", synth_root, tmp_path / "a"),
+                 "--ckpt_path", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: not a readable checkpoint" in err and "weights_only=False" not in err
+    logs = tmp_path / "logs"
+    assert main(["fit", *phase_args("phase1", synth_root, logs)]) == 0
+    broken = logs / "broken" / "checkpoints" / "best.ckpt"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"garbage")
+    assert main(["scores", "--logs", str(logs)]) == 1  # the readable phase is still listed
+    out, err = capsys.readouterr()
+    assert "phase1" in out and "broken" in out and "unreadable" in out
+    assert f"{broken}: not a readable checkpoint" in err

@@ -103,12 +103,19 @@ def _scores(args: argparse.Namespace) -> int:
         print(f"no finished phase under {args.logs} (no {example})", file=sys.stderr)
         return 1
     print(f"{'phase':<22}{'best val/mIoU':>14}{'epoch':>7}")
+    unreadable = 0
     for path in ckpts:
-        score, epoch = best_score(path)
+        phase = runs.phase_of_checkpoint(path).relative_to(args.logs).as_posix()
+        try:
+            score, epoch = best_score(path)
+        except DesertMindError as e:  # list the others; name this one
+            print(f"{phase:<22}{'unreadable':>14}{'-':>7}")
+            print(f"desertmind scores: {e}", file=sys.stderr)
+            unreadable += 1
+            continue
         shown = "-" if score is None else f"{score:.4f}"
-        phase = runs.phase_of_checkpoint(path).name
         print(f"{phase:<22}{shown:>14}{epoch if epoch is not None else '-':>7}")
-    return 0
+    return 1 if unreadable else 0
 
 
 def _int_at_least(low: int):

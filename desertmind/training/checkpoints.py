@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH,
                         storage_options: Any | None = None) -> None:
         write_with(path, lambda f: torch.save(checkpoint, f))
+
+    def load_checkpoint(self, path: _PATH, map_location: Any | None = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        """A ``--ckpt_path`` resume reads through :func:`read_checkpoint`: no code runs, and a
+        bad file is named in one line (Lightning moves the tensors to the device after)."""
+        return read_checkpoint(path)
 
 
 class PhaseCheckpoint(ModelCheckpoint):
@@ -96,8 +103,14 @@ def read_checkpoint(path: str | Path) -> dict:
             "previous phase first)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, not a checkpoint, unsupported pickled objects
-        raise CheckpointError(f"{path}: cannot read checkpoint ({e})") from e
+    except pickle.UnpicklingError as e:  # torch's text would suggest weights_only=False
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint: corrupt, truncated, not a checkpoint at all, "
+            "or holding objects other than tensors and plain values, which are refused "
+            "because loading them could run code") from e
+    except Exception as e:  # truncated zip, I/O error
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: cannot read checkpoint ({detail})") from e
 
 
 def load_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> int:
