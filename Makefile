@@ -29,14 +29,19 @@ P1 := $(PHASE_LOGS)/phase1/checkpoints/best.ckpt
 P21 := $(PHASE_LOGS)/phase2_1_head/checkpoints/best.ckpt
 P22 := $(PHASE_LOGS)/phase2_2_backbone/checkpoints/best.ckpt
 P3 := $(PHASE_LOGS)/phase3/checkpoints/best.ckpt
+# a phase is done when its stamp exists: written after its fit succeeds, so a failed or killed
+# phase keeps its checkpoints (to resume: make resume) and is run again by the next make
+DONE = $(dir $(patsubst %/,%,$(dir $(1)))).done
+D1 := $(call DONE,$(P1))
+D21 := $(call DONE,$(P21))
+D22 := $(call DONE,$(P22))
+D3 := $(call DONE,$(P3))
 # the study's phase 3 started from COCO weights, not from its phase 2.2
 P3_INIT := $(if $(filter seed,$(RECIPE)),,--model.init_from $(P22))
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-browser app lint demo check-data bench clean phase1 phase2 phase3 phases \
 	scores report resume tensorboard clean-logs
-# a failed or interrupted phase leaves no best.ckpt behind, so make never skips it
-.DELETE_ON_ERROR:
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -83,21 +88,26 @@ demo: $(STAMP) $(DEMO_DATA)/train $(DEMO_DATA)/test_shifted ## synthetic data (i
 	$(DM) report --logs $(LOGS)/demo --out $(REPORTS) --print
 
 # Each phase starts from the previous phase's best checkpoint; finished phases are skipped.
-$(P1): | $(STAMP)
+$(D1): | $(STAMP)
 	$(DM) fit -c $(PHASE_CONFIGS)/phase1.yaml $(CONFIGS) $(RUN_ARGS) $(PHASE1_ARGS)
-$(P21): $(P1)
-	$(DM) fit -c $(PHASE_CONFIGS)/phase2_1_head.yaml $(CONFIGS) --model.init_from $< $(RUN_ARGS)
-$(P22): $(P21)
-	$(DM) fit -c $(PHASE_CONFIGS)/phase2_2_backbone.yaml $(CONFIGS) --model.init_from $< \
+	touch $@
+$(D21): $(D1)
+	$(DM) fit -c $(PHASE_CONFIGS)/phase2_1_head.yaml $(CONFIGS) --model.init_from $(P1) \
 		$(RUN_ARGS)
-$(P3): $(P22)
+	touch $@
+$(D22): $(D21)
+	$(DM) fit -c $(PHASE_CONFIGS)/phase2_2_backbone.yaml $(CONFIGS) --model.init_from $(P21) \
+		$(RUN_ARGS)
+	touch $@
+$(D3): $(D22)
 	$(DM) fit -c $(PHASE_CONFIGS)/phase3.yaml $(CONFIGS) $(P3_INIT) $(RUN_ARGS)
+	touch $@
 
-phase1: $(P1) ## phase 1 baseline on DATA (default data/offroad; RECIPE=seed: the study's own)
-phase2: $(P22) ## phase 2.1 (head only) then 2.2 (backbone), earlier phases first
-phase3: $(P3) ## phase 3 (weighted CE + Dice + crops), earlier phases first
+phase1: $(D1) ## phase 1 baseline on DATA (default data/offroad; RECIPE=seed: the study's own)
+phase2: $(D22) ## phase 2.1 (head only) then 2.2 (backbone), earlier phases first
+phase3: $(D3) ## phase 3 (weighted CE + Dice + crops), earlier phases first
 # SEEDS="1 2 3": the chain once per random seed, under $(LOGS)/random_seed_N (runs.py)
-phases: $(if $(SEEDS),$(STAMP),$(P3)) ## all four phases (RECIPE=seed: the study's; SEEDS="1 2 3": repeated)
+phases: $(if $(SEEDS),$(STAMP),$(D3)) ## all four phases (RECIPE=seed: the study's; SEEDS="1 2 3": repeated)
 ifneq ($(SEEDS),)
 	@for s in $(SEEDS); do \
 		$(MAKE) --no-print-directory phases SEEDS= LOGS=$(LOGS)/random_seed_$$s \

@@ -100,3 +100,23 @@ def test_a_corrupt_checkpoint_is_named_in_one_line_never_with_torchs_advice(
     out, err = capsys.readouterr()
     assert "phase1" in out and "broken" in out and "unreadable" in out
     assert f"{broken}: not a readable checkpoint" in err
+
+
+def test_make_keeps_a_failed_phases_checkpoints_and_runs_it_again(tmp_path: Path):
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    logs = tmp_path / "logs"
+    best = logs / "phase1" / "checkpoints" / "best.ckpt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(b"the failed run's best model so far")
+
+    def make(dm: str) -> subprocess.CompletedProcess:  # DM stands in for desertmind
+        return subprocess.run(["make", "-C", str(repo), "phase1", f"DM={dm}", f"LOGS={logs}",
+                               "STAMP=Makefile"], capture_output=True, text=True)
+
+    assert make("false").returncode != 0
+    assert best.read_bytes() == b"the failed run's best model so far"  # not deleted
+    assert not (logs / "phase1" / ".done").exists()
+    assert make("true").returncode == 0 and (logs / "phase1" / ".done").exists()
+    assert "Nothing to be done" in make("false").stdout  # finished: skipped
