@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from desertmind.cli.main import main
 from desertmind.data.imageio import read_image, read_mask, write_png
@@ -120,3 +121,36 @@ def test_make_keeps_a_failed_phases_checkpoints_and_runs_it_again(tmp_path: Path
     assert not (logs / "phase1" / ".done").exists()
     assert make("true").returncode == 0 and (logs / "phase1" / ".done").exists()
     assert "Nothing to be done" in make("false").stdout  # finished: skipped
+
+
+def test_after_a_resume_best_ckpt_is_never_replaced_by_a_worse_model(synth_root: Path,
+                                                                     tmp_path: Path,
+                                                                     phase_args):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from desertmind.training.checkpoints import read_checkpoint
+
+    logs = tmp_path / "logs"
+    folder = logs / "phase1" / "checkpoints"
+
+    def fit(epochs: int, *extra: str) -> None:
+        assert main(["fit", *phase_args("phase1", synth_root, logs),
+                     "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
+                     "--last_checkpoint.every_n_train_steps", "2", *extra]) == 0  # on epoch ends
+
+    def best_score(name: str) -> float:
+        ckpt = read_checkpoint(folder / f"{name}.ckpt")
+        return float(next(v["best_model_score"] for k, v in ckpt["callbacks"].items()
+                          if k.startswith("PhaseCheckpoint")))
+
+    fit(3)
+    # last.ckpt records the best score of its own validation, not of the one before
+    assert best_score("last") == best_score("best")
+    fit(6, "--ckpt_path", "last")
+    scores = []
+    for run in sorted((logs / "phase1").glob("version_*")):
+        events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+        events.Reload()
+        scores += [e.value for e in events.Scalars("val/mIoU")]
+    assert len(scores) == 6
+    assert best_score("best") == pytest.approx(max(scores))  # the best of both runs, kept

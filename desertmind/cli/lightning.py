@@ -178,6 +178,9 @@ class DesertMindCLI(LightningCLI):
             "checkpoint.filename": "best", "checkpoint.save_last": False,
             "checkpoint.save_top_k": 1, "checkpoint.auto_insert_metric_name": False,
             "checkpoint.enable_version_counter": False,
+            # decide right after validation (Lightning's default waits for the train epoch's
+            # end), so that last.ckpt, written after it, records this validation's best score
+            "checkpoint.save_on_train_epoch_end": False,
         })
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")

@@ -20,6 +20,7 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
 from desertmind import runs
@@ -31,6 +32,7 @@ _SHOW = 8
 CLASS_TABLE_KEY = "desertmind_classes"
 #: the step at which a chained run's logging started (see desertmind.training.chain_logger)
 STEP_OFFSET_KEY = "desertmind_step_offset"
+
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -80,6 +82,13 @@ class LastCheckpoint(PhaseCheckpoint):
     after an epoch without improvement ``last.ckpt`` would lag behind and a resume would repeat
     work. A crash loses at most ``every_n_train_steps`` steps; ``--ckpt_path last`` resumes from
     here, in the middle of an epoch if need be.
+
+    The state it saves must include this validation's best score: it comes after the best
+    checkpoint callback in ``trainer.callbacks`` (the CLI's order), which must decide on
+    validation end (``save_on_train_epoch_end=False``, the CLI's default) rather than at the
+    end of the train epoch, after this save. It saves after every validation even when a
+    step-interval save fell on the same step: that save came before the validation and its
+    early-stopping and best-score state.
     """
 
     def __init__(self, every_n_train_steps: int = 0) -> None:
@@ -88,8 +97,9 @@ class LastCheckpoint(PhaseCheckpoint):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        if (not self._should_skip_saving_checkpoint(trainer)
-                and self._last_global_step_saved != trainer.global_step):
+        # Lightning's own skip test also skips when a step save fell on this step: not here
+        if not (trainer.fast_dev_run or trainer.sanity_checking
+                or trainer.state.fn != TrainerFn.FITTING):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
