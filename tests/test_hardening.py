@@ -154,3 +154,37 @@ def test_after_a_resume_best_ckpt_is_never_replaced_by_a_worse_model(synth_root:
         scores += [e.value for e in events.Scalars("val/mIoU")]
     assert len(scores) == 6
     assert best_score("best") == pytest.approx(max(scores))  # the best of both runs, kept
+
+
+def test_a_corrupt_downloaded_weights_file_is_named_with_what_to_do(tmp_path: Path,
+                                                                    monkeypatch):
+    import torch
+    from torchvision.models.segmentation import DeepLabV3_MobileNet_V3_Large_Weights
+
+    from desertmind.errors import WeightsUnavailableError
+    from desertmind.models import build_network
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url = DeepLabV3_MobileNet_V3_Large_Weights.DEFAULT.url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"half a download")
+    with pytest.raises(WeightsUnavailableError) as e:
+        build_network("deeplabv3", "mobilenet_v3_large", 10, "coco")
+    assert str(cached) in str(e.value) and "Delete it" in str(e.value)
+
+
+def test_version_answers(capsys):
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"desertmind {version('desertmind')}"
+
+
+def test_long_work_shows_a_progress_bar_on_a_terminal(tmp_path: Path, monkeypatch, capsys):
+    import sys
+
+    root = generate(tmp_path / "d", n_train=3, n_val=0, height=32, width=48)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["check-data", str(root), "--splits", "train", "--workers", "1"]) == 0
+    assert "checking train" in capsys.readouterr().err

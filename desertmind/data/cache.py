@@ -195,7 +195,8 @@ def _fill(samples: list[Sample], shapes: np.ndarray, images: np.ndarray, masks: 
     pool = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)))
     try:
         return list(tqdm(pool.map(one, range(len(samples))), total=len(samples), unit="img",
-                         desc=f"decoding {what}", disable=not progress, leave=False))
+                         desc=f"decoding {what}", disable=None if progress else True,
+                         leave=False))
     finally:  # on an error, stop at once instead of decoding the rest first
         pool.shutdown(cancel_futures=True)
 

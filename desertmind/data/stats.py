@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from desertmind.data.classes import CLASS_NAMES, CLASSES, IGNORE_INDEX, NUM_CLASSES, remap
 from desertmind.data.imageio import read_mask
@@ -129,11 +130,14 @@ def scan_split(root: str | Path, split: str, workers: int | None = None) -> dict
     except DatasetError as e:
         return _summarise(split, labelled, [], [str(e)])
     workers = workers or os.cpu_count() or 1
+    bar = {"total": len(samples), "desc": f"checking {split}", "unit": "img", "leave": False,
+           "disable": None}  # a bar on a terminal only
     if workers > 1 and len(samples) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            files = list(pool.map(scan_file, samples, chunksize=max(1, len(samples) // 64)))
+            files = list(tqdm(pool.map(scan_file, samples,
+                                       chunksize=max(1, len(samples) // 64)), **bar))
     else:
-        files = [scan_file(s) for s in samples]
+        files = [scan_file(s) for s in tqdm(samples, **bar)]
     return _summarise(split, labelled, files, [])
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm.auto import tqdm
 
 from desertmind.data.classes import TRAIN_TO_RAW
 from desertmind.data.imageio import write_png
@@ -176,7 +177,8 @@ def generate(out: str | Path, n_train: int = 40, n_val: int = 10, height: int = 
         shutil.rmtree(out / split, ignore_errors=True)
     for split, n, dom, split_id in splits:
         present = [c for c in OBJECT_CLASSES if dom == "source" or c not in SHIFTED_ABSENT]
-        for i in range(n):
+        for i in tqdm(range(n), desc=f"writing {split}", unit="img", leave=False,
+                      disable=None):  # a bar on a terminal only
             rng = np.random.default_rng(np.random.SeedSequence([seed, split_id, i]))
             image, mask = render_scene(rng, height, width, present[i % len(present)], dom)
             name = f"synth_{split}_{i:05d}.png"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Iterator
 
 import torch
@@ -108,8 +109,16 @@ def build_deeplabv3(backbone: str, num_classes: int, weights: str,
         else:
             model = builder(weights=None, num_classes=num_classes, aux_loss=aux_loss,
                             weights_backbone=imagenet if weights == "imagenet" else None)
-    except (OSError, RuntimeError) as e:  # URLError is an OSError; hash and load failures too
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        # URLError is an OSError; hash failures, truncated and corrupt files are the others
         w = coco if weights == "coco" else imagenet
+        cached = _weights_file(w)
+        if os.path.isfile(cached):
+            raise WeightsUnavailableError(
+                f"cannot load the {weights} weights for {backbone}: the downloaded file "
+                f"{cached} cannot be read (corrupt or truncated: {str(e).splitlines()[0]}). "
+                f"Delete it to download it again, or replace it with a good copy of {w.url}."
+            ) from e
         raise WeightsUnavailableError(
             f"cannot load the {weights} weights for {backbone} ({e}). Download {w.url} on a "
             f"machine with network access and place it at {_weights_file(w)} (the folder "

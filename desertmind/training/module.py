@@ -253,8 +253,10 @@ class SegmentationModule(L.LightningModule):
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at global step {self.global_step} (epoch "
                 f"{self.current_epoch}, batch {batch_idx}); stopping. The checkpoints written "
-                "so far are untouched: resume from the last good one with --ckpt_path, or "
-                "lower the learning rate.")
+                "so far are untouched. A resume (--ckpt_path) restores the optimizer and its "
+                "learning rate too; to train at a lower rate, start a new run from the last "
+                "good weights: --model.init_from <its best.ckpt or last.ckpt> "
+                "--model.optimizer.init_args.lr <lower>.")
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
                  batch_size=batch["image"].shape[0])
         return loss
