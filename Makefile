@@ -14,6 +14,8 @@ CONFIGS ?=
 FIT_ARGS ?=
 PHASE1_ARGS ?=
 RUN_ARGS = --data.root $(DATA) --trainer.logger.init_args.save_dir $(LOGS) $(FIT_ARGS)
+# a phase make runs is not done (no .done stamp): checkpoints of a failed attempt are replaced
+PHASE_ARGS = $(RUN_ARGS) --overwrite
 # RECIPE=seed: the study's four phases exactly as it ran them (configs/seed, logs under seed/)
 RECIPE ?=
 ifeq ($(RECIPE),seed)
@@ -89,18 +91,18 @@ demo: $(STAMP) $(DEMO_DATA)/train $(DEMO_DATA)/test_shifted ## synthetic data (i
 
 # Each phase starts from the previous phase's best checkpoint; finished phases are skipped.
 $(D1): | $(STAMP)
-	$(DM) fit -c $(PHASE_CONFIGS)/phase1.yaml $(CONFIGS) $(RUN_ARGS) $(PHASE1_ARGS)
+	$(DM) fit -c $(PHASE_CONFIGS)/phase1.yaml $(CONFIGS) $(PHASE_ARGS) $(PHASE1_ARGS)
 	touch $@
 $(D21): $(D1)
 	$(DM) fit -c $(PHASE_CONFIGS)/phase2_1_head.yaml $(CONFIGS) --model.init_from $(P1) \
-		$(RUN_ARGS)
+		$(PHASE_ARGS)
 	touch $@
 $(D22): $(D21)
 	$(DM) fit -c $(PHASE_CONFIGS)/phase2_2_backbone.yaml $(CONFIGS) --model.init_from $(P21) \
-		$(RUN_ARGS)
+		$(PHASE_ARGS)
 	touch $@
 $(D3): $(D22)
-	$(DM) fit -c $(PHASE_CONFIGS)/phase3.yaml $(CONFIGS) $(P3_INIT) $(RUN_ARGS)
+	$(DM) fit -c $(PHASE_CONFIGS)/phase3.yaml $(CONFIGS) $(P3_INIT) $(PHASE_ARGS)
 	touch $@
 
 phase1: $(D1) ## phase 1 baseline on DATA (default data/offroad; RECIPE=seed: the study's own)

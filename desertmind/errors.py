@@ -41,3 +41,7 @@ def check_choice(what: str, value: object, choices: Iterable[object]) -> None:
     choices = tuple(choices)
     if value not in choices:
         raise ConfigError(f"unknown {what} {value!r}; choose one of {', '.join(map(str, choices))}")
+
+
+class FileLockedError(DesertMindError, RuntimeError):
+    """Another process holds the folder a run would write into."""

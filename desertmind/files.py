@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from desertmind.errors import FileLockedError
+
 
 def _read_umask() -> int:
     mask = os.umask(0)
@@ -133,3 +135,42 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def take_lock(folder: str | Path, what: str) -> Path:
+    """Create ``folder/.lock`` holding this process's id, so that two processes never write
+    the same files; a lock left by a process that is gone (or by this one) is taken over.
+    Release it with :func:`release_lock`. ``what`` names the folder's owner in the message."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / ".lock"
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _FILE_MODE)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _alive(pid):
+                raise FileLockedError(
+                    f"{folder}: {what} is being written by process {pid} ({lock}); wait for "
+                    "it, or log this run elsewhere. If no such process is running, delete "
+                    "the lock file.") from None
+            lock.unlink(missing_ok=True)  # stale, or ours from a run that failed
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return lock
+
+
+def release_lock(lock: str | Path) -> None:
+    """Remove a lock taken by :func:`take_lock` if this process still holds it, and its
+    folder if the run left nothing else there."""
+    lock = Path(lock)
+    try:
+        if int(lock.read_text().strip() or 0) == os.getpid():
+            lock.unlink()
+            lock.parent.rmdir()  # only when empty
+    except (OSError, ValueError):
+        pass

@@ -188,3 +188,28 @@ def test_long_work_shows_a_progress_bar_on_a_terminal(tmp_path: Path, monkeypatc
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert main(["check-data", str(root), "--splits", "train", "--workers", "1"]) == 0
     assert "checking train" in capsys.readouterr().err
+
+
+def test_a_finished_phase_is_not_overwritten_and_a_busy_one_is_locked(synth_root: Path,
+                                                                      tmp_path: Path, capsys,
+                                                                      phase_args):
+    from desertmind.training.checkpoints import read_checkpoint
+
+    logs = tmp_path / "logs"
+    args = ["fit", *phase_args("phase1", synth_root, logs)]
+    assert main(args) == 0
+    folder = logs / "phase1" / "checkpoints"
+    before = read_checkpoint(folder / "best.ckpt")["state_dict"]
+    assert main(args) == 2  # a second run into the finished phase
+    err = capsys.readouterr().err
+    assert "best.ckpt" in err and "--overwrite" in err and "--ckpt_path last" in err
+    after = read_checkpoint(folder / "best.ckpt")["state_dict"]
+    assert all((before[k] == after[k]).all() for k in before)  # untouched
+    assert not (folder / ".lock").exists()  # released
+    # a run in progress elsewhere (a live process, here pid 1) holds the folder
+    (folder / ".lock").write_text("1")
+    assert main([*args, "--overwrite"]) == 2
+    assert "being written by process 1" in capsys.readouterr().err
+    (folder / ".lock").write_text("999999999")  # left by a process that is gone: taken over
+    assert main([*args, "--overwrite"]) == 0
+    assert not (folder / ".lock").exists()

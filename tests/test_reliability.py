@@ -189,6 +189,6 @@ def test_every_run_records_its_provenance(synth_root: Path, tmp_path: Path, phas
     assert prov["dataset"]["sha256"][:12] in markdown([runs], [])
     mask = next((root / "val" / "Segmentation").iterdir())
     mask.write_bytes(mask.read_bytes() + b"\0")
-    assert main([*args, "--trainer.max_epochs", "1"]) == 0
+    assert main([*args, "--trainer.max_epochs", "1", "--overwrite"]) == 0
     prov2 = json.loads((logs / "phase1" / "version_1" / "provenance.json").read_text())
     assert prov2["dataset"]["sha256"] != prov["dataset"]["sha256"]

@@ -20,6 +20,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from desertmind import runs
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.errors import ConfigError
+from desertmind.files import release_lock, take_lock
 from desertmind.inference.trained import read_settings
 from desertmind.inference.writer import PredictionWriter
 from desertmind.reports.evaluation import BestValidationImages, EvaluationWriter
@@ -168,6 +169,7 @@ class DesertMindCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults",
                           {"callbacks": [Provenance(), BestValidationImages()]})
         kwargs.setdefault("parser_class", _Parser)
+        self._locks: list[Path] = []
         super().__init__(SegmentationModule, OffroadDataModule,
                          auto_configure_optimizers=False, **kwargs)
 
@@ -195,7 +197,8 @@ class DesertMindCLI(LightningCLI):
                             "and test: folder for metrics.json, per_image.csv and the "
                             "confusion matrix (and the run's logs)")
         parser.add_argument("--overwrite", action=ActionYesNo, default=False,
-                            help="predict: replace the predictions already in --out")
+                            help="predict: replace the predictions already in --out; fit: "
+                            "start a phase again, deleting its earlier checkpoints")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         argv = list(sys.argv[1:] if args is None else args)
@@ -244,6 +247,8 @@ class DesertMindCLI(LightningCLI):
         for callback in self.trainer.checkpoint_callbacks:
             if isinstance(callback, PhaseCheckpoint):
                 callback.resolve_dirpath(self.trainer)
+        if self.trainer.global_rank == 0:  # other DDP ranks start after these checks
+            self._claim_checkpoint_folders()
         if self.config.fit.get("ckpt_path") == runs.LAST:
             # Lightning would warn and train from scratch: a resume that resumes nothing
             found = [Path(c.dirpath) / f"{runs.LAST}{runs.CKPT_EXT}"
@@ -253,6 +258,36 @@ class DesertMindCLI(LightningCLI):
                 where = found[0] if found else "the phase's checkpoints folder"
                 raise ConfigError(f"--ckpt_path last: nothing to resume, {where} does not "
                                   "exist; leave --ckpt_path out to start the phase")
+
+    def _claim_checkpoint_folders(self) -> None:
+        """Refuse to start a phase over the checkpoints of an earlier run of it (a resume or
+        ``--overwrite`` says what to do with them), and lock its folder against a second run
+        started meanwhile; the lock is released when the command ends, however it ends."""
+        folders = {Path(c.dirpath) for c in self.trainer.checkpoint_callbacks
+                   if isinstance(c, PhaseCheckpoint) and c.dirpath}
+        fit = self.config.fit
+        for folder in sorted(folders):
+            self._locks.append(take_lock(folder, "this phase's checkpoints"))
+            old = sorted(folder.glob(f"*{runs.CKPT_EXT}"))
+            if not old or fit.get("ckpt_path"):
+                continue
+            if not fit.get("overwrite"):
+                raise ConfigError(
+                    f"{folder} already holds {', '.join(p.name for p in old)} from an earlier "
+                    "run of this phase: resume it with --ckpt_path last, start it again with "
+                    "--overwrite (its checkpoints are deleted first), or log this run elsewhere "
+                    "(--trainer.logger.init_args.save_dir or name)")
+            for p in old:
+                p.unlink()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Lightning's, with the checkpoint folders' locks released however the run ends."""
+        try:
+            super()._run_subcommand(subcommand)
+        finally:
+            for lock in self._locks:
+                release_lock(lock)
+            self._locks.clear()
 
     def _drop_training_callbacks(self) -> None:
         """Checkpointing, early stopping and freezing have nothing to do in an evaluation; left
