@@ -20,7 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from desertmind.cli.main import main
 from desertmind.data.datamodule import OffroadDataModule
-from desertmind.errors import NonFiniteLossError
+from desertmind.errors import CheckpointError, NonFiniteLossError
 from desertmind.reports.report import load_report, markdown
 from desertmind.runs import VAL_IMAGES_FILE
 from desertmind.training.checkpoints import AtomicCheckpointIO, PhaseCheckpoint, read_checkpoint
@@ -96,6 +96,24 @@ def test_atomic_checkpoint_survives_a_failed_write(tmp_path: Path):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(10**6)}, "x": Boom()}, path)
     assert read_checkpoint(path)["epoch"] == 1  # the old file is whole
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left
+
+
+def test_a_full_disk_while_checkpointing_is_named_and_keeps_the_old_file(tmp_path: Path,
+                                                                          monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 1}, path)
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match="cannot write the checkpoint .* MiB free"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "epoch": 2}, path)
+    monkeypatch.undo()
+    assert read_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
 class _PoisonAt(L.Callback):

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH,
                         storage_options: Any | None = None) -> None:
-        write_with(path, lambda f: torch.save(checkpoint, f))
+        try:
+            write_with(path, lambda f: torch.save(checkpoint, f))
+        except (OSError, RuntimeError) as e:  # a full disk: torch says "unexpected pos"
+            path = Path(path)
+            free = shutil.disk_usage(path.parent).free / 2**20
+            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(
+                f"{path}: cannot write the checkpoint ({detail}); {free:.0f} MiB free on its "
+                f"disk. The previous {path.name}, if any, is untouched; free some space and "
+                "resume with --ckpt_path last") from e
 
     def load_checkpoint(self, path: _PATH, map_location: Any | None = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
