@@ -7,6 +7,7 @@ one, never a half-written file; the temporary file is removed when writing fails
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -35,11 +36,15 @@ def atomic_path(path: str | Path) -> Iterator[str]:
     replaces ``path`` in one rename. On an error it is removed and ``path`` is untouched.
 
     The file gets the permissions an ordinary ``open`` would give it (the umask applies), not
-    mkstemp's 0600.
+    mkstemp's 0600. Its name carries the writer's process id (``.NAME.PID.xxxx.tmp``): a
+    temporary file left by a killed writer (a checkpoint can be hundreds of MB) is removed by
+    the next write of the same file, while another live writer's is left alone.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_orphans(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
+                               suffix=".tmp")
     try:
         os.fchmod(fd, _FILE_MODE)
         os.close(fd)
@@ -50,6 +55,15 @@ def atomic_path(path: str | Path) -> Iterator[str]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _remove_orphans(path: Path) -> None:
+    """Delete ``.NAME.PID.*.tmp`` files beside ``path`` whose writer is gone."""
+    prefix = f".{path.name}."
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = tmp.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -30,3 +30,19 @@ def test_a_failing_writer_keeps_the_old_file_and_leaves_no_temporary(tmp_path: P
         write_with(path, fail)
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.txt"]
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path: Path):
+    from desertmind.files import write_bytes
+
+    target = tmp_path / "best.ckpt"
+    orphan = tmp_path / ".best.ckpt.999999999.abcd.tmp"  # its writer is gone
+    busy = tmp_path / ".best.ckpt.1.efgh.tmp"  # a live process (pid 1) is still writing
+    other = tmp_path / ".last.ckpt.999999999.ijkl.tmp"  # another file's: not ours to judge
+    for p in (orphan, busy, other):
+        p.write_bytes(b"x" * 100)
+    write_bytes(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert not orphan.exists() and busy.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [target.name, busy.name, other.name])
