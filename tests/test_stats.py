@@ -115,3 +115,19 @@ def test_check_data_puts_two_splits_side_by_side(tmp_path: Path, capsys):
         assert table[2].split()[column] == expected  # mean RGB over every pixel
     logs = next(line for line in table if line.strip().startswith("Logs"))
     assert logs.split()[-1] == "0.00%"  # absent from the shifted desert
+
+
+def test_a_scan_that_cannot_be_saved_is_still_reported(synth_root: Path, tmp_path: Path,
+                                                       capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")  # its "folder" cannot be created: like an unwritable HOME
+    with pytest.warns(UserWarning, match="cannot save the statistics"):
+        code = main(["check-data", str(synth_root), "--workers", "1",
+                     "--stats", str(blocker / "stats.json")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "[train] 8 images" in out and "statistics not saved" in out
+    with pytest.warns(UserWarning, match="cannot save the statistics"):  # class weights too
+        scanned = stats.scan(synth_root, ["train"], blocker / "s.json")
+    dm_weights = stats.class_weights(scanned["splits"]["train"], "inverse_log")
+    assert dm_weights is not None and np.isfinite(dm_weights).all()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -165,10 +166,17 @@ def scan(root: str | Path, splits: list[str], stats_path: str | Path | None = No
         summary["fingerprint"] = fp
         result["splits"][split] = summary
         changed = True
+    saved = True
     if changed:
-        write_json(path, result)
+        try:
+            write_json(path, result)
+        except OSError as e:  # a read-only root and an unwritable HOME: keep the scan anyway
+            saved = False
+            warnings.warn(f"{path}: cannot save the statistics ({e.strerror or e}); they are "
+                          "used for this run but will be computed again next time (set "
+                          "--stats / data.stats_path to a writable file)", stacklevel=2)
     result["splits"] = {s: result["splits"][s] for s in splits}
-    result["stats_path"] = str(path)
+    result["stats_path"] = str(path) if saved else None
     return result
 
 
@@ -301,5 +309,8 @@ def format_report(result: dict, strict: bool = False) -> str:
                      "problem).")
     else:
         lines.append("\nno problems found.")
-    lines.append(f"statistics written to {result['stats_path']}")
+    if result["stats_path"]:
+        lines.append(f"statistics written to {result['stats_path']}")
+    else:
+        lines.append("statistics not saved (see the warning above)")
     return "\n".join(lines)
