@@ -119,6 +119,9 @@ class OffroadDataModule(L.LightningDataModule):
         """A labelled split's dataset, served from the decoded cache when one is configured."""
         hp = self.hparams
         samples = list_split(self.root, split)
+        if train and len(samples) < hp.batch_size:  # before any cache is built
+            raise DatasetError(f"{self.root / split}: {len(samples)} training images, fewer "
+                               f"than batch_size={hp.batch_size}")
         decoded = open_cache(samples, hp.cache, self.root / split, hp.cache_dir)
         transform = self._eval_transform()
         if not train:
@@ -156,10 +159,6 @@ class OffroadDataModule(L.LightningDataModule):
         hp = self.hparams
         if stage == "fit":
             self.check_fit()
-            train = list_split(self.root, hp.train_dir)
-            if len(train) < hp.batch_size:
-                raise DatasetError(f"{self.root / hp.train_dir}: {len(train)} training images, "
-                                   f"fewer than batch_size={hp.batch_size}")
             self.datasets["train"] = self._labelled(hp.train_dir, train=True)
         if stage in ("fit", "validate"):
             self.datasets["val"] = self._labelled(hp.val_dir)
