@@ -83,6 +83,63 @@ def test_sigkill_mid_epoch_then_resume_from_last(synth_root: Path, tmp_path: Pat
     assert resumed_lr and all(resumed_lr[s] == pytest.approx(ref_lr[s]) for s in resumed_lr)
 
 
+class SnapshotLast(L.Callback):
+    """Copies ``last.ckpt`` to ``to/step-N.ckpt`` just before the batch of each global step N
+    in ``steps``: what a run killed at that point would resume from."""
+
+    def __init__(self, steps: list[int], to: str) -> None:
+        self.steps, self.to = steps, Path(to)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        target = self.to / f"step-{trainer.global_step}.ckpt"
+        if trainer.global_step in self.steps and not target.exists():
+            shutil.copy(Path(trainer.checkpoint_callbacks[0].dirpath) / "last.ckpt", target)
+
+
+def _decisions(checkpoint: dict) -> dict:
+    """Early stopping's state and the best checkpoint's score, from a checkpoint."""
+    calls = checkpoint["callbacks"]
+    stop = next(v for k, v in calls.items() if k.startswith("EarlyStopping"))
+    best = next(v for k, v in calls.items()
+                if "'monitor': 'val/mIoU'" in k and "best_model_score" in v)
+    return {**{k: str(v) for k, v in stop.items()}, "best": str(best["best_model_score"])}
+
+
+def _exact_args(phase_args, root: Path, logs: Path) -> list[str]:
+    """4 epochs x 4 batches, deterministic, augmented, 2 persistent workers, dropout in the
+    head, a step checkpoint every 3 steps, early stopping with patience 1."""
+    return ["fit", *phase_args("phase1", root, logs), "--trainer.max_epochs", "4",
+            "--trainer.limit_train_batches", "1.0", "--trainer.deterministic", "true",
+            "--data.train_preset", "flip_color", "--data.num_workers", "2",
+            "--trainer.enable_progress_bar", "false", "--early_stopping.patience", "1",
+            "--last_checkpoint.every_n_train_steps", "3"]
+
+
+def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(synth_root: Path, tmp_path: Path,
+                                                            phase_args):
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    spy = json.dumps({"class_path": f"{__name__}.SnapshotLast",
+                      "init_args": {"steps": [3, 8], "to": str(snaps)}})
+    ref = tmp_path / "ref"
+    assert main([*_exact_args(phase_args, synth_root, ref), "--trainer.callbacks+", spy]) == 0
+    ref_ckpts = ref / "phase1" / "checkpoints"
+    # step 3: a step-interval save in the middle of epoch 0; step 8: after epoch 1's validation
+    for step in (3, 8):
+        logs = tmp_path / f"resumed-{step}"
+        ckpt = snaps / f"step-{step}.ckpt"
+        assert read_checkpoint(ckpt)["global_step"] == step
+        assert main([*_exact_args(phase_args, synth_root, logs), "--ckpt_path", str(ckpt)]) == 0
+        for name in ("best.ckpt", "last.ckpt"):
+            want = read_checkpoint(ref_ckpts / name)
+            got = read_checkpoint(logs / "phase1" / "checkpoints" / name)
+            assert (got["epoch"], got["global_step"]) == (want["epoch"], want["global_step"])
+            assert all(torch.equal(got["state_dict"][k], want["state_dict"][k])
+                       for k in want["state_dict"]), f"{name} after a resume at step {step}"
+            # the same early-stopping decision and best score
+            assert _decisions(got) == _decisions(want)
+
+
 def test_atomic_checkpoint_survives_a_failed_write(tmp_path: Path):
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"

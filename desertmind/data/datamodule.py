@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -11,8 +12,9 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
 from desertmind.data.cache import CACHES, Cache, open_cache
-from desertmind.data.dataset import OffroadDataset, collate, seed_worker
+from desertmind.data.dataset import OffroadDataset, collate
 from desertmind.data.layout import Sample, list_images, list_split
+from desertmind.data.sampling import EpochSampler
 from desertmind.data.stats import (
     WEIGHTINGS,
     Weighting,
@@ -111,6 +113,7 @@ class OffroadDataModule(L.LightningDataModule):
         self.root = Path(root)
         self.datasets: dict[str, OffroadDataset] = {}
         self._weights: torch.Tensor | None = None
+        self.seed: int | None = None  # the training order's and augmentations' (EpochSampler)
 
     def _eval_transform(self):
         return build_transform("none", self.hparams.image_size)
@@ -126,12 +129,10 @@ class OffroadDataModule(L.LightningDataModule):
         transform = self._eval_transform()
         if not train:
             return OffroadDataset(samples, transform, decoded)
-        # drawn from torch's RNG, which seed_everything controls
-        seed = int(torch.randint(2**31 - 1, ()).item())
-        transform = build_transform(hp.train_preset, hp.image_size, hp.crop_size, seed,
+        transform = build_transform(hp.train_preset, hp.image_size, hp.crop_size, None,
                                     hp.target_transfer, hp.target_transfer_p)
         references = self.target_images() if hp.target_transfer != "none" else None
-        return OffroadDataset(samples, transform, decoded, references, seed)
+        return OffroadDataset(samples, transform, decoded, references)
 
     def _images(self, folder: str) -> list[Sample]:
         """Unlabelled samples of a folder given as a path, or relative to the dataset root."""
@@ -159,6 +160,8 @@ class OffroadDataModule(L.LightningDataModule):
         hp = self.hparams
         if stage == "fit":
             self.check_fit()
+            if self.seed is None:  # drawn from torch's RNG, which seed_everything controls
+                self.seed = int(torch.randint(2**31 - 1, ()).item())
             self.datasets["train"] = self._labelled(hp.train_dir, train=True)
         if stage in ("fit", "validate"):
             self.datasets["val"] = self._labelled(hp.val_dir)
@@ -200,12 +203,41 @@ class OffroadDataModule(L.LightningDataModule):
             self._weights = torch.as_tensor(weights, dtype=torch.float32)
         return self._weights
 
-    def _loader(self, split: str, train: bool = False) -> DataLoader:
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: the seed of the training order and augmentations."""
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A resumed run takes the interrupted run's seed (Lightning calls this after
+        ``setup`` and before the first ``train_dataloader``)."""
+        self.seed = state_dict.get("seed", self.seed)
+
+    def _train_sampler(self, dataset: OffroadDataset, stream: int) -> EpochSampler:
+        """The epoch's order and augmentations from (seed, epoch); on a resume, the epoch
+        Lightning restored, less the batches it has already done."""
+        trainer = self.trainer
+        if self.seed is None:
+            raise RuntimeError("setup('fit') draws the training seed; call it first")
+        if trainer is None:
+            return EpochSampler(dataset, self.seed + stream)
+        loop = trainer.fit_loop
+        sampler = EpochSampler(dataset, self.seed + stream, trainer.world_size,
+                               trainer.global_rank, epoch=loop.epoch_progress.current.processed)
+        if loop.restarting:  # where the shorter loader of a cycling pair was, too
+            # Lightning warns that a plain DataLoader cannot resume mid-epoch; this one does
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that "
+                                    "ended before the epoch ended")
+            done = loop.epoch_loop.batch_progress.current.processed
+            per_pass = len(sampler) // self.hparams.batch_size  # drop_last
+            sampler.skip = done % per_pass * self.hparams.batch_size if per_pass else 0
+        return sampler
+
+    def _loader(self, split: str, train: bool = False, stream: int = 0) -> DataLoader:
         hp = self.hparams
         workers = hp.num_workers
         pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
         dataset = self.datasets[split]
-        sampler = None
+        sampler = self._train_sampler(dataset, stream) if train else None
         trainer = self.trainer
         if not train and trainer is not None and trainer.world_size > 1:
             # every sample exactly once across processes: the default DistributedSampler pads
@@ -215,13 +247,11 @@ class OffroadDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
-            shuffle=train,
             sampler=sampler,
             drop_last=train,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=pin,
-            worker_init_fn=seed_worker,
             collate_fn=collate,
         )
 
@@ -240,8 +270,8 @@ class OffroadDataModule(L.LightningDataModule):
                                    f"fewer than batch_size={self.hparams.batch_size}")
             self.datasets["target"] = OffroadDataset(images, self.datasets["train"].transform)
         # an epoch is as long as the longer of the two; the shorter one cycles
-        return CombinedLoader({"source": source, "target": self._loader("target", train=True)},
-                              mode="max_size_cycle")
+        target = self._loader("target", train=True, stream=1)
+        return CombinedLoader({"source": source, "target": target}, mode="max_size_cycle")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

@@ -32,17 +32,6 @@ def collate(batch: list[dict]) -> dict:
     return default_collate(batch)
 
 
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed the worker's augmentations from torch's worker seed.
-
-    torch derives each worker's seed from the main process's RNG (set by seed_everything), per
-    epoch and worker, so augmentations are reproducible and differ between workers.
-    """
-    info = torch.utils.data.get_worker_info()
-    if info is not None and hasattr(info.dataset, "reseed"):
-        info.dataset.reseed(info.seed % 2**32)
-
-
 class OffroadDataset(Dataset):
     """Samples as dicts: ``image`` uint8 (3, H, W), ``mask`` uint8 (H, W), ``name``, ``path``
     and ``size`` (the original height and width; predictions are written back at it).
@@ -53,24 +42,28 @@ class OffroadDataset(Dataset):
 
     With ``decoded`` (see :mod:`desertmind.data.cache`), pairs come from the decoded cache
     instead of the PNG files, bit for bit the same arrays. With ``references`` (unlabelled
-    target-domain images), each sample also gets one of them at random, drawn from ``seed``
-    (reseeded per worker), for the pipeline's appearance transfer.
+    target-domain images), each sample also gets one of them at random, for the pipeline's
+    appearance transfer.
+
+    An index may come with its own random seed, ``(index, seed)`` (what
+    :class:`~desertmind.data.sampling.EpochSampler` yields): the augmentations and the
+    reference image are then drawn from that seed alone, whichever process loads the sample.
     """
 
     def __init__(self, samples: list[Sample], transform: Callable | None = None,
-                 decoded: DecodedSplit | None = None, references: list[Path] | None = None,
-                 seed: int = 0) -> None:
+                 decoded: DecodedSplit | None = None, references: list[Path] | None = None
+                 ) -> None:
         if decoded is not None and len(decoded) != len(samples):
             raise ValueError(f"decoded cache holds {len(decoded)} samples, not {len(samples)}")
         self.samples = samples
         self.decoded = decoded
         self.references = references or []
-        self._rng = np.random.default_rng(seed)
+        self._rng = np.random.default_rng(0)
         self.transform = transform if transform is not None else A.Compose([A.ToTensorV2()])
         self._reported: set[int] = set()
 
     def reseed(self, seed: int) -> None:
-        """Give the augmentation pipeline its own random state (each DataLoader worker does)."""
+        """Set the random state of the augmentation pipeline and of the reference choice."""
         if hasattr(self.transform, "set_random_seed"):
             self.transform.set_random_seed(seed)
         self._rng = np.random.default_rng(seed)
@@ -78,7 +71,11 @@ class OffroadDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index = key
+        if isinstance(key, tuple):
+            index, seed = key
+            self.reseed(seed)
         sample = self.samples[index]
         if self.decoded is not None:
             image, mask = self.decoded.pair(index)

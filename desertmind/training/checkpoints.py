@@ -33,6 +33,8 @@ _SHOW = 8
 CLASS_TABLE_KEY = "desertmind_classes"
 #: the step at which a chained run's logging started (see desertmind.training.chain_logger)
 STEP_OFFSET_KEY = "desertmind_step_offset"
+#: the seed of every training step's random state (dropout), so a resume draws the same
+STEP_SEED_KEY = "desertmind_step_seed"
 
 
 

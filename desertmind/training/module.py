@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -16,7 +17,12 @@ from desertmind.inference.tta import predict_probs, restrict
 from desertmind.models.network import set_bn_momentum
 from desertmind.models.registry import DEFAULT_ARCH, Arch, build_network
 from desertmind.training.chain_logger import set_step_offset
-from desertmind.training.checkpoints import CLASS_TABLE_KEY, STEP_OFFSET_KEY, load_weights
+from desertmind.training.checkpoints import (
+    CLASS_TABLE_KEY,
+    STEP_OFFSET_KEY,
+    STEP_SEED_KEY,
+    load_weights,
+)
 from desertmind.training.losses import build_loss, parse_loss
 from desertmind.training.metrics import MONITOR, SegmentationMetrics
 from desertmind.training.schedulers import PolyLR
@@ -42,8 +48,14 @@ class SegmentationModule(L.LightningModule):
             module calls it on the device, so the host-to-device copy stays uint8.
         train: with ``freeze_bn``, puts the BatchNorm layers back in eval mode whenever
             Lightning switches the model to training.
-        on_save_checkpoint: stores the class table beside the weights, so a checkpoint alone
-            says what its outputs mean (:mod:`desertmind.inference.trained`).
+        on_train_batch_start: seeds torch's RNG (dropout) from the run's step seed, the epoch
+            and the batch, so a training step draws the same whether the run went straight
+            through or was resumed from a checkpoint (the data side is
+            :class:`~desertmind.data.sampling.EpochSampler`).
+        on_save_checkpoint / on_load_checkpoint: store the class table beside the weights, so
+            a checkpoint alone says what its outputs mean
+            (:mod:`desertmind.inference.trained`), and the step seed, which a resume takes
+            back.
         on_{validation,test}_epoch_end: logs ``<stage>/mIoU`` (dataset level, the headline and
             the checkpoint monitor), ``<stage>/mIoU_per_image`` (the seed's definition),
             ``<stage>/pixel_acc``, ``<stage>/mean_acc`` and ``<stage>/iou/<class>``.
@@ -165,10 +177,14 @@ class SegmentationModule(L.LightningModule):
         self.step_offset = 0
         #: the self-training teacher, built in setup from init_from's network
         self.pseudo: PseudoLabeler | None = None
+        #: seeds each training step's random state; drawn in setup, restored by a resume
+        self.step_seed: int | None = None
 
     def setup(self, stage: str) -> None:
         if stage != "fit":
             return
+        if self.step_seed is None:  # drawn from torch's RNG, which seed_everything controls
+            self.step_seed = int(torch.randint(2**31 - 1, ()).item())
         if self.criterion is None:
             self.criterion = build_loss(self.hparams.loss, self._class_weights())
         if self.hparams.init_from:
@@ -196,9 +212,18 @@ class SegmentationModule(L.LightningModule):
         if self.pseudo is not None:
             self.pseudo.update(self.model)
 
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self.step_seed is not None:
+            key = [self.step_seed, self.current_epoch, batch_idx, self.global_rank]
+            torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CLASS_TABLE_KEY] = class_table()
         checkpoint[STEP_OFFSET_KEY] = self.step_offset
+        checkpoint[STEP_SEED_KEY] = self.step_seed
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.step_seed = checkpoint.get(STEP_SEED_KEY, self.step_seed)
 
     def _class_weights(self) -> torch.Tensor | None:
         if all(name != "weighted_ce" for _, name in parse_loss(self.hparams.loss)):
