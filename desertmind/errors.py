@@ -32,6 +32,11 @@ class NonFiniteLossError(DesertMindError, RuntimeError):
     """The training loss became NaN or infinite; the run stops before the step is applied."""
 
 
+class NonFiniteStateError(DesertMindError, RuntimeError):
+    """Weights or BatchNorm statistics became NaN or infinite; no checkpoint is written with
+    them and the run stops."""
+
+
 class ReportError(DesertMindError, RuntimeError):
     """A run's logs cannot be summarised; the message names the run."""
 

@@ -20,10 +20,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from desertmind.cli.main import main
 from desertmind.data.datamodule import OffroadDataModule
-from desertmind.errors import CheckpointError, NonFiniteLossError
+from desertmind.errors import CheckpointError, NonFiniteLossError, NonFiniteStateError
 from desertmind.reports.report import load_report, markdown
 from desertmind.runs import VAL_IMAGES_FILE
-from desertmind.training.checkpoints import AtomicCheckpointIO, PhaseCheckpoint, read_checkpoint
+from desertmind.training.checkpoints import (
+    AtomicCheckpointIO,
+    LastCheckpoint,
+    PhaseCheckpoint,
+    read_checkpoint,
+)
 from desertmind.training.module import SegmentationModule
 
 EXE = str(Path(sys.executable).with_name("desertmind"))
@@ -200,6 +205,44 @@ def test_nan_loss_stops_naming_the_step_and_keeps_checkpoints(synth_root: Path, 
     for name in ("best.ckpt", "last.ckpt"):
         state = read_checkpoint(ckpt_dir / name)
         assert state["global_step"] == 2  # the end of epoch 0: nothing after the bad step
+        assert all(torch.isfinite(v).all() for v in state["state_dict"].values()
+                   if v.is_floating_point())
+
+
+class _OverflowStatsAt(L.Callback):
+    """What a learning rate that blows up does first: a BatchNorm running variance overflows
+    while the loss, normalised with the batch's own statistics, is still finite."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            bn = next(m for m in pl_module.model.modules()
+                      if isinstance(m, torch.nn.BatchNorm2d))
+            bn.running_var.fill_(float("inf"))
+
+
+def test_non_finite_batchnorm_statistics_are_never_checkpointed(synth_root: Path,
+                                                                tmp_path: Path):
+    ckpt_dir = tmp_path / "ckpt"
+    best = PhaseCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/mIoU",
+                           mode="max")
+    last = LastCheckpoint(every_n_train_steps=1)
+    last.dirpath = str(ckpt_dir)
+    trainer = L.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1,
+                        num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
+                        callbacks=[best, last,
+                                   _OverflowStatsAt(3)],
+                        plugins=[AtomicCheckpointIO()], accelerator="cpu")
+    module = SegmentationModule(weights="none")
+    dm = OffroadDataModule(str(synth_root), batch_size=2, num_workers=0, image_size=(32, 48))
+    with pytest.raises(NonFiniteStateError, match=r"global step 3 .epoch 1.*running_var.*"
+                       "1 of them BatchNorm running statistics.*before writing a checkpoint"):
+        trainer.fit(module, dm)
+    saved = read_checkpoint(ckpt_dir / "last.ckpt")
+    assert saved["global_step"] == 2  # the step before; nothing was written after the overflow
+    for state in (saved, read_checkpoint(ckpt_dir / "best.ckpt")):
         assert all(torch.isfinite(v).all() for v in state["state_dict"].values()
                    if v.is_floating_point())
 

@@ -7,12 +7,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from desertmind.data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, class_table
 from desertmind.data.transforms import SCALINGS, Scaling, normalize
-from desertmind.errors import ConfigError, NonFiniteLossError, check_choice
+from desertmind.errors import (
+    ConfigError,
+    NonFiniteLossError,
+    NonFiniteStateError,
+    check_choice,
+)
 from desertmind.inference.tta import predict_probs, restrict
 from desertmind.models.network import set_bn_momentum
 from desertmind.models.registry import DEFAULT_ARCH, Arch, build_network
@@ -55,7 +61,10 @@ class SegmentationModule(L.LightningModule):
         on_save_checkpoint / on_load_checkpoint: store the class table beside the weights, so
             a checkpoint alone says what its outputs mean
             (:mod:`desertmind.inference.trained`), and the step seed, which a resume takes
-            back.
+            back. A network holding NaN or infinite values is never saved: a learning rate
+            that blows up can overflow BatchNorm's running statistics while the loss, computed
+            with the batch's own statistics, still looks finite; the run stops instead
+            (:meth:`check_finite`, also before each validation of a fit).
         on_{validation,test}_epoch_end: logs ``<stage>/mIoU`` (dataset level, the headline and
             the checkpoint monitor), ``<stage>/mIoU_per_image`` (the seed's definition),
             ``<stage>/pixel_acc``, ``<stage>/mean_acc`` and ``<stage>/iou/<class>``.
@@ -217,7 +226,31 @@ class SegmentationModule(L.LightningModule):
             key = [self.step_seed, self.current_epoch, batch_idx, self.global_rank]
             torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
 
+    def check_finite(self, before: str) -> None:
+        """Stop with :class:`NonFiniteStateError` if any weight or buffer of the network holds
+        NaN or inf (one device synchronisation for the whole network)."""
+        state = {n: t for n, t in self.model.state_dict().items() if t.is_floating_point()}
+        finite = torch.stack([torch.isfinite(t).all() for t in state.values()]).tolist()
+        bad = [name for name, ok in zip(state, finite, strict=True) if not ok]
+        if not bad:
+            return
+        stats = [n for n in bad if n.rsplit(".", 1)[-1].startswith("running_")]
+        listed = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise NonFiniteStateError(
+            f"{len(bad)} of the network's tensors hold NaN or infinite values at global step "
+            f"{self.global_step} (epoch {self.current_epoch}): {listed}"
+            + (f" ({len(stats)} of them BatchNorm running statistics)" if stats else "")
+            + f"; stopping before {before}. The checkpoints written so far are untouched and "
+            "none holds these values. The learning rate is probably too high: start a new "
+            "run from the last good weights, --model.init_from <its best.ckpt or last.ckpt> "
+            "--model.optimizer.init_args.lr <lower>.")
+
+    def on_validation_epoch_start(self) -> None:
+        if self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking:
+            self.check_finite("validating")
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.check_finite("writing a checkpoint")
         checkpoint[CLASS_TABLE_KEY] = class_table()
         checkpoint[STEP_OFFSET_KEY] = self.step_offset
         checkpoint[STEP_SEED_KEY] = self.step_seed
