@@ -118,10 +118,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = stale.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_dirs(path.parent, f".{path.name}.tmp-")
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -139,6 +136,39 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_stale_dirs(parent: Path, prefix: str) -> None:
+    """Delete the folders ``PREFIX<pid>`` in ``parent`` whose process is gone (a kill left
+    them behind)."""
+    for stale in parent.glob(f"{glob.escape(prefix)}*"):
+        pid = stale.name[len(prefix):]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def replace_dirs(staging: Path, parent: Path, names: tuple[str, ...]) -> None:
+    """Move the folders ``names`` of ``staging`` into ``parent`` by renames, replacing those
+    there (a name absent from ``staging`` is removed from ``parent``), then delete ``staging``.
+
+    Only renames happen between the first and the last change, so a kill can interrupt the
+    swap only in that instant; the folders' files must already be on disk (written with this
+    module's atomic writers).
+    """
+    old = staging / ".replaced"
+    old.mkdir()
+    for name in names:
+        if (parent / name).exists():
+            os.rename(parent / name, old / name)
+    for name in names:
+        if (staging / name).exists():
+            os.rename(staging / name, parent / name)
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    shutil.rmtree(staging)
 
 
 def _alive(pid: int) -> bool:

@@ -4,6 +4,10 @@ and says what to do, and nothing is lost or mixed up."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +16,8 @@ import pytest
 from desertmind.cli.main import main
 from desertmind.data.imageio import read_image, read_mask, write_png
 from desertmind.data.synth import generate
+
+EXE = str(Path(sys.executable).with_name("desertmind"))
 
 
 def test_training_on_masks_without_one_known_value_does_not_stop(data_copy: Path,
@@ -82,6 +88,43 @@ def test_predict_never_mixes_old_and_new_results(synth_root: Path, tmp_path: Pat
             args += ["--data.test_dir", "val"]
         assert main(args) == 2
         assert "is a file" in capsys.readouterr().err
+
+
+def test_a_killed_predict_leaves_the_previous_set_whole(synth_root: Path, tmp_path: Path,
+                                                       phase_args):
+    logs = tmp_path / "logs"
+    assert main(["fit", *phase_args("phase1", synth_root, logs)]) == 0
+    out = tmp_path / "out"
+    predict = ["predict", "--ckpt_path", str(logs / "phase1" / "checkpoints" / "best.ckpt"),
+               "--out", str(out), "--trainer.enable_progress_bar", "false",
+               "--data.eval_batch_size", "1", "--data.num_workers", "0"]
+    assert main([*predict, "--data.predict_dir", str(synth_root / "val")]) == 0
+
+    def sets() -> dict[str, bytes]:
+        return {str(p.relative_to(out)): p.read_bytes() for d in ("raw", "color", "overlay")
+                for p in (out / d).glob("*.png")}
+
+    before = sets()
+    assert len(before) == 12
+    many = generate(tmp_path / "many", n_train=0, n_val=60, height=48, width=80, seed=5)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    started = time.time()
+    proc = subprocess.Popen([EXE, *predict, "--data.predict_dir", str(many / "val"),
+                             "--overwrite"], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = started + 120
+    while proc.poll() is None and time.time() < deadline and not any(  # a new set is begun
+            p.stat().st_mtime > started for p in out.rglob("overlay/*.png")):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "predict ended before it could be killed"
+    assert sets() == before  # not one new image among the old ones, none of them lost
+    assert [p.name for p in out.glob(".predicting-*")] == [f".predicting-{proc.pid}"]
+
+    assert main([*predict, "--data.predict_dir", str(many / "val"), "--overwrite"]) == 0
+    assert len(sets()) == 3 * 60
+    assert not any(out.glob(".predicting-*"))  # the killed run's staging folder is cleared
 
 
 def test_a_corrupt_checkpoint_is_named_in_one_line_never_with_torchs_advice(

@@ -3,7 +3,6 @@ evaluation from a checkpoint alone."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -22,7 +21,7 @@ from desertmind.data.datamodule import OffroadDataModule
 from desertmind.errors import ConfigError
 from desertmind.files import release_lock, take_lock
 from desertmind.inference.trained import read_settings
-from desertmind.inference.writer import PredictionWriter
+from desertmind.inference.writer import OUTPUT_DIRS, PredictionWriter
 from desertmind.reports.evaluation import BestValidationImages, EvaluationWriter
 from desertmind.training.checkpoints import AtomicCheckpointIO, LastCheckpoint, PhaseCheckpoint
 from desertmind.training.freeze import BackboneFreeze
@@ -327,13 +326,11 @@ class DesertMindCLI(LightningCLI):
         out_path = Path(out)
         if out_path.exists() and not out_path.is_dir():
             raise ConfigError(f"--out {out}: is a file; give a folder for the predictions")
-        old = [d for d in ("raw", "color", "overlay") if any((out_path / d).glob("*.png"))]
+        old = [d for d in OUTPUT_DIRS if any((out_path / d).glob("*.png"))]
         if old and not self.config.predict.get("overwrite"):
             raise ConfigError(f"--out {out}: already holds predictions ({', '.join(old)}/); "
-                              "choose an empty folder, or pass --overwrite to replace them")
-        if old:  # replace, not mix: an image no longer predicted must not stay behind
-            for d in old:
-                shutil.rmtree(out_path / d)
+                              "choose an empty folder, or pass --overwrite to replace them "
+                              "(once the new set is complete)")
         self._writer = PredictionWriter(out)
         self.trainer.callbacks.append(self._writer)
         # the writer saves every batch; keeping all predictions in memory too would not scale

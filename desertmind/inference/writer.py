@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +14,12 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from desertmind.data.classes import TRAIN_TO_RAW
 from desertmind.data.imageio import read_image, write_png
 from desertmind.data.palette import colorize, overlay
+from desertmind.files import remove_stale_dirs, replace_dirs
+
+#: the folders of one prediction set under ``--out``
+OUTPUT_DIRS = ("raw", "color", "overlay")
+#: the hidden folder under ``--out`` that a running predict fills (``.predicting-<pid>``)
+STAGING_PREFIX = ".predicting-"
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -21,8 +29,12 @@ class PredictionWriter(BasePredictionWriter):
     - ``OUT/color/NAME.png``: the mask in the class colours,
     - ``OUT/overlay/NAME.png``: the image blended with the colour mask (``alpha`` of colour).
 
-    Each file is written atomically (temporary file, then rename): an interrupted run leaves
-    whole PNGs only.
+    The set appears whole or not at all. Images are written into a hidden staging folder,
+    ``OUT/.predicting-<pid>/``, and moved into place by renames once every image is done,
+    replacing an earlier set (an image no longer predicted does not stay behind). An error
+    removes the staging folder; a killed predict leaves ``OUT`` as it was, and the next predict
+    into it removes the staging folder of a process that is gone. Under DDP every process
+    writes its share into rank 0's staging folder.
     """
 
     def __init__(self, out_dir: str, alpha: float = 0.5) -> None:
@@ -30,13 +42,32 @@ class PredictionWriter(BasePredictionWriter):
         self.out_dir = Path(out_dir)
         self.alpha = alpha
         self.written = 0
+        self.staging = self.out_dir / f"{STAGING_PREFIX}{os.getpid()}"
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.staging = self.out_dir / f"{STAGING_PREFIX}{trainer.strategy.broadcast(os.getpid())}"
+        if trainer.is_global_zero:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_dirs(self.out_dir, STAGING_PREFIX)
+            self.staging.mkdir(exist_ok=True)
+        trainer.strategy.barrier()
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.strategy.barrier()  # every process has written its share
+        if trainer.is_global_zero:
+            replace_dirs(self.staging, self.out_dir, OUTPUT_DIRS)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:
+        if trainer.is_global_zero:
+            shutil.rmtree(self.staging, ignore_errors=True)
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            prediction: dict, batch_indices: Sequence[int] | None, batch: dict,
                            batch_idx: int, dataloader_idx: int = 0) -> None:
         for name, path, pred in zip(prediction["name"], prediction["path"], prediction["pred"],
                                     strict=True):
-            write_prediction(self.out_dir, name, read_image(path), pred.numpy(), self.alpha)
+            write_prediction(self.staging, name, read_image(path), pred.numpy(), self.alpha)
             self.written += 1
 
 
