@@ -217,6 +217,51 @@ def test_a_corrupt_downloaded_weights_file_is_named_with_what_to_do(tmp_path: Pa
     assert str(cached) in str(e.value) and "Delete it" in str(e.value)
 
 
+def _on_a_terminal(args: list[str], cwd: Path) -> str:
+    """What a command prints to a terminal (a pseudo-terminal): bars are drawn only there."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    # 24 rows x 120 columns: a new pseudo-terminal is 0 wide, and tqdm draws nothing in that
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    proc = subprocess.Popen([EXE, *args], stdin=follower, stdout=follower, stderr=follower,
+                            cwd=cwd)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the command ended and closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=120) == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_long_work_shows_progress_on_a_terminal(synth_root: Path, tmp_path: Path, phase_args):
+    made = _on_a_terminal(["synth", str(tmp_path / "d"), "--n-train", "3", "--n-val", "1",
+                           "--height", "32", "--width", "48"], tmp_path)
+    assert "writing train" in made and "img" in made
+    checked = _on_a_terminal(["check-data", str(synth_root), "--workers", "1",
+                              "--stats", str(tmp_path / "stats.json")], tmp_path)
+    assert "checking train" in checked
+    assert main(["fit", *phase_args("phase1", synth_root, tmp_path / "logs")]) == 0
+    reported = _on_a_terminal(["report", "--logs", str(tmp_path / "logs"), "--out",
+                               str(tmp_path / "reports")], tmp_path)
+    assert "reading runs" in reported
+    # and nothing of it where the output is a file or a pipe
+    piped = subprocess.run([EXE, "report", "--logs", str(tmp_path / "logs"), "--out",
+                            str(tmp_path / "reports")], capture_output=True, text=True,
+                           check=True)
+    assert "reading runs" not in piped.stdout + piped.stderr
+
+
 def test_version_answers(capsys):
     from importlib.metadata import version
 

@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tqdm.auto import tqdm
 
 from desertmind.data.classes import CLASS_NAMES
 from desertmind.errors import DesertMindError, ReportError
@@ -224,7 +225,10 @@ def load_report(logs: str | Path = "lightning_logs") -> tuple[list[RunSummary], 
     paths = find_runs(logs)
     phases = [_phase(p, logs) for p in paths]
     runs, problems, by_phase = [], [], {}
-    for p, phase in zip(paths, phases, strict=True):
+    # a bar on a terminal only: reading events and bootstrapping intervals takes seconds a run
+    bar = tqdm(zip(paths, phases, strict=True), total=len(paths), desc="reading runs",
+               unit="run", leave=False, disable=None)
+    for p, phase in bar:
         label = phase if phases.count(phase) == 1 else f"{phase}/{p.name}"
         try:
             run = load_run(p, label)
