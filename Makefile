@@ -42,7 +42,7 @@ D3 := $(call DONE,$(P3))
 P3_INIT := $(if $(filter seed,$(RECIPE)),,--model.init_from $(P22))
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-browser app lint demo check-data bench clean phase1 phase2 phase3 phases \
+.PHONY: help install test test-lowest test-browser app lint demo check-data bench clean phase1 phase2 phase3 phases \
 	scores report resume tensorboard clean-logs
 
 help: ## list the targets
@@ -59,6 +59,18 @@ install: $(STAMP) ## create .venv and install desertmind with the dev extra
 
 test: $(STAMP) ## run the test suite
 	$(BIN)/pytest -q
+
+LOWEST ?= .venv-lowest
+$(LOWEST)/.installed: pyproject.toml .ci/lowest_constraints.py
+	rm -rf $(LOWEST)
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/pip install --upgrade pip
+	$(PYTHON) .ci/lowest_constraints.py > $(LOWEST)/constraints.txt
+	$(LOWEST)/bin/pip install -c $(LOWEST)/constraints.txt -e '.[dev]'
+	touch $@
+
+test-lowest: $(LOWEST)/.installed ## the test suite on the lowest versions pyproject.toml allows (own venv)
+	$(LOWEST)/bin/pytest -q
 
 CHROMIUM ?= $(shell command -v chromium)
 test-browser: $(STAMP) ## the viewer in a real browser (Playwright + Debian chromium; apt-installs it as root)
@@ -146,7 +158,7 @@ bench: $(STAMP) ## run the benchmarks, CPU-sized (JSON on stdout; figures in doc
 	$(BIN)/python benchmarks/domain_gap.py
 
 clean: ## remove the virtual environment and caches (keeps data and logs)
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(LOWEST) .pytest_cache .ruff_cache *.egg-info
 
 clean-logs: ## delete every run under lightning_logs (keeps its README)
 	find $(LOGS) -mindepth 1 ! -name README.md -delete

@@ -17,6 +17,7 @@ from desertmind.app.viewer import launch  # switches analytics off before import
 from desertmind.cli.main import main
 from desertmind.data.classes import CLASS_NAMES
 from desertmind.data.imageio import read_image
+from desertmind.inference.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -55,17 +56,22 @@ def test_predict_draws_the_overlay_with_a_legend(served, synth_root):
         np.testing.assert_array_equal(read_image(plain), image)
 
 
-def test_tta_and_window_switches_reach_the_model(served, synth_root):
+def test_tta_and_window_switches_reach_the_model(served, synth_root, monkeypatch):
     client, _ = served
+    calls = []
+    real = Predictor.predict
+
+    def spy(self, image, tta_flip=False, window=None):
+        calls.append((tta_flip, window))
+        return real(self, image, tta_flip, window)
+
+    # the server answers in this process: the spy sees what each switch hands the model
+    monkeypatch.setattr(Predictor, "predict", spy)
     path = str(next((synth_root / "val" / "Color_Images").iterdir()))
-    plain, _ = client.predict(handle_file(path), False, 0, 1.0, list(CLASS_NAMES),
-                              api_name="/predict")
-    flipped, _ = client.predict(handle_file(path), True, 0, 1.0, list(CLASS_NAMES),
-                                api_name="/predict")
-    windowed, _ = client.predict(handle_file(path), False, 24, 1.0, list(CLASS_NAMES),
-                                 api_name="/predict")
-    assert not np.array_equal(read_image(plain), read_image(flipped))
-    assert not np.array_equal(read_image(plain), read_image(windowed))
+    for flip, window in ((False, 0), (True, 0), (False, 24)):
+        client.predict(handle_file(path), flip, window, 1.0, list(CLASS_NAMES),
+                       api_name="/predict")
+    assert calls == [(False, None), (True, None), (False, 24)]
 
 
 @pytest.mark.parametrize("content, message", [

@@ -132,7 +132,7 @@ class OffroadDataModule(L.LightningDataModule):
         transform = build_transform(hp.train_preset, hp.image_size, hp.crop_size, None,
                                     hp.target_transfer, hp.target_transfer_p)
         references = self.target_images() if hp.target_transfer != "none" else None
-        return OffroadDataset(samples, transform, decoded, references)
+        return OffroadDataset(samples, transform, decoded, references, self.seed)
 
     def _images(self, folder: str) -> list[Sample]:
         """Unlabelled samples of a folder given as a path, or relative to the dataset root."""

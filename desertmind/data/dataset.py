@@ -48,18 +48,19 @@ class OffroadDataset(Dataset):
     An index may come with its own random seed, ``(index, seed)`` (what
     :class:`~desertmind.data.sampling.EpochSampler` yields): the augmentations and the
     reference image are then drawn from that seed alone, whichever process loads the sample.
+    A plain index draws from the state ``seed`` started, so indexing is reproducible too.
     """
 
     def __init__(self, samples: list[Sample], transform: Callable | None = None,
-                 decoded: DecodedSplit | None = None, references: list[Path] | None = None
-                 ) -> None:
+                 decoded: DecodedSplit | None = None, references: list[Path] | None = None,
+                 seed: int = 0) -> None:
         if decoded is not None and len(decoded) != len(samples):
             raise ValueError(f"decoded cache holds {len(decoded)} samples, not {len(samples)}")
         self.samples = samples
         self.decoded = decoded
         self.references = references or []
-        self._rng = np.random.default_rng(0)
         self.transform = transform if transform is not None else A.Compose([A.ToTensorV2()])
+        self.reseed(seed)
         self._reported: set[int] = set()
 
     def reseed(self, seed: int) -> None:
