@@ -2,28 +2,39 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from desertmind.cli.main import main
+from desertmind.runs import VAL_IMAGES_FILE
 from desertmind.training.checkpoints import read_checkpoint
 from desertmind.training.module import SegmentationModule
 
 
-def test_ddp_fit_on_two_cpu_processes(synth_root: Path, tmp_path: Path, phase_args, part_keys):
-    """The head-only phase under DDP: completes, logs once, and the backbone does not move."""
+def test_ddp_fit_on_two_cpu_processes(data_copy: Path, tmp_path: Path, phase_args, part_keys,
+                                      capsys):
+    """The head-only phase under DDP: completes, logs once, the backbone does not move, and its
+    validation scores every image exactly once, as a single process scores the same weights."""
+    # 3 validation images on 2 processes: a padding sampler would score one image twice
+    for sub in ("Color_Images", "Segmentation"):
+        sorted((data_copy / "val" / sub).iterdir())[-1].unlink()
     start = tmp_path / "start.ckpt"
     state = SegmentationModule(weights="none").state_dict()
     torch.save({"state_dict": state}, start)
     logs = tmp_path / "logs"
     exe = Path(sys.executable).with_name("desertmind")
-    cmd = [str(exe), "fit", *phase_args("phase2_1_head", synth_root, logs),
+    cmd = [str(exe), "fit", *phase_args("phase2_1_head", data_copy, logs),
            "--model.init_from", str(start), "--trainer.strategy", "ddp",
-           "--trainer.devices", "2", "--trainer.enable_progress_bar", "false"]
+           "--trainer.devices", "2", "--trainer.enable_progress_bar", "false",
+           "--data.eval_batch_size", "1", "--trainer.limit_val_batches", "1.0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -33,7 +44,21 @@ def test_ddp_fit_on_two_cpu_processes(synth_root: Path, tmp_path: Path, phase_ar
     events.Reload()
     values = [e.value for e in events.Scalars("val/mIoU")]
     assert len(values) == 1 and 0.0 <= values[0] <= 1.0
-    best = read_checkpoint(logs / "phase2_1_head" / "checkpoints" / "best.ckpt")["state_dict"]
+    prov = json.loads((versions[0] / "provenance.json").read_text())
+    assert prov["device"]["world_size"] == 2
+    with np.load(versions[0] / VAL_IMAGES_FILE) as kept:  # gathered from both ranks
+        assert sorted(kept["names"]) == sorted(
+            p.stem for p in (data_copy / "val" / "Color_Images").iterdir())
+    best_ckpt = logs / "phase2_1_head" / "checkpoints" / "best.ckpt"
+    best = read_checkpoint(best_ckpt)["state_dict"]
     keys = part_keys()
     assert keys["encoder"] and all(torch.equal(state[k], best[k]) for k in keys["encoder"])
     assert any(not torch.equal(state[k], best[k]) for k in keys["head"])
+    # the same weights validated by one process give the same score
+    out = tmp_path / "single"
+    assert main(["validate", "--ckpt_path", str(best_ckpt), "--data.root", str(data_copy),
+                 "--data.eval_batch_size", "1", "--trainer.accelerator", "cpu",
+                 "--trainer.enable_progress_bar", "false", "--out", str(out),
+                 "--trainer.logger", "false"]) == 0
+    single = json.loads((out / "metrics.json").read_text())["val/mIoU"]
+    assert single == pytest.approx(values[0], abs=1e-6)
