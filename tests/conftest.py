@@ -4,14 +4,25 @@ arguments that shrink any phase config to seconds on a CPU."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from desertmind.data.synth import generate
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_stays_clean() -> Iterator[None]:
+    """Tests write under their temporary folders only: a command run without a logs folder
+    (Lightning's default is the working directory) must not leave files in the checkout."""
+    before = set(REPO.iterdir())
+    yield
+    added = sorted(p.name for p in set(REPO.iterdir()) - before if p.name != ".pytest_cache")
+    assert not added, f"the tests wrote into the repository: {added}"
 
 
 @pytest.fixture(scope="session")

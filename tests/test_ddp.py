@@ -59,6 +59,6 @@ def test_ddp_fit_on_two_cpu_processes(data_copy: Path, tmp_path: Path, phase_arg
     assert main(["validate", "--ckpt_path", str(best_ckpt), "--data.root", str(data_copy),
                  "--data.eval_batch_size", "1", "--trainer.accelerator", "cpu",
                  "--trainer.enable_progress_bar", "false", "--out", str(out),
-                 "--trainer.logger", "false"]) == 0
+                 "--trainer.logger", "false", "--trainer.default_root_dir", str(out)]) == 0
     single = json.loads((out / "metrics.json").read_text())["val/mIoU"]
     assert single == pytest.approx(values[0], abs=1e-6)
