@@ -4,15 +4,19 @@ process, answering the same calls the page makes."""
 from __future__ import annotations
 
 import html
+import os
 import re
+import shutil
 from pathlib import Path
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
+from desertmind.app import viewer
 from desertmind.app.viewer import launch  # switches analytics off before importing Gradio
 from desertmind.cli.main import main
 from desertmind.data.classes import CLASS_NAMES
@@ -111,3 +115,89 @@ def test_browse_ranks_the_split_worst_first_and_shows_any_image(served, synth_ro
     assert float(caption.rsplit(" ", 1)[1]) == pytest.approx(scores[-1], abs=1e-3)
     image, truth = read_image(views[0]), read_image(views[1])
     assert image.shape == truth.shape == (32, 48, 3)  # the checkpoint's evaluation size
+
+
+def _raw_call(url: str, api: str, data: list) -> str:
+    """One API call as a remote client makes it, by hand over HTTP: the FileData it names is a
+    path on the server. (``gradio_client`` on this machine would upload any local path it is
+    given, which is the client reading its own file, not the server serving one.)"""
+    posted = httpx.post(f"{url}gradio_api/call/{api}", json={"data": data}, timeout=30)
+    posted.raise_for_status()
+    with httpx.stream("GET", f"{url}gradio_api/call/{api}/{posted.json()['event_id']}",
+                      timeout=60) as stream:
+        return "".join(stream.iter_text())
+
+
+def test_a_server_file_that_was_never_uploaded_is_refused(served, synth_root, tmp_path):
+    client, _ = served
+    secret = tmp_path / "private" / "secret.png"
+    secret.parent.mkdir()
+    cv2.imwrite(str(secret), np.full((40, 60, 3), 123, np.uint8))
+    from gradio.utils import get_upload_folder
+
+    # a file in Gradio's shared cache folder that this server never received (another app's)
+    cached = Path(get_upload_folder()) / f"not-ours-{os.getpid()}" / "other.png"
+    cached.parent.mkdir(parents=True)
+    shutil.copy(secret, cached)
+    sample = next((synth_root / "val" / "Color_Images").iterdir())
+    try:
+        for path in (secret, cached, sample):  # even the split's own images, by path
+            answer = _raw_call(client.src, "predict", [
+                {"path": str(path), "meta": {"_type": "gradio.FileData"}}, False, 0, 0.0,
+                list(CLASS_NAMES)])
+            assert answer.startswith("event: error"), answer[:300]
+            assert re.search("not a file uploaded to this viewer|not uploaded by a user",
+                             answer), answer[:300]
+    finally:
+        shutil.rmtree(cached.parent)
+    # the same image uploaded is answered; the split's own are picked by name
+    plain, _ = client.predict(handle_file(str(secret)), False, 0, 0.0, list(CLASS_NAMES),
+                              api_name="/predict")
+    np.testing.assert_array_equal(read_image(plain), read_image(secret))
+    picked, _, cleared = client.predict(sample.stem, False, 0, 0.0, list(CLASS_NAMES),
+                                        api_name="/predict_sample")
+    np.testing.assert_array_equal(read_image(picked), read_image(sample))
+    assert cleared is None
+    with pytest.raises(AppError, match="not in the list of choices|not an image of val"):
+        client.predict(str(secret), False, 0, 0.0, list(CLASS_NAMES),
+                       api_name="/predict_sample")
+
+
+@pytest.mark.parametrize("window, message", [
+    (1, "model.sliding_window=1: a window is at least 16 pixels"),  # the CLI's message
+    (15, "model.sliding_window=15: a window is at least 16 pixels"),
+])
+def test_options_the_cli_refuses_are_refused_by_the_api(served, synth_root, window, message):
+    client, _ = served
+    path = str(next((synth_root / "val" / "Color_Images").iterdir()))
+    with pytest.raises(AppError, match=message):
+        client.predict(handle_file(path), False, window, 0.5, list(CLASS_NAMES),
+                       api_name="/predict")
+
+
+@pytest.mark.parametrize("cap, value, window", [
+    ("MAX_WINDOWS", 4, 16),  # 15 windows of 16 px over the checkpoint's 32x48
+    ("MAX_FORWARD_PIXELS", 3000, 0),  # a flipped 32x48 image is 3072 pixels
+])
+def test_one_request_cannot_ask_for_unbounded_work(served, synth_root, monkeypatch, cap,
+                                                   value, window):
+    client, _ = served
+    calls = []
+    monkeypatch.setattr(Predictor, "predict", lambda self, *a: calls.append(a))
+    monkeypatch.setattr(viewer, cap, value)  # the server answers in this process
+    path = str(next((synth_root / "val" / "Color_Images").iterdir()))
+    with pytest.raises(AppError, match="more than this viewer answers in one request"):
+        client.predict(handle_file(path), True, window, 0.5, list(CLASS_NAMES),
+                       api_name="/predict")
+    assert calls == []  # refused before any forward pass
+
+
+def test_twenty_concurrent_requests_are_all_answered(served, synth_root):
+    client, _ = served
+    paths = sorted((synth_root / "val" / "Color_Images").iterdir())
+    jobs = [client.submit(handle_file(str(paths[i % len(paths)])), i % 2 == 0, 0, 0.5,
+                          list(CLASS_NAMES), api_name="/predict") for i in range(20)]
+    results = [job.result(timeout=120) for job in jobs]
+    for i, (overlay, legend) in enumerate(results):
+        assert read_image(overlay).shape == read_image(paths[i % len(paths)]).shape
+        assert sum(_shares(legend).values()) == pytest.approx(100, abs=0.1)

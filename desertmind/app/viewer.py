@@ -12,6 +12,12 @@ Two tabs, built from the checkpoint alone:
 A bad upload (not an image, too large, too small) is answered with a message in the page;
 the server keeps running. Gradio's analytics are switched off, and nothing is fetched from the
 network.
+
+What a request may read and cost is bounded (see ``docs/viewer.md``): an image is either a file
+this server received through Gradio's upload route in this run (``Blocks.upload_file_set``) or
+one of the split's samples chosen by name, never a path the client names; every option is
+checked as the CLI checks it, the work of one request is capped before it starts, one request
+runs at a time and the queue behind it is bounded.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from desertmind.data.layout import Sample, list_images
 from desertmind.data.palette import colorize, error_map, overlay
 from desertmind.errors import ConfigError, DesertMindError
 from desertmind.inference.predictor import Predictor, check_image, class_shares
+from desertmind.inference.tta import check_window, window_count
 from desertmind.reports.analysis import SplitRanking
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -38,6 +45,14 @@ except ImportError as e:  # an optional extra
     raise ConfigError("desertmind app needs Gradio: pip install 'desertmind[app]'") from e
 
 TITLE = "desertmind viewer"
+#: requests waiting behind the one being answered; more are refused at once ("queue full")
+MAX_QUEUE = 32
+#: forward passes of one request's sliding window (per flip), and pixels through the network
+#: in all: a 960x540 image with flip is 1 MP, a 512 window over it 6 passes
+MAX_WINDOWS = 256
+MAX_FORWARD_PIXELS = 32_000_000
+#: the largest upload Gradio accepts (a 25 MP PNG is at most about 75 MB)
+MAX_FILE_SIZE = "100mb"
 
 
 def legend_html(shares: dict[str, float] | None = None,
@@ -82,44 +97,107 @@ class Viewer:
             folder = self.root / self.split / "Color_Images"
             self.samples = list_images(folder)  # names the folder when it is missing or empty
         self.ranking: SplitRanking | None = None
+        self.page: gr.Blocks | None = None  # set by build: its upload_file_set
 
     # Predict tab -------------------------------------------------------------------------
+    def _uploaded(self, path: str) -> str:
+        """``path`` if this server received it through Gradio's upload route, else an error:
+        Gradio copies any server file a client names into its cache before a handler runs, so
+        the cache alone says nothing about where a file came from."""
+        uploads = self.page.upload_file_set if self.page is not None else set()
+        if os.path.abspath(path) not in {os.path.abspath(p) for p in uploads}:
+            raise _error(f"{Path(path).name}: not a file uploaded to this viewer; upload the "
+                         "image (or pick one of the split's by name)")
+        return path
+
     def load_image(self, path: str | None) -> np.ndarray:
         if not path:
             raise _error("upload an image or pick one first")
+        self._uploaded(path)
         name = Path(path).name  # the upload's own name, not Gradio's cache folder
         try:
             return check_image(read_image(path), name)
         except DesertMindError as e:
             raise _error(_message(e).replace(path, name)) from e
 
-    def predict(self, path: str | None, tta_flip: bool, window: float | None,
-                opacity: float, shown: list[str]):
-        image = self.load_image(path)
+    def load_sample(self, name: str | None) -> np.ndarray:
+        by_name = {s.name: s for s in self.samples}
+        if name not in by_name:
+            raise _error(f"{name!r}: not an image of {self.split}; pick one from the list")
         try:
-            pred = self.predictor.predict(image, bool(tta_flip), int(window or 0) or None)
+            return check_image(read_image(by_name[name].image), name)
+        except DesertMindError as e:
+            raise _error(_message(e)) from e
+
+    def options(self, image: np.ndarray, tta_flip, window) -> tuple[bool, int | None]:
+        """The request's TTA options as the CLI would take them, refused when one request
+        would ask for more work than the caps allow (before any of it runs)."""
+        try:  # Gradio has made the window a whole number (precision 0), the flip a bool
+            size = check_window(int(window or 0) or None)
+        except DesertMindError as e:
+            raise _error(_message(e)) from e
+        h, w = self.predictor.image_size or image.shape[:2]
+        passes = 2 if tta_flip else 1
+        windows = window_count(h, w, size) if size else 1
+        pixels = passes * windows * (size * size if size else h * w)
+        if windows > MAX_WINDOWS or pixels > MAX_FORWARD_PIXELS:
+            raise _error(f"this request needs {passes * windows} forward passes over "
+                         f"{pixels / 1e6:.1f} MP, more than this viewer answers in one request "
+                         f"({MAX_WINDOWS} windows, {MAX_FORWARD_PIXELS / 1e6:.0f} MP); use a "
+                         "larger window, turn TTA off, or predict it with `desertmind "
+                         "predict`")
+        return bool(tta_flip), size
+
+    def _predict(self, image: np.ndarray, tta_flip, window, opacity: float,
+                 shown: list[str]):
+        flip, size = self.options(image, tta_flip, window)
+        try:
+            pred = self.predictor.predict(image, flip, size)
         except DesertMindError as e:
             raise _error(_message(e)) from e
         state = {"image": image, "pred": pred}
         return (self.draw(state, opacity, shown),
                 legend_html(class_shares(pred), shown), state)
 
+    def predict(self, path: str | None, tta_flip: bool, window: float | None,
+                opacity: float, shown: list[str]):
+        """An uploaded image (the ``/predict`` API)."""
+        return self._predict(self.load_image(path), tta_flip, window, opacity, shown)
+
+    def predict_sample(self, name: str | None, tta_flip: bool, window: float | None,
+                       opacity: float, shown: list[str]):
+        """One of the split's images, by name (the ``/predict_sample`` API); the upload box
+        is cleared so that the Predict button predicts the picked image."""
+        return (*self._predict(self.load_sample(name), tta_flip, window, opacity, shown), None)
+
+    def predict_current(self, path: str | None, name: str | None, tta_flip: bool,
+                        window: float | None, opacity: float, shown: list[str]):
+        """The Predict button: the upload if there is one, else the picked image."""
+        image = self.load_image(path) if path or not name else self.load_sample(name)
+        return self._predict(image, tta_flip, window, opacity, shown)
+
     def draw(self, state: dict | None, opacity: float, shown: list[str]) -> np.ndarray | None:
         if not state:
             return None
-        classes = [CLASS_NAMES.index(n) for n in shown]
-        return overlay(state["image"], state["pred"], float(opacity), classes)
+        unknown = sorted(set(shown or []) - set(CLASS_NAMES))
+        if unknown:
+            raise _error(f"classes shown: unknown class(es) {unknown}; choose from "
+                         f"{list(CLASS_NAMES)}")
+        try:
+            alpha = min(max(float(opacity), 0.0), 1.0)
+        except (TypeError, ValueError):
+            raise _error(f"opacity={opacity!r}: a number from 0 to 1") from None
+        classes = [CLASS_NAMES.index(n) for n in shown or []]
+        return overlay(state["image"], state["pred"], alpha, classes)
 
     def redraw(self, state: dict | None, opacity: float, shown: list[str]):
         shares = class_shares(state["pred"]) if state else None
         return self.draw(state, opacity, shown), legend_html(shares, shown)
 
-    def pick(self, name: str | None) -> str | None:
-        by_name = {s.name: s for s in self.samples}
-        return str(by_name[name].image) if name in by_name else None
-
     # Browse tab --------------------------------------------------------------------------
     def score_split(self, progress=gr.Progress()):  # noqa: B008 - Gradio's own convention
+        if self.ranking is not None:  # scored once per server: a click costs nothing more
+            return self._ranking_rows()
         dm = OffroadDataModule(str(self.root), val_dir=self.split, num_workers=0,
                                image_size=self.predictor.image_size, pin_memory=False)
         try:
@@ -129,6 +207,9 @@ class Viewer:
         self.ranking = SplitRanking(
             self.predictor.module, dm.datasets["val"],
             progress=lambda done, total: progress(done / total, desc="scoring images"))
+        return self._ranking_rows()
+
+    def _ranking_rows(self):
         rows = [[i + 1, s.name, None if np.isnan(s.miou) else round(s.miou, 4)]
                 for i, s in enumerate(self.ranking.scores)]
         choices = [s.name for s in self.ranking.scores]
@@ -137,7 +218,9 @@ class Viewer:
     def show(self, name: str | None):
         if self.ranking is None or not name:
             return None, None, None, None, ""
-        score = next(s for s in self.ranking.scores if s.name == name)
+        score = next((s for s in self.ranking.scores if s.name == name), None)
+        if score is None:
+            raise _error(f"{name!r}: not an image of {self.split}; pick one from the list")
         image, target, pred = self.ranking.render(score.index)
         return (image, colorize(target), colorize(pred), error_map(pred, target),
                 f"**{html.escape(name)}**: mean IoU {score.miou:.3f}")
@@ -158,10 +241,9 @@ class Viewer:
                         # reader says what is wrong with it
                         upload = gr.File(label="image file", file_types=["image"],
                                          type="filepath", elem_id="dm-input")
-                        if self.samples:
-                            picker = gr.Dropdown([x.name for x in self.samples], value=None,
-                                                 label=f"or pick an image of {self.split}")
-                            picker.change(self.pick, picker, upload)
+                        picker = gr.Dropdown([x.name for x in self.samples], value=None,
+                                             label=f"or pick an image of {self.split}",
+                                             visible=bool(self.samples), elem_id="dm-pick")
                         tta = gr.Checkbox(False, label="TTA: horizontal flip")
                         window = gr.Number(0, minimum=0, precision=0,
                                            label="sliding window (pixels; 0: off)")
@@ -174,9 +256,13 @@ class Viewer:
                                                  label="classes shown")
                         legend = gr.HTML(legend_html(), elem_id="dm-legend-box")
                 state = gr.State(None)
-                inputs = [upload, tta, window, opacity, shown]
-                run.click(self.predict, inputs, [shown_img, legend, state], api_name="predict")
-                upload.upload(self.predict, inputs, [shown_img, legend, state])
+                options = [tta, window, opacity, shown]
+                drawn = [shown_img, legend, state]
+                upload.upload(self.predict, [upload, *options], drawn, api_name="predict")
+                picker.input(self.predict_sample, [picker, *options], [*drawn, upload],
+                             api_name="predict_sample")
+                run.click(self.predict_current, [upload, picker, *options], drawn,
+                          api_name=False)
                 for control in (opacity, shown):
                     control.change(self.redraw, [state, opacity, shown], [shown_img, legend],
                                    api_name=False)
@@ -196,6 +282,9 @@ class Viewer:
                                                "error map (red: wrong)")]
                     score.click(self.score_split, None, [table, chosen], api_name="score")
                     chosen.change(self.show, chosen, [*views, caption], api_name="show")
+        # one request at a time (the model is one), and a bounded line behind it
+        page.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
+        self.page = page
         return page
 
 
@@ -206,7 +295,8 @@ def launch(ckpt: str | Path, root: str | None = None, split: str | None = None,
     ``block=False`` the server runs in a thread and this returns at once (tests)."""
     page = Viewer(ckpt, root, split, device).build()
     _, url, _ = page.launch(server_name=host, server_port=port, prevent_thread_lock=True,
-                            show_error=True, quiet=True, footer_links=["api"])
+                            show_error=True, quiet=True, footer_links=["api"],
+                            max_file_size=MAX_FILE_SIZE)
     print(f"desertmind app: serving {ckpt} at {url} (Ctrl+C to stop)", flush=True)
     if block:
         page.block_thread()

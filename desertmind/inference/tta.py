@@ -7,7 +7,35 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from desertmind.errors import ConfigError
+
 Forward = Callable[[torch.Tensor], torch.Tensor]  # normalised images -> logits, same size
+
+#: the smallest sliding window: below it a 960x540 image needs thousands of forward passes
+MIN_WINDOW = 16
+
+
+def check_window(size: int | None) -> int | None:
+    """``size`` if it is a usable sliding window (None: whole images), else a
+    :class:`ConfigError`; the CLI, the module and the viewer refuse with this one message."""
+    if size is None:
+        return None
+    if size < MIN_WINDOW:
+        raise ConfigError(f"model.sliding_window={size}: a window is at least {MIN_WINDOW} "
+                          "pixels (null: whole images)")
+    return int(size)
+
+
+def _starts(length: int, size: int, stride: int) -> list[int]:
+    return list(range(0, length - size, stride)) + [length - size]
+
+
+def window_count(height: int, width: int, size: int, stride: int | None = None) -> int:
+    """How many forward passes :func:`sliding_window` makes over one ``height`` x ``width``
+    image (what a request costs, known before any of them runs)."""
+    stride = stride or max(1, size * 2 // 3)
+    hh, ww = max(height, size), max(width, size)
+    return len(_starts(hh, size, stride)) * len(_starts(ww, size, stride))
 
 
 def sliding_window(forward: Forward, images: torch.Tensor, size: int,
@@ -21,8 +49,7 @@ def sliding_window(forward: Forward, images: torch.Tensor, size: int,
     ph, pw = max(size - h, 0), max(size - w, 0)
     x = F.pad(images, (0, pw, 0, ph)) if ph or pw else images
     hh, ww = x.shape[-2:]
-    ys = list(range(0, hh - size, stride)) + [hh - size]
-    xs = list(range(0, ww - size, stride)) + [ww - size]
+    ys, xs = _starts(hh, size, stride), _starts(ww, size, stride)
     total = counts = None
     for y in ys:
         for x0 in xs:

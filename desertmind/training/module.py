@@ -19,7 +19,7 @@ from desertmind.errors import (
     NonFiniteStateError,
     check_choice,
 )
-from desertmind.inference.tta import predict_probs, restrict
+from desertmind.inference.tta import check_window, predict_probs, restrict
 from desertmind.models.network import set_bn_momentum
 from desertmind.models.registry import DEFAULT_ARCH, Arch, build_network
 from desertmind.training.chain_logger import set_step_offset
@@ -158,9 +158,10 @@ class SegmentationModule(L.LightningModule):
             raise ConfigError(f"model.self_training={self_training}, pseudo_threshold="
                               f"{pseudo_threshold}, teacher_ema={teacher_ema}: need a weight "
                               ">= 0, a threshold in (0, 1] and an EMA decay in (0, 1) or null")
-        if sliding_window is not None and sliding_window < 16:
-            raise ConfigError(f"model.sliding_window={sliding_window}: a window is at least 16 "
-                              "pixels (null: whole images)")
+        check_window(sliding_window)
+        if predict_classes is not None and not predict_classes:
+            raise ConfigError("model.predict_classes=[]: name at least one class to restrict "
+                              "the argmax to, or leave it null for all classes")
         unknown = sorted(set(predict_classes or []) - set(CLASS_NAMES))
         if unknown:
             raise ConfigError(f"predict_classes: unknown class(es) {unknown}; choose from "
