@@ -18,7 +18,9 @@ take these paths from here.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
 CHECKPOINT_DIR = "checkpoints"
 BEST = "best"
@@ -93,3 +95,20 @@ def without_random_seed(phase: str) -> tuple[str, int | None]:
         if part.startswith(RANDOM_SEED_DIR) and seed.isdigit():
             return Path(*parts[:i], *parts[i + 1:]).as_posix(), int(seed)
     return phase, None
+
+
+_NOTED: set[str] = set()
+
+
+def run_folder(trainer: Any, what: str) -> Path | None:
+    """The run's log folder (``trainer.log_dir``, a collective under DDP: every rank must ask),
+    or None when the run has none (``logger: false``, ``fast_dev_run``): rank 0 then says once
+    per process that ``what`` is skipped, and the caller skips it."""
+    log_dir = trainer.log_dir
+    if log_dir is not None:
+        return Path(log_dir)
+    if trainer.is_global_zero and what not in _NOTED:
+        _NOTED.add(what)
+        print(f"desertmind: no log folder for this run (logger off or fast_dev_run): {what} "
+              "not written", file=sys.stderr)
+    return None

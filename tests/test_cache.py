@@ -115,6 +115,51 @@ def test_a_damaged_cache_is_rebuilt_with_a_warning(synth_root: Path, tmp_path: P
     assert np.array_equal(decoded.pair(0)[0], ref.numpy())
 
 
+@pytest.mark.parametrize("name, damage", [
+    ("masks.u8", lambda data: b"\xc8" * len(data)),  # class 200: out of range for the loss
+    ("images.u8", lambda data: bytes(len(data))),  # black images, which would train silently
+])
+def test_damage_of_the_same_size_is_found_and_rebuilt(synth_root: Path, tmp_path: Path, name,
+                                                      damage):
+    _open(synth_root, "disk", tmp_path)
+    (folder,) = tmp_path.iterdir()
+    target = folder / name
+    size = target.stat().st_size
+    target.write_bytes(damage(target.read_bytes()))
+    assert target.stat().st_size == size  # nothing a size check could see
+    with pytest.warns(UserWarning, match=f"{folder}: decoded cache damaged .*synth_train_00000"):
+        decoded = _open(synth_root, "disk", tmp_path)
+    for i, sample in enumerate(OffroadDataset(list_split(synth_root, "train"))):
+        image, mask = decoded.pair(i)
+        assert np.array_equal(image, sample["image"].permute(1, 2, 0).numpy())
+        assert np.array_equal(mask, sample["mask"].numpy())
+
+
+def test_an_intact_cache_is_checked_once_per_process(synth_root: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    _open(synth_root, "disk", tmp_path)  # built: its checksums are known
+    checked = []
+    real = cache_mod.DecodedSplit.checksums
+    monkeypatch.setattr(cache_mod.DecodedSplit, "checksums",
+                        lambda self, i: checked.append(i) or real(self, i))
+    _open(synth_root, "disk", tmp_path)
+    assert checked == []
+    cache_mod._VERIFIED.clear()  # a new process
+    _open(synth_root, "disk", tmp_path)
+    assert checked == list(range(8))
+
+
+def test_a_read_only_cache_folder_is_one_line_naming_it(synth_root: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch):
+    def read_only(path):
+        raise OSError(30, "Read-only file system", str(path))
+
+    monkeypatch.setattr(cache_mod, "atomic_dir", read_only)  # root ignores chmod: EROFS here
+    with pytest.raises(DatasetError, match=f"{tmp_path}: cannot write the decoded cache .*"
+                       r"Read-only file system.*--data.cache_dir.*--data.cache none"):
+        _open(synth_root, "disk", tmp_path)
+
+
 def test_two_roots_with_the_same_split_name_keep_separate_caches(synth_root: Path,
                                                                  data_copy: Path, tmp_path: Path):
     _open(synth_root, "disk", tmp_path / "cache")

@@ -11,7 +11,7 @@ import lightning as L
 import torch
 import yaml
 from jsonargparse import ActionYesNo
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -129,6 +129,26 @@ def apply_checkpoint(config, ckpt: str | Path, given: set[str]) -> None:
             config.data[key] = value
 
 
+def named_checkpoint(config, name: str) -> Path:
+    """``--ckpt_path best|last``: that file of the phase the config's checkpoint callback
+    (``checkpoint.dirpath``) or logger (``save_dir``/``name``) names."""
+    folder = config.get("checkpoint", {}).get("dirpath")
+    logger = config.trainer.get("logger")
+    init = logger.get("init_args") if hasattr(logger, "get") else None
+    if folder is None and init is not None and init.get("name") is not None:
+        folder = runs.checkpoint_dir(init.get("save_dir") or ".", str(init.get("name")))
+    if folder is None:
+        raise ConfigError(f"--ckpt_path {name}: no phase to take {name}{runs.CKPT_EXT} from; "
+                          "give the phase's config (-c configs/phase1.yaml) or the "
+                          "checkpoint's path")
+    path = Path(folder) / f"{name}{runs.CKPT_EXT}"
+    if not path.is_file():
+        raise ConfigError(f"--ckpt_path {name}: {path} does not exist; train the phase first "
+                          "(or point --trainer.logger.init_args.save_dir at its logs), or give "
+                          "the checkpoint's path")
+    return path
+
+
 SCHEDULERS_HINT = (
     "model.scheduler takes a class_path: desertmind.training.schedulers.PolyLR (per step), "
     "torch.optim.lr_scheduler.CosineAnnealingLR, torch.optim.lr_scheduler.ReduceLROnPlateau "
@@ -204,10 +224,22 @@ class DesertMindCLI(LightningCLI):
         refuse_overlay_first(argv)
         super().parse_arguments(parser, args)
         sub = self.config.get("subcommand")
+        config = self.config[sub]
+        ckpt = config.get("ckpt_path")
+        # Lightning resolves "last" for fit itself; "best" (and "last" in an evaluation,
+        # whose training callbacks are dropped) would find no ModelCheckpoint to ask
+        if ckpt == runs.BEST or (sub in EVALUATION and ckpt == runs.LAST):
+            ckpt = config.ckpt_path = str(named_checkpoint(config, ckpt))
         if sub in EVALUATION:
-            ckpt = self.config[sub].get("ckpt_path")
-            if ckpt and ckpt not in ("best", "last", "hpc", "registry"):
-                apply_checkpoint(self.config[sub], ckpt, given_keys(argv))
+            if not ckpt and not config.model.get("init_from"):
+                raise ConfigError(
+                    f"{sub} needs a trained model, or it would score random weights: give "
+                    "--ckpt_path CKPT (e.g. --ckpt_path lightning_logs/phase3/checkpoints/"
+                    "best.ckpt, or --ckpt_path best with the phase's config: -c "
+                    "configs/phase3.yaml), or a config whose model.init_from names a "
+                    "checkpoint")
+            if ckpt and ckpt not in ("hpc", "registry"):
+                apply_checkpoint(config, ckpt, given_keys(argv))
 
     def _parse_ckpt_path(self) -> None:
         """Lightning's own version replaces every ``model`` value with the checkpoint's saved
@@ -243,10 +275,12 @@ class DesertMindCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self.datamodule.check_fit()
+        self._drop_logger_callbacks()
         for callback in self.trainer.checkpoint_callbacks:
             if isinstance(callback, PhaseCheckpoint):
                 callback.resolve_dirpath(self.trainer)
-        if self.trainer.global_rank == 0:  # other DDP ranks start after these checks
+        # other DDP ranks start after these checks; fast_dev_run writes no checkpoint
+        if self.trainer.global_rank == 0 and not self.trainer.fast_dev_run:
             self._claim_checkpoint_folders()
         if self.config.fit.get("ckpt_path") == runs.LAST:
             # Lightning would warn and train from scratch: a resume that resumes nothing
@@ -257,6 +291,18 @@ class DesertMindCLI(LightningCLI):
                 where = found[0] if found else "the phase's checkpoints folder"
                 raise ConfigError(f"--ckpt_path last: nothing to resume, {where} does not "
                                   "exist; leave --ckpt_path out to start the phase")
+
+    def _drop_logger_callbacks(self) -> None:
+        """With ``logger: false``, the callbacks that only feed a logger have nothing to do
+        (LearningRateMonitor would stop the run): they are left out, with one line."""
+        if self.trainer.loggers:
+            return
+        dropped = [c for c in self.trainer.callbacks if isinstance(c, LearningRateMonitor)]
+        if dropped:
+            self.trainer.callbacks = [c for c in self.trainer.callbacks if c not in dropped]
+            if self.trainer.is_global_zero:
+                print("desertmind fit: no logger: LearningRateMonitor left out",
+                      file=sys.stderr)
 
     def _claim_checkpoint_folders(self) -> None:
         """Refuse to start a phase over the checkpoints of an earlier run of it (a resume or

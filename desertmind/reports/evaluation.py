@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from desertmind import runs
 from desertmind.data.classes import CLASS_NAMES, NUM_CLASSES
 from desertmind.files import write_json, write_text, write_with
 from desertmind.reports.plots import confusion_matrix_figure, save
@@ -157,13 +158,13 @@ class BestValidationImages(_PerImageConfusion):
         if trainer.sanity_checking or trainer.state.fn != "fit" or trainer.logger is None:
             return
         names, cms = self._gathered(trainer)  # every rank takes part in the gather
-        log_dir = trainer.log_dir  # a broadcast under DDP: every rank asks too
+        log_dir = runs.run_folder(trainer, VAL_IMAGES_FILE)
         value = trainer.callback_metrics.get(MONITOR)
         if value is None or not math.isfinite(float(value)) or float(value) <= self.best:
             return
         self.best = float(value)
-        if trainer.is_global_zero:
-            write_with(Path(log_dir) / VAL_IMAGES_FILE, lambda f: np.savez_compressed(
+        if trainer.is_global_zero and log_dir is not None:
+            write_with(log_dir / VAL_IMAGES_FILE, lambda f: np.savez_compressed(
                 f, names=np.array(names), cms=cms.numpy(), epoch=trainer.current_epoch,
                 value=self.best))
 

@@ -77,7 +77,7 @@ class PhaseCheckpoint(ModelCheckpoint):
     def resolve_dirpath(self, trainer: L.Trainer) -> None:
         """Fill in the default folder from the trainer's logger (before ``--ckpt_path last``
         is looked up, which happens before any callback's setup)."""
-        if self.dirpath is None and trainer.logger is not None:
+        if self.dirpath is None and trainer.logger is not None and not trainer.fast_dev_run:
             logger = trainer.logger
             self.dirpath = str(runs.checkpoint_dir(logger.save_dir or ".", str(logger.name)))
 
@@ -106,6 +106,11 @@ class LastCheckpoint(PhaseCheckpoint):
     def __init__(self, every_n_train_steps: int = 0) -> None:
         super().__init__(monitor=None, save_top_k=0, save_last=True,
                          every_n_train_steps=every_n_train_steps, every_n_epochs=0)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning's save_last also saves here, even under fast_dev_run (which saves nothing)
+        if not trainer.fast_dev_run:
+            super().on_train_end(trainer, pl_module)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)

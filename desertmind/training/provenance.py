@@ -62,7 +62,7 @@ class Provenance(L.Callback):
     """Writes ``provenance.json`` beside the run's ``config.yaml`` when a run starts (rank 0)."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        log_dir = trainer.log_dir  # a collective (broadcast): every rank must ask
+        log_dir = runs.run_folder(trainer, runs.PROVENANCE_FILE)
         if not trainer.is_global_zero or log_dir is None:
             return
         dm = trainer.datamodule
@@ -88,4 +88,4 @@ class Provenance(L.Callback):
             "dataset": dataset_fingerprint(dm.root, splits) if dm is not None and splits
             else None,
         }
-        write_json(Path(log_dir) / runs.PROVENANCE_FILE, record)
+        write_json(log_dir / runs.PROVENANCE_FILE, record)
