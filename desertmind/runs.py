@@ -19,6 +19,7 @@ take these paths from here.
 from __future__ import annotations
 
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -97,18 +98,19 @@ def without_random_seed(phase: str) -> tuple[str, int | None]:
     return phase, None
 
 
-_NOTED: set[str] = set()
+_NOTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # trainer -> what was said
 
 
 def run_folder(trainer: Any, what: str) -> Path | None:
     """The run's log folder (``trainer.log_dir``, a collective under DDP: every rank must ask),
     or None when the run has none (``logger: false``, ``fast_dev_run``): rank 0 then says once
-    per process that ``what`` is skipped, and the caller skips it."""
+    per trainer that ``what`` is skipped, and the caller skips it."""
     log_dir = trainer.log_dir
     if log_dir is not None:
         return Path(log_dir)
-    if trainer.is_global_zero and what not in _NOTED:
-        _NOTED.add(what)
+    noted = _NOTED.setdefault(trainer, set())
+    if trainer.is_global_zero and what not in noted:
+        noted.add(what)
         print(f"desertmind: no log folder for this run (logger off or fast_dev_run): {what} "
               "not written", file=sys.stderr)
     return None

@@ -200,3 +200,38 @@ def test_an_overlay_given_alone_fails_with_one_line(configs, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert "applied after a phase config" in err[0] and "-c configs/phase1.yaml" in err[0]
+
+
+@pytest.mark.parametrize("sub", ["validate", "test", "predict"])
+def test_an_evaluation_without_a_checkpoint_is_refused_and_writes_nothing(
+        sub, synth_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # where Lightning's defaults would write
+    args = [sub, "--data.root", str(synth_root), "--data.test_dir", "val",
+            "--data.predict_dir", "val", "--out", str(tmp_path / "out"), *CPU]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--ckpt_path" in err and "random weights" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["best", "last"])
+def test_ckpt_path_best_and_last_name_the_phase_files(name, synth_root, phase3, tmp_path,
+                                                      configs):
+    _, logs = phase3
+    phase = ["-c", str(configs / "phase3.yaml"), "-c", str(configs / "demo.yaml"),
+             "--trainer.logger.init_args.save_dir", str(logs), "--data.root", str(synth_root),
+             "--data.image_size", "[32, 48]", *CPU]
+    for sub in ("validate", "test"):
+        out = tmp_path / f"{sub}-{name}"
+        assert main([sub, *phase, "--data.test_dir", "val", "--ckpt_path", name,
+                     "--out", str(out)]) == 0
+        assert json.loads((out / "metrics.json").read_text())
+    out = tmp_path / f"predict-{name}"
+    assert main(["predict", *phase, "--data.predict_dir", "val", "--ckpt_path", name,
+                 "--out", str(out)]) == 0
+    assert len(list((out / "raw").iterdir())) == 4
+    # a phase without the file is named, not Lightning's "ModelCheckpoint is not configured"
+    empty = tmp_path / "empty-logs"
+    assert main(["validate", *phase, "--trainer.logger.init_args.save_dir", str(empty),
+                 "--ckpt_path", name]) == 2
+    assert not empty.exists()

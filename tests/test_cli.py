@@ -149,3 +149,30 @@ def test_resuming_with_nothing_to_resume_is_refused(synth_root: Path, tmp_path: 
                  "last"]) == 2
     err = capsys.readouterr().err
     assert "nothing to resume" in err and str(tmp_path / "phase1" / "checkpoints") in err
+
+
+@pytest.mark.parametrize("extra", [
+    ["--trainer.fast_dev_run", "true"],
+    ["--trainer.fast_dev_run", "true", "--model.arch", "deeplabv3plus",
+     "--model.backbone", "resnet18", "--model.weights", "none"],
+    ["--trainer.logger", "false"],
+    ["--trainer.overfit_batches", "1"],
+    ["--trainer.limit_val_batches", "0"],
+], ids=["fast_dev_run", "fast_dev_run-smp", "logger-false", "overfit_batches",
+        "no-validation"])
+def test_the_lightning_idioms_a_user_types_first_run(extra, synth_root, tmp_path, monkeypatch,
+                                                     phase_args, capsys):
+    monkeypatch.chdir(tmp_path)  # Lightning's default folder when there is no logger
+    logs = tmp_path / "logs"
+    assert main(["fit", *phase_args("phase1", synth_root, logs),
+                 "--trainer.enable_progress_bar", "false", *extra]) == 0
+    written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    given = " ".join(extra)
+    if "fast_dev_run" in given:  # one batch of each, nothing written anywhere
+        assert written <= {"logs/stats.json"}, written
+        assert "val_images.npz not written" in capsys.readouterr().err
+    elif "--trainer.logger" in given:  # Lightning's convention: the working folder
+        assert {"checkpoints/best.ckpt", "config.yaml", "provenance.json"} <= written
+        assert "LearningRateMonitor left out" in capsys.readouterr().err
+    else:
+        assert "logs/phase1/checkpoints/last.ckpt" in written
