@@ -10,7 +10,7 @@ import torch
 
 from desertmind.cli.main import main
 from desertmind.data.classes import RAW_IDS
-from desertmind.data.imageio import read_image, read_mask
+from desertmind.data.imageio import read_image, read_mask, write_png
 from desertmind.inference.trained import load_module
 from desertmind.inference.tta import predict_probs, restrict, sliding_window
 from desertmind.training.module import SegmentationModule
@@ -58,6 +58,50 @@ def test_predict_names_an_unreadable_image(synth_root, trained, tmp_path, capsys
     assert main(["predict", *args, "--ckpt_path", str(ckpt), "--data.predict_dir", str(folder),
                  "--out", str(tmp_path / "o")]) == 2
     assert str(folder / "broken.png") in capsys.readouterr().err
+
+
+def test_predict_at_full_size_writes_a_folder_of_mixed_sizes(synth_root, trained, tmp_path):
+    ckpt, args = trained
+    folder = tmp_path / "any"
+    folder.mkdir()
+    sizes = {"wide": (40, 96), "tall": (64, 48), "small": (32, 32)}
+    for name, (h, w) in sizes.items():
+        write_png(folder / f"{name}.png", np.random.default_rng(0).integers(
+            0, 255, (h, w, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    assert main(["predict", *args, "--ckpt_path", str(ckpt), "--data.predict_dir", str(folder),
+                 "--data.image_size", "null", "--data.eval_batch_size", "2",
+                 "--out", str(out)]) == 0
+    for name, size in sizes.items():
+        assert read_mask(out / "raw" / f"{name}.png").shape == size
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, I am text"], ids=["empty", "text"])
+def test_an_error_in_a_dataloader_worker_is_its_own_one_line(synth_root, trained, tmp_path,
+                                                              capsys, content):
+    ckpt, args = trained
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "fake.png").write_bytes(content)
+    assert main(["predict", *args, "--ckpt_path", str(ckpt), "--data.predict_dir", str(folder),
+                 "--data.num_workers", "2", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith(
+        f"desertmind predict: error: {folder / 'fake.png'}")
+    assert "Original Traceback" not in err and "DataLoader worker" not in err
+
+
+def test_images_in_subfolders_are_counted_not_skipped_silently(synth_root, trained, tmp_path):
+    ckpt, args = trained
+    folder = tmp_path / "imgs"
+    (folder / "day2").mkdir(parents=True)
+    source = next((synth_root / "val" / "Color_Images").iterdir())
+    (folder / "top.png").write_bytes(source.read_bytes())
+    (folder / "day2" / "nested.png").write_bytes(source.read_bytes())
+    with pytest.warns(UserWarning, match=r"1 subfolder\(s\) not read \(day2\)"):
+        assert main(["predict", *args, "--ckpt_path", str(ckpt), "--data.predict_dir",
+                     str(folder), "--data.num_workers", "0", "--out", str(tmp_path / "o")]) == 0
+    assert [p.name for p in (tmp_path / "o" / "raw").iterdir()] == ["top.png"]
 
 
 def test_test_command_reports_the_validation_metrics(synth_root, trained, capsys):

@@ -14,7 +14,6 @@ import sys
 from desertmind import __version__, runs
 from desertmind.errors import DesertMindError
 
-TOOLS = ("check-data", "synth", "scores", "report", "export", "app")
 LIGHTNING = ("fit", "validate", "test", "predict")
 USAGE = """usage: desertmind [--version] COMMAND ...
 
@@ -233,8 +232,20 @@ def main(argv: list[str] | None = None) -> int:
         args = _tool_parser().parse_args(argv)
         return args.func(args)
     except DesertMindError as e:  # the user's to fix: the message, not a traceback
-        print(f"desertmind {argv[0]}: error: {e}", file=sys.stderr)
+        print(f"desertmind {argv[0]}: error: {one_line(e)}", file=sys.stderr)
         return 2
+
+
+def one_line(error: DesertMindError) -> str:
+    """The error's own message. An error raised in a DataLoader worker comes back re-raised
+    by torch as the same class with "Caught DatasetError in DataLoader worker process 0" and
+    the worker's whole traceback as its message; the message is that traceback's last line."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    prefix = f"{type(error).__module__}.{type(error).__name__}: "
+    return last.removeprefix(prefix).removeprefix(f"{type(error).__name__}: ")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import CombinedLoader
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from desertmind.data.cache import CACHES, Cache, open_cache
@@ -32,6 +33,21 @@ from desertmind.data.transforms import (
     normalize,
 )
 from desertmind.errors import ConfigError, DatasetError, check_choice
+
+
+def _mixed_sizes(samples: list[Sample]) -> bool:
+    """Whether the images are of more than one size (read from their headers, not decoded);
+    an unreadable header is left for the reader to name."""
+    sizes = set()
+    for s in samples:
+        try:
+            with Image.open(s.image) as im:
+                sizes.add(im.size)
+        except (OSError, SyntaxError):
+            continue
+        if len(sizes) > 1:
+            return True
+    return False
 
 
 class OffroadDataModule(L.LightningDataModule):
@@ -107,6 +123,9 @@ class OffroadDataModule(L.LightningDataModule):
         if image_size is not None and (len(image_size) != 2 or min(image_size) < 16):
             raise ConfigError(f"data.image_size={list(image_size)}: (height, width), each at "
                               "least 16 pixels, or null for the full size")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers={num_workers}: the number of DataLoader worker "
+                              "processes, 0 (load in the main process) or more")
         if crop_size < 16:
             raise ConfigError(f"data.crop_size={crop_size}: at least 16 pixels")
         self.save_hyperparameters()
@@ -114,6 +133,7 @@ class OffroadDataModule(L.LightningDataModule):
         self.datasets: dict[str, OffroadDataset] = {}
         self._weights: torch.Tensor | None = None
         self.seed: int | None = None  # the training order's and augmentations' (EpochSampler)
+        self._predict_one_by_one = False  # full-size prediction of images of several sizes
 
     def _eval_transform(self):
         return build_transform("none", self.hparams.image_size)
@@ -173,8 +193,9 @@ class OffroadDataModule(L.LightningDataModule):
         if stage == "predict":
             if hp.predict_dir is None:
                 raise DatasetError("no images to predict: set --data.predict_dir")
-            self.datasets["predict"] = OffroadDataset(self._images(hp.predict_dir),
-                                                      self._eval_transform())
+            images = self._images(hp.predict_dir)
+            self.datasets["predict"] = OffroadDataset(images, self._eval_transform())
+            self._predict_one_by_one = hp.image_size is None and _mixed_sizes(images)
 
     def check_fit(self) -> None:
         """Refuse settings that only training cannot use (the CLI asks before any run folder
@@ -244,9 +265,12 @@ class OffroadDataModule(L.LightningDataModule):
             # with repeated samples, which would count them twice in the metrics
             sampler = UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size,
                                                    rank=trainer.global_rank, shuffle=False)
+        batch_size = hp.batch_size if train else (hp.eval_batch_size or hp.batch_size)
+        if split == "predict" and self._predict_one_by_one:
+            batch_size = 1  # each image at its own size: a batch needs one size
         return DataLoader(
             dataset,
-            batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
+            batch_size=batch_size,
             sampler=sampler,
             drop_last=train,
             num_workers=workers,

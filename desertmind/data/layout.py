@@ -7,6 +7,7 @@ Layout: ``ROOT/<split>/Color_Images/NAME.png`` paired by file name with
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,11 +78,21 @@ def list_images(folder: str | Path) -> list[Sample]:
     folder = Path(folder)
     if (folder / IMAGE_DIR).is_dir():
         folder = folder / IMAGE_DIR
+    if folder.is_file():
+        raise DatasetError(f"{folder}: is a file, not a folder of images; give the folder "
+                           f"that holds it ({folder.parent})")
     if not folder.is_dir():
         raise DatasetError(f"{folder}: image folder not found")
     images = _files(folder, IMAGE_EXTS)
+    subfolders = sorted(p.name for p in folder.iterdir()
+                        if p.is_dir() and not p.name.startswith("."))
+    if subfolders:  # one folder is read, not a tree: say what was left out
+        warnings.warn(f"{folder}: {len(subfolders)} subfolder(s) not read ({_names(subfolders)}): "
+                      "only the images directly in the folder are used; give each subfolder "
+                      "on its own", stacklevel=2)
     if not images:
-        raise DatasetError(f"{folder}: no images (.png/.jpg) found")
+        raise DatasetError(f"{folder}: no images (.png/.jpg) found"
+                           + (" directly in it (only in subfolders)" if subfolders else ""))
     return [Sample(n, p, None) for n, p in images.items()]
 
 
@@ -113,6 +124,12 @@ def list_split(root: str | Path, split: str, require_masks: bool = True) -> list
     problems = []
     no_mask = sorted(images.keys() - masks.keys())
     no_image = sorted(masks.keys() - images.keys())
+    lossy = {n: p for n, p in _files(mask_dir, (".jpg", ".jpeg")).items() if n in no_mask}
+    if lossy:  # a mask there, in a format that cannot hold raw ids
+        problems.append(f"{len(lossy)} mask(s) in {mask_dir} are JPEG, not PNG: "
+                        f"{_names([p.name for p in lossy.values()])}; masks must be 16-bit PNGs "
+                        "of raw ids (JPEG is 8-bit and lossy: its values are not the class ids)")
+        no_mask = [n for n in no_mask if n not in lossy]
     if no_mask:
         problems.append(f"{len(no_mask)} image(s) in {img_dir} have no mask in {mask_dir}: "
                         f"{_names(no_mask)}")
