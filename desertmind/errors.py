@@ -50,3 +50,11 @@ def check_choice(what: str, value: object, choices: Iterable[object]) -> None:
 
 class FileLockedError(DesertMindError, RuntimeError):
     """Another process holds the folder a run would write into."""
+
+
+class OutputError(DesertMindError, OSError):
+    """An output cannot be written (a read-only folder, a full disk); the message names the
+    file and its disk's free space. Also an OSError, so code that handles one still does;
+    ``reason`` is the system's own words ("Read-only file system")."""
+
+    reason: str | None = None

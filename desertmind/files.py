@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from desertmind.errors import FileLockedError
+from desertmind.errors import FileLockedError, OutputError
 
 
 def _read_umask() -> int:
@@ -41,10 +41,13 @@ def atomic_path(path: str | Path) -> Iterator[str]:
     the next write of the same file, while another live writer's is left alone.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
-                               suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_orphans(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
+                                   suffix=".tmp")
+    except OSError as e:
+        raise cannot_write(path, e) from e
     try:
         os.fchmod(fd, _FILE_MODE)
         os.close(fd)
@@ -52,9 +55,25 @@ def atomic_path(path: str | Path) -> Iterator[str]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, OutputError) and e.errno is not None:
+            raise cannot_write(path, e) from e
         raise
+
+
+def cannot_write(path: Path, error: OSError) -> OutputError:
+    """One line for a write that failed: which file, why, and the disk's free space (a full
+    disk and a read-only folder say so in their own words)."""
+    folder = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    try:
+        free = f"; {shutil.disk_usage(folder).free / 2**20:.0f} MiB free on its disk"
+    except OSError:
+        free = ""
+    out = OutputError(f"{path}: cannot write ({error.strerror or error}){free}; nothing was "
+                      "replaced: choose a writable folder with space, or free some")
+    out.errno, out.reason = error.errno, error.strerror
+    return out
 
 
 def _remove_orphans(path: Path) -> None:
@@ -117,11 +136,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     a killed process (``.NAME.tmp-PID`` whose PID is gone) is removed the next time.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_dirs(path.parent, f".{path.name}.tmp-")
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_dirs(path.parent, f".{path.name}.tmp-")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise cannot_write(path, e) from e
     try:
         yield tmp
         for f in tmp.iterdir():

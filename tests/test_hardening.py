@@ -302,3 +302,57 @@ def test_a_finished_phase_is_not_overwritten_and_a_busy_one_is_locked(synth_root
     (folder / ".lock").write_text("999999999")  # left by a process that is gone: taken over
     assert main([*args, "--overwrite"]) == 0
     assert not (folder / ".lock").exists()
+
+
+def test_check_data_fails_a_split_without_one_labelled_pixel(data_copy: Path, capsys):
+    for path in (data_copy / "val" / "Segmentation").glob("*.png"):
+        write_png(path, np.full_like(read_mask(path), 4242))
+    assert main(["check-data", str(data_copy), "--workers", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "PROBLEM: split 'val': no mask pixel is a known class (values found: 4242)" in out
+    assert "no problems found" not in out
+
+
+def test_check_data_warns_when_few_mask_pixels_are_known(data_copy: Path, capsys):
+    for path in (data_copy / "train" / "Segmentation").glob("*.png"):
+        mask = read_mask(path)
+        mask[: mask.shape[0] * 3 // 4] = 4242  # three quarters unknown
+        write_png(path, mask)
+    assert main(["check-data", str(data_copy), "--workers", "1"]) == 0  # --strict fails it
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if "WARNING" in x]
+    assert "only 25.0% of mask pixels are a known class" in line
+
+
+def test_a_jpeg_mask_is_named_as_such(data_copy: Path, capsys):
+    mask = sorted((data_copy / "train" / "Segmentation").iterdir())[0]
+    mask.rename(mask.with_suffix(".jpg"))
+    assert main(["check-data", str(data_copy), "--workers", "1"]) == 1
+    out = capsys.readouterr().out
+    assert f"are JPEG, not PNG: {mask.stem}.jpg" in out and "have no mask" not in out
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--data.num_workers", "-1", "data.num_workers=-1: the number of DataLoader worker"),
+    ("--model.predict_classes", "[]", "model.predict_classes=[]: name at least one class"),
+    ("--data.predict_dir", "FILE", "is a file, not a folder of images"),
+])
+def test_small_misleading_messages_say_what_is_wrong(synth_root: Path, tmp_path: Path, capsys,
+                                                     phase_args, option, value, message):
+    ckpt = tmp_path / "logs" / "phase1" / "checkpoints" / "best.ckpt"
+    if value == "FILE":
+        value = str(next((synth_root / "val" / "Color_Images").iterdir()))
+        assert main(["fit", *phase_args("phase1", synth_root, tmp_path / "logs")]) == 0
+        args = ["predict", "--ckpt_path", str(ckpt), "--out", str(tmp_path / "o")]
+    else:
+        args = ["fit", *phase_args("phase1", synth_root, tmp_path / "logs")]
+    assert main([*args, option, value]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert message in line
+
+
+def test_report_on_a_file_says_it_is_a_file(tmp_path: Path, capsys):
+    file = tmp_path / "summary.md"
+    file.write_text("not logs")
+    assert main(["report", "--logs", str(file)]) == 2
+    assert "is a file, not a logs folder" in capsys.readouterr().err

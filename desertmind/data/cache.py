@@ -261,8 +261,9 @@ def _open_disk(samples: list[Sample], split_dir: Path, cache_dir: Path,
                 "unknown": [{str(k): v for k, v in u.items()} for u in unknown],
                 "crc32": crcs})
     except OSError as e:  # a read-only or vanished cache folder: the run's to fix, in a line
+        reason = getattr(e, "reason", None) or e.strerror or e
         raise DatasetError(f"{cache_dir}: cannot write the decoded cache of {split_dir} "
-                           f"({e.strerror or e}); set --data.cache_dir to a writable folder, "
+                           f"({reason}); set --data.cache_dir to a writable folder, "
                            "or use --data.cache none") from e
     for old in cache_dir.glob(f"{label}-*"):  # earlier versions of this split
         if old != folder:

@@ -32,9 +32,10 @@ from desertmind.data.layout import (
 from desertmind.errors import DatasetError, check_choice
 from desertmind.files import write_json
 
-STATS_VERSION = 2  # 2: mean colour per split
+STATS_VERSION = 3  # 2: mean colour per split; 3: known share, no-label problem
 STATS_FILE = "desertmind_stats.json"
 LABELLED_SPLITS = ("train", "val")  # splits that must have masks
+LOW_KNOWN_SHARE = 0.5  # below this share of known mask pixels, check-data warns
 Weighting = Literal["none", "inverse_log", "median_frequency", "seed_inverse_log"]
 WEIGHTINGS: tuple[str, ...] = get_args(Weighting)
 
@@ -106,6 +107,13 @@ def _summarise(split: str, labelled: bool, files: list[dict], problems: list[str
             unknown_files[v] += 1
     total = max(int(pixels.sum()), 1)
     n_ok = sum(1 for f in files if "problem" not in f)
+    labelled_files = sum(1 for f in files if "pixels" in f)
+    unknown_total = sum(unknown.values())
+    if labelled_files and not pixels.any():  # nothing to learn from or score against
+        values = ", ".join(sorted(unknown, key=int)[:5]) or "none"
+        problems.append(f"split {split!r}: no mask pixel is a known class (values found: "
+                        f"{values}); the masks must hold the Duality raw ids "
+                        f"({', '.join(str(c.raw_id) for c in CLASSES)})")
     return {
         "split": split,
         "labelled": labelled,
@@ -117,6 +125,8 @@ def _summarise(split: str, labelled: bool, files: list[dict], problems: list[str
         "class_presence_pixels": presence_pixels.tolist(),
         "pixel_share": (pixels / total).tolist(),
         "image_share": (images / max(n_ok, 1)).tolist(),
+        # the share of mask pixels that are a known class (1.0 when every value is known)
+        "known_share": int(pixels.sum()) / max(int(pixels.sum()) + unknown_total, 1),
         "unknown_values": {v: {"pixels": c, "files": unknown_files[v]}
                            for v, c in sorted(unknown.items(), key=lambda kv: int(kv[0]))},
         "problems": problems,
@@ -291,6 +301,11 @@ def format_report(result: dict, strict: bool = False) -> str:
         if len(s["sizes"]) > 1:
             lines.append("  mixed image sizes: training and prediction need data.image_size "
                          "(height, width) set, e.g. [540, 960] (a problem under --strict)")
+        known = s.get("known_share", 1.0)
+        if s["labelled"] and s["n_images"] and 0 < known < LOW_KNOWN_SHARE:
+            lines.append(f"  WARNING: only {known:.1%} of mask pixels are a known class; the "
+                         "rest are ignored in training and scoring. Are these the Duality raw "
+                         "ids?")
         if s["unknown_values"]:
             lines.append("  unknown raw values (ignored, index 255): " + ", ".join(
                 f"{v}: {u['pixels']} px in {u['files']} file(s)"

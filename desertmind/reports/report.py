@@ -99,6 +99,9 @@ def find_runs(logs: str | Path) -> list[Path]:
     """Every training run under ``logs`` (a folder holding TensorBoard event files), oldest
     first; evaluation runs (``<phase>/eval/...``) are not training runs and are left out."""
     logs = Path(logs)
+    if logs.exists() and not logs.is_dir():
+        raise ReportError(f"--logs {logs}: is a file, not a logs folder; give the folder that "
+                          "holds the phases (e.g. lightning_logs)")
     if not logs.is_dir():
         raise ReportError(f"logs folder {logs} not found (train a phase first, e.g. make demo)")
     runs = {p.parent for p in logs.rglob("events.out.tfevents.*")

@@ -85,6 +85,28 @@ class PhaseCheckpoint(ModelCheckpoint):
         self.resolve_dirpath(trainer)
         super().setup(trainer, pl_module, stage)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """A resume of a copied or moved logs folder is the same phase under another path:
+        the saved paths are moved into this folder before Lightning reads them. (Lightning
+        drops the best score when the folder changed, so the next epoch, however bad, would
+        replace best.ckpt, and ``last.ckpt`` would be written beside itself as last-v1.ckpt.)"""
+        saved = state_dict.get("dirpath")
+        best = state_dict.get("best_model_path")
+        if saved and self.dirpath and Path(saved) != Path(self.dirpath) and (
+                not best or (Path(self.dirpath) / Path(best).name).is_file()):
+            old, new = Path(saved), Path(self.dirpath)
+
+            def moved(path: str) -> str:
+                return str(new / Path(path).name) if path and Path(path).parent == old else path
+
+            state_dict = {**state_dict, "dirpath": str(new),
+                          **{k: moved(state_dict[k]) for k in
+                             ("best_model_path", "kth_best_model_path", "last_model_path")
+                             if k in state_dict},
+                          "best_k_models": {moved(k): v for k, v in
+                                            state_dict.get("best_k_models", {}).items()}}
+        super().load_state_dict(state_dict)
+
 
 class LastCheckpoint(PhaseCheckpoint):
     """Owns ``last.ckpt``: rewritten after every validation and every ``every_n_train_steps``
@@ -105,7 +127,8 @@ class LastCheckpoint(PhaseCheckpoint):
 
     def __init__(self, every_n_train_steps: int = 0) -> None:
         super().__init__(monitor=None, save_top_k=0, save_last=True,
-                         every_n_train_steps=every_n_train_steps, every_n_epochs=0)
+                         every_n_train_steps=every_n_train_steps, every_n_epochs=0,
+                         enable_version_counter=False)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning's save_last also saves here, even under fast_dev_run (which saves nothing)
