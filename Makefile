@@ -42,7 +42,7 @@ D3 := $(call DONE,$(P3))
 P3_INIT := $(if $(filter seed,$(RECIPE)),,--model.init_from $(P22))
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-lowest test-browser app lint demo check-data bench clean phase1 phase2 phase3 phases \
+.PHONY: help install test test-lowest test-browser app lint demo check-data bench gpu-check gpu-wheels clean phase1 phase2 phase3 phases \
 	scores report resume tensorboard clean-logs
 
 help: ## list the targets
@@ -148,6 +148,25 @@ tensorboard: $(STAMP) ## TensorBoard on the training runs under LOGS (port 6006)
 
 check-data: $(STAMP) ## check the dataset at DATA=path (default data/offroad)
 	$(BIN)/desertmind check-data $(DATA)
+
+# the prepared GPU check: the project's venv when there is one; on a GPU image that already has
+# torch (a lent machine, no network), the source tree plus the wheels `make gpu-wheels` put in .whl/
+GPU_WHEELS ?= .whl
+GPU_SITE ?= /tmp/desertmind-site
+GPU_OUT ?= $(if $(OUT),$(OUT),$(REPORTS)/gpu-check)
+gpu-check: ## the prepared GPU check, 8 minutes on one GPU (JSON: stdout and $OUT or reports/gpu-check); DRY_RUN=1: CPU, tiny
+	@set -e; if [ -x $(BIN)/python ]; then py=$(BIN)/python; \
+	elif python3 -c "import torch, lightning" 2>/dev/null; then py=python3; \
+		if ls $(GPU_WHEELS)/*.whl >/dev/null 2>&1; then python3 -m pip install -q --no-index \
+			--no-deps --no-compile --upgrade --target $(GPU_SITE) $(GPU_WHEELS)/*.whl; fi; \
+		export PYTHONPATH=$$PWD:$(GPU_SITE); \
+	else $(MAKE) --no-print-directory install; py=$(BIN)/python; fi; \
+	$$py benchmarks/gpu_check.py $(if $(DRY_RUN),--dry-run) --out $(GPU_OUT)
+
+gpu-wheels: ## download the wheels a bare GPU image lacks (benchmarks/gpu_wheels.txt) into .whl/, to carry
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d $(GPU_WHEELS) -r benchmarks/gpu_wheels.txt
 
 bench: $(STAMP) ## run the benchmarks, CPU-sized (JSON on stdout; figures in docs/benchmarks.md)
 	$(BIN)/python benchmarks/data_throughput.py

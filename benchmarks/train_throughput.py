@@ -54,7 +54,7 @@ class StepTimer(L.Callback):
 
 
 def lightning_ips(root: Path, args, device: torch.device) -> float:
-    module = SegmentationModule(backbone=args.backbone, weights="none",
+    module = SegmentationModule(arch=args.arch, backbone=args.backbone, weights="none",
                                 channels_last=device.type == "cuda",
                                 optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4))
     dm = OffroadDataModule(str(root), batch_size=args.batch, num_workers=args.workers,
@@ -74,7 +74,7 @@ def plain_ips(root: Path, args, device: torch.device) -> float:
     loader = DataLoader(SeedDataset(list_split(root, "train")), batch_size=args.batch,
                         shuffle=True, num_workers=args.workers, drop_last=True, pin_memory=cuda,
                         persistent_workers=args.workers > 0)
-    model = build_network("deeplabv3", args.backbone, 10, "none").to(device).train()
+    model = build_network(args.arch, args.backbone, 10, "none").to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
     criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
@@ -99,11 +99,16 @@ def plain_ips(root: Path, args, device: torch.device) -> float:
     return args.steps * args.batch / (time.perf_counter() - start)
 
 
-def model_only_ips(args, device: torch.device) -> float:
+def model_only_ips(args, device: torch.device, channels_last: bool | None = None,
+                   compile: bool = False) -> float:
+    """The ceiling: random tensors on the device; channels_last defaults to on for CUDA."""
     cuda = device.type == "cuda"
-    model = build_network("deeplabv3", args.backbone, 10, "none").to(device).train()
-    fmt = torch.channels_last if cuda else torch.contiguous_format
+    model = build_network(args.arch, args.backbone, 10, "none").to(device).train()
+    fmt = torch.channels_last if (cuda if channels_last is None else channels_last) \
+        else torch.contiguous_format
     model = model.to(memory_format=fmt)
+    if compile:
+        model = torch.compile(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(args.batch, 3, args.height, args.width, device=device).contiguous(
         memory_format=fmt)
@@ -129,8 +134,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--arch", default="deeplabv3",
+                        help="deeplabv3 (torchvision) or an SMP architecture, e.g. deeplabv3plus")
     parser.add_argument("--backbone", default="mobilenet_v3_large",
-                        choices=["mobilenet_v3_large", "resnet50", "resnet101"])
+                        help="mobilenet_v3_large, resnet50 or resnet101 (SMP: its encoders)")
     parser.add_argument("--cache", default="none", choices=CACHES)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -149,7 +156,7 @@ def main() -> None:
         "machine": machine(),
         "device": str(device),
         "precision": resolve_precision(device.type),
-        "setup": f"deeplabv3 {args.backbone}, {args.width}x{args.height}, batch {args.batch}, "
+        "setup": f"{args.arch} {args.backbone}, {args.width}x{args.height}, batch {args.batch}, "
                  f"{args.workers} workers, cache {args.cache}, {args.steps} timed steps after "
                  f"{args.warmup}",
         "lightning_images_per_s": round(ours, 2),
