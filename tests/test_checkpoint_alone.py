@@ -57,10 +57,37 @@ def test_predict_with_only_a_phase3_checkpoint(synth_root, phase3, tmp_path, cap
     assert f"wrote {len(names)} images" in capsys.readouterr().out
 
 
-def test_export_with_only_a_phase3_checkpoint(phase3, tmp_path):
+@pytest.mark.parametrize("scaling", ["imagenet", "unit"])
+def test_an_exported_model_fed_plain_rgb_agrees_with_predict(synth_root, phase3, tmp_path,
+                                                             scaling):
+    import onnx
+    import onnxruntime as ort
+
+    from desertmind.data.classes import CLASS_NAMES, remap
+    from desertmind.data.imageio import read_image
+
     ckpt, _ = phase3
-    assert main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "m.onnx"),
+    if scaling == "unit":  # the same weights, told they were trained on / 255 input
+        ckpt = _altered(ckpt, tmp_path / "unit.ckpt",
+                        hyper_parameters={"input_scaling": "unit"})
+    onnx_path = tmp_path / "m.onnx"
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(onnx_path),
                  "--height", "32", "--width", "48"]) == 0
+    meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    assert json.loads(meta["classes"]) == list(CLASS_NAMES)
+    assert json.loads(meta["raw_ids"]) == list(RAW_IDS) and meta["input_scaling"] == scaling
+    out = tmp_path / "pred"  # at the images' own size, as the ONNX model is fed below
+    assert main(["predict", "--ckpt_path", str(ckpt), "--data.root", str(synth_root),
+                 "--data.predict_dir", "val", "--data.image_size", "null",
+                 "--out", str(out), *CPU]) == 0
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    agree = []
+    for path in sorted((synth_root / "val" / "Color_Images").iterdir()):
+        rgb = read_image(path).transpose(2, 0, 1)[None].astype(np.float32)  # no scaling
+        (logits,) = session.run(None, {"images": rgb})
+        expected = remap(read_mask(out / "raw" / path.name))
+        agree.append((logits[0].argmax(0) == expected).mean())
+    assert np.mean(agree) >= 0.995, agree
 
 
 def _metrics(out: Path) -> dict:

@@ -79,10 +79,10 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from desertmind.inference.export import export
+    from desertmind.inference.export import INPUT_CONTRACT, export
 
     out = export(args.ckpt, args.format, args.out, args.height, args.width)
-    print(f"wrote {out} ({args.format}; input: normalised float32 images N x 3 x H x W)")
+    print(f"wrote {out} ({args.format}; {INPUT_CONTRACT}; the input scaling is inside)")
     return 0
 
 

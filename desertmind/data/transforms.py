@@ -126,12 +126,20 @@ def build_transform(
     return A.Compose([*steps, A.ToTensorV2()], seed=seed)
 
 
+def scaling_constants(scaling: str = "imagenet") -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (3,), in 0-255 units, that map RGB 0-255 to the network's input:
+    ImageNet's, or for ``unit`` 0 and 255 (a division by 255 only)."""
+    check_choice("input scaling (model.input_scaling)", scaling, SCALINGS)
+    if scaling == "unit":
+        return torch.zeros(3), torch.full((3,), 255.0)
+    return torch.tensor(IMAGENET_MEAN) * 255, torch.tensor(IMAGENET_STD) * 255
+
+
 def normalize(images: torch.Tensor, scaling: str = "imagenet") -> torch.Tensor:
     """uint8 (N, 3, H, W) -> float32 on the images' device: normalised with ImageNet mean/std,
     or for ``unit`` divided by 255 only."""
-    check_choice("input scaling (model.input_scaling)", scaling, SCALINGS)
     if scaling == "unit":
+        check_choice("input scaling (model.input_scaling)", scaling, SCALINGS)
         return images.float() / 255
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
+    mean, std = (t.to(images.device).view(1, 3, 1, 1) for t in scaling_constants(scaling))
     return (images.float() - mean) / std

@@ -1,39 +1,68 @@
 """Exporting a trained network to ONNX or TorchScript with dynamic batch, height and width.
 
-The exported graph is the network's contract forward: float32 images (N, 3, H, W) scaled as in
-training (ImageNet mean/std, or / 255 only for a model trained with ``input_scaling: unit``),
-to logits (N, 10, H, W), padding to the architecture's size multiple included, so any input
-size works.
+The exported graph takes what a deployer has: float32 RGB images in 0-255, (N, 3, H, W), any
+H and W. The checkpoint's input scaling (ImageNet mean/std, or / 255 only for a model trained
+with ``input_scaling: unit``) is inside the graph, then the network's contract forward to
+logits (N, 10, H, W), padding to the architecture's size multiple included. The ONNX file also
+carries what a deployer needs to read its output, as ``metadata_props`` (class names and raw
+ids, the input contract, architecture, input scaling and desertmind version).
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Literal, get_args
 
 import torch
+from torch import nn
 
+from desertmind import __version__
+from desertmind.data.classes import CLASS_NAMES, RAW_IDS
+from desertmind.data.transforms import scaling_constants
 from desertmind.errors import ConfigError, check_choice
 from desertmind.files import write_via_path
 from desertmind.inference.trained import load_module
-from desertmind.models.network import SegmentationNetwork
+
+#: the exported graph's input, in words (also in the ONNX metadata)
+INPUT_CONTRACT = "images: float32 RGB 0-255, N x 3 x H x W (any N, H, W); logits: N x 10 x H x W"
 
 Format = Literal["onnx", "torchscript"]
 FORMATS: tuple[str, ...] = get_args(Format)
 
 
-def load_network(ckpt: str | Path) -> SegmentationNetwork:
-    """The checkpoint's network in eval mode, float32, on the CPU."""
-    return load_module(ckpt).model.float().eval()
+class DeployedNetwork(nn.Module):
+    """The checkpoint's network with its input scaling in front: RGB 0-255 in, logits out."""
+
+    def __init__(self, network: nn.Module, scaling: str) -> None:
+        super().__init__()
+        self.network = network
+        mean, std = scaling_constants(scaling)
+        self.register_buffer("mean", mean.view(1, 3, 1, 1))
+        self.register_buffer("std", std.view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network((images - self.mean) / self.std)
+
+
+def load_network(ckpt: str | Path) -> tuple[DeployedNetwork, dict[str, str]]:
+    """The checkpoint's network in eval mode, float32, on the CPU, behind its input scaling;
+    and the metadata the ONNX file carries."""
+    module = load_module(ckpt)
+    hp = module.hparams
+    metadata = {"classes": json.dumps(list(CLASS_NAMES)), "raw_ids": json.dumps(list(RAW_IDS)),
+                "input": INPUT_CONTRACT, "arch": str(hp.arch), "backbone": str(hp.backbone),
+                "input_scaling": str(hp.input_scaling), "desertmind_version": __version__}
+    return DeployedNetwork(module.model.float(), hp.input_scaling).eval(), metadata
 
 
 def export(ckpt: str | Path, fmt: str, out: str | Path, height: int = 540,
            width: int = 960) -> Path:
     """Write ``out`` atomically; ``height`` x ``width`` is only the example input's size."""
     check_choice("export format", fmt, FORMATS)
-    model = load_network(ckpt)
-    example = torch.randn(1, 3, height, width)
+    model, metadata = load_network(ckpt)
+    example = torch.rand(1, 3, height, width) * 255
 
     def write(tmp: str) -> None:
         with torch.no_grad(), warnings.catch_warnings():
@@ -45,14 +74,28 @@ def export(ckpt: str | Path, fmt: str, out: str | Path, height: int = 540,
                     dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
                                   "logits": {0: "batch", 2: "height", 3: "width"}},
                     opset_version=17, dynamo=False)
+                _add_metadata(tmp, metadata)
             else:
                 try:
                     scripted = torch.jit.script(model)
                 except Exception as e:  # noqa: BLE001 - TorchScript's frontend raises many types
                     raise ConfigError(
-                        f"{type(model.encoder).__name__}: this architecture cannot be compiled "
-                        f"to TorchScript ({type(e).__name__}); export it with --format onnx"
+                        f"{type(model.network.encoder).__name__}: this architecture cannot be "
+                        f"compiled to TorchScript ({type(e).__name__}); export it with --format "
+                        "onnx"
                     ) from e
                 torch.jit.save(scripted, tmp)
 
     return write_via_path(out, write)
+
+
+def _add_metadata(path: str, metadata: dict[str, str]) -> None:
+    """Write ``metadata`` into the ONNX file's ``metadata_props`` (``onnx.load(path)``
+    reads it back)."""
+    import onnx
+
+    model = onnx.load(path)
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, path)
