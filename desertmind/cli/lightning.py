@@ -207,8 +207,12 @@ class DesertMindCLI(LightningCLI):
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         # decide right after validation, before the checkpoint callback (always last) saves
         # last.ckpt, so the checkpoint records whether early stopping fired
-        parser.set_defaults({"early_stopping.monitor": MONITOR, "early_stopping.mode": "max",
+        parser.set_defaults({"early_stopping.mode": "max",
                              "early_stopping.check_on_train_epoch_end": False})
+        # one monitor: early stopping and a plateau scheduler follow the best checkpoint's
+        # (so do val_images.npz, HParams and the report's best epoch, at run time)
+        parser.link_arguments("checkpoint.monitor", "early_stopping.monitor")
+        parser.link_arguments("checkpoint.monitor", "model.scheduler_monitor")
         parser.add_lightning_class_args(BackboneFreeze, "freeze")
         parser.set_defaults({"freeze.unfreeze_at_epoch": 0})
         parser.add_argument("--out", default=None,

@@ -18,6 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 from desertmind.data.classes import CLASS_NAMES
 from desertmind.reports.plots import confusion_matrix_figure, prediction_grid
 from desertmind.training.chain_logger import logged_step
+from desertmind.training.metrics import MONITOR, followed_monitor, improves
 
 BEST_METRIC = "hp/best_val_mIoU"
 
@@ -54,7 +55,9 @@ class ScalarLayout(L.Callback):
 
 
 class HParamsSummary(L.Callback):
-    """The run's key hyperparameters with its best val/mIoU, for TensorBoard's HParams tab.
+    """The run's key hyperparameters with its best val/mIoU, for TensorBoard's HParams tab:
+    val/mIoU at the best epoch by ``monitor`` (default: the metric the best checkpoint
+    follows, so it is the epoch ``best.ckpt`` holds).
 
     The hyperparameters are written once at the start of training, those that tell phases
     apart first (:func:`key_hparams`), booleans as booleans; ``hp/best_val_mIoU`` is declared
@@ -62,9 +65,10 @@ class HParamsSummary(L.Callback):
     before the first one), and survives a resume.
     """
 
-    def __init__(self, monitor: str = "val/mIoU") -> None:
-        self.monitor = monitor
-        self.best: float | None = None
+    def __init__(self, monitor: str | None = None) -> None:
+        self.monitor = monitor  # None: what the best checkpoint follows
+        self.best: float | None = None  # val/mIoU at the best epoch
+        self.best_monitored: float | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         writer = _writer(trainer)
@@ -77,19 +81,24 @@ class HParamsSummary(L.Callback):
         writer.file_writer.add_summary(hparams_pb(params))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        value = trainer.callback_metrics.get(self.monitor)
+        monitor, mode = followed_monitor(trainer)
+        monitor = self.monitor or monitor
+        value = trainer.callback_metrics.get(monitor)
         if trainer.sanity_checking or value is None or torch.isnan(value):
             return
-        self.best = max(self.best or float("-inf"), float(value))
+        if improves(float(value), self.best_monitored, mode):  # a new best epoch
+            self.best_monitored = float(value)
+            self.best = float(trainer.callback_metrics.get(MONITOR, value))
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.log_metrics({BEST_METRIC: self.best}, step=trainer.global_step)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best}
+        return {"best": self.best, "best_monitored": self.best_monitored}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = state_dict.get("best")
+        self.best_monitored = state_dict.get("best_monitored", self.best)
 
 
 def key_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:

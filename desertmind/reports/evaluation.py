@@ -28,7 +28,12 @@ from desertmind.data.classes import CLASS_NAMES, NUM_CLASSES
 from desertmind.files import write_json, write_text, write_with
 from desertmind.reports.plots import confusion_matrix_figure, save
 from desertmind.runs import VAL_IMAGES_FILE
-from desertmind.training.metrics import MONITOR, batched_confusion, iou_from_confusion
+from desertmind.training.metrics import (
+    batched_confusion,
+    followed_monitor,
+    improves,
+    iou_from_confusion,
+)
 
 METRICS_FILE = "metrics.json"
 PER_IMAGE_FILE = "per_image.csv"
@@ -143,11 +148,12 @@ class EvaluationWriter(_PerImageConfusion):
 
 class BestValidationImages(_PerImageConfusion):
     """During ``fit``, keeps in the run's folder the validation images' confusion matrices of
-    the best epoch so far (:data:`~desertmind.runs.VAL_IMAGES_FILE`: ``names``, ``cms`` (N, C,
-    C), ``epoch``, ``value``), so the report can put a bootstrap interval on the run's best
-    val mIoU and compare it, image by image, with the phase it started from. A few kilobytes:
-    images x 10 x 10 integers. The best value so far is part of the callback's state, so a
-    resumed run never replaces the file with a worse epoch's.
+    the best epoch so far, by the metric the best checkpoint follows (so the report's interval
+    belongs to the epoch ``best.ckpt`` holds): :data:`~desertmind.runs.VAL_IMAGES_FILE`
+    (``names``, ``cms`` (N, C, C), ``epoch``, ``value``), so the report can put a bootstrap
+    interval on the run's best val mIoU and compare it, image by image, with the phase it
+    started from. A few kilobytes: images x 10 x 10 integers. The best value so far is part
+    of the callback's state, so a resumed run never replaces the file with a worse epoch's.
     """
 
     def __init__(self) -> None:
@@ -159,8 +165,10 @@ class BestValidationImages(_PerImageConfusion):
             return
         names, cms = self._gathered(trainer)  # every rank takes part in the gather
         log_dir = runs.run_folder(trainer, VAL_IMAGES_FILE)
-        value = trainer.callback_metrics.get(MONITOR)
-        if value is None or not math.isfinite(float(value)) or float(value) <= self.best:
+        monitor, mode = followed_monitor(trainer)  # the epoch best.ckpt holds
+        value = trainer.callback_metrics.get(monitor)
+        if value is None or not math.isfinite(float(value)) or not improves(
+                float(value), None if math.isinf(self.best) else self.best, mode):
             return
         self.best = float(value)
         if trainer.is_global_zero and log_dir is not None:

@@ -138,9 +138,17 @@ def load_run(path: Path, label: str) -> RunSummary:
                    for tag in (TRAIN_LOSS, VAL_LOSS) if tag in tags}
     curve_events = events.Scalars(MONITOR)
     curve = [(epoch_at.get(e.step, i), float(e.value)) for i, e in enumerate(curve_events)]
-    best_index = int(np.nanargmax([v for _, v in curve]))
-    best_step = curve_events[best_index].step
     config = _read_yaml(path / CONFIG_FILE)
+    # the best epoch is the one best.ckpt holds: chosen by the run's checkpoint.monitor
+    checkpoint = config.get("checkpoint") if isinstance(config, dict) else None
+    monitor = (checkpoint or {}).get("monitor") or MONITOR
+    chooser = events.Scalars(monitor) if monitor in tags else curve_events
+    values = [float(e.value) for e in chooser]
+    pick = np.nanargmin if (checkpoint or {}).get("mode") == "min" else np.nanargmax
+    best_step = chooser[int(pick(values))].step
+    steps = [e.step for e in curve_events]
+    best_index = steps.index(best_step) if best_step in steps else int(
+        np.nanargmax([v for _, v in curve]))
     images, image_cms = _read_val_images(path, label)
     return RunSummary(
         run=label, path=path, best_miou=curve[best_index][1], best_epoch=curve[best_index][0],

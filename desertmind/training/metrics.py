@@ -18,8 +18,24 @@ from torchmetrics.classification import MulticlassJaccardIndex
 
 from desertmind.data.classes import IGNORE_INDEX, NUM_CLASSES
 
-#: the metric every phase selects its best checkpoint and stops early on
+#: the metric every phase selects its best checkpoint and stops early on, unless its config's
+#: ``checkpoint.monitor`` (which early stopping and a plateau scheduler follow) says otherwise
 MONITOR = "val/mIoU"
+
+
+def followed_monitor(trainer) -> tuple[str, str]:
+    """The metric and mode (``max``/``min``) the run's best checkpoint follows, else
+    (:data:`MONITOR`, ``max``): what every "best epoch" of a run (its saved per-image
+    confusions, the HParams best, the report) is chosen by, so they all name one epoch."""
+    for callback in getattr(trainer, "checkpoint_callbacks", []):
+        if getattr(callback, "monitor", None):
+            return callback.monitor, callback.mode
+    return MONITOR, "max"
+
+
+def improves(value: float, best: float | None, mode: str) -> bool:
+    """Whether ``value`` is better than ``best`` (None: nothing yet) under ``mode``."""
+    return best is None or (value > best if mode == "max" else value < best)
 
 
 def batched_confusion(preds: Tensor, target: Tensor, num_classes: int = NUM_CLASSES,
