@@ -123,3 +123,13 @@ def _best_score(ckpt: Path) -> float:
     (score,) = [float(s["best_model_score"]) for k, s in read_checkpoint(ckpt)["callbacks"].items()
                 if k.startswith("PhaseCheckpoint") and s.get("best_model_score") is not None]
     return score
+
+
+def test_a_fit_onto_a_full_disk_names_the_checkpoint_and_the_space(synth_root, tmpfs, capsys,
+                                                                   phase_args):
+    logs = tmpfs("logs", size="8m")  # room for the logs, not for a 44 MB checkpoint
+    assert main(["fit", *phase_args("phase1", synth_root, logs),
+                 "--trainer.enable_progress_bar", "false"]) == 2
+    line = _one_error_line(capsys)
+    assert "cannot write the checkpoint (the disk is full" in line, line
+    assert "MiB free on its disk" in line and not list(logs.rglob("*.ckpt"))

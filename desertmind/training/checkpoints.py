@@ -53,7 +53,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except (OSError, RuntimeError) as e:  # a full disk: torch says "unexpected pos"
             path = Path(path)
             free = shutil.disk_usage(path.parent).free / 2**20
-            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            detail = getattr(e, "reason", None) or (  # an OutputError: the system's words
+                str(e).splitlines()[0] if str(e) else type(e).__name__)
+            if "unexpected pos" in detail:  # torch's words for a write cut short
+                detail = f"the disk is full: torch says {detail.split('] . ')[-1]!r}"
             raise CheckpointError(
                 f"{path}: cannot write the checkpoint ({detail}); {free:.0f} MiB free on its "
                 f"disk. The previous {path.name}, if any, is untouched; free some space and "
