@@ -42,7 +42,7 @@ D3 := $(call DONE,$(P3))
 P3_INIT := $(if $(filter seed,$(RECIPE)),,--model.init_from $(P22))
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-lowest test-browser app lint demo check-data bench gpu-check gpu-wheels clean phase1 phase2 phase3 phases \
+.PHONY: help install test test-full test-lowest test-browser app lint demo check-data bench gpu-check gpu-wheels clean phase1 phase2 phase3 phases \
 	scores report resume tensorboard clean-logs
 
 help: ## list the targets
@@ -57,8 +57,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install desertmind with the dev extra
 
-test: $(STAMP) ## run the test suite
+test: $(STAMP) ## the fast tier of the test suite (everything but the slow and browser tests)
 	$(BIN)/pytest -q
+
+test-full: $(STAMP) ## the whole suite but the browser tests: make test plus the slow tests (CI)
+	$(BIN)/pytest -q -m "not browser"
 
 LOWEST ?= .venv-lowest
 $(LOWEST)/.installed: pyproject.toml .ci/lowest_constraints.py
@@ -69,8 +72,8 @@ $(LOWEST)/.installed: pyproject.toml .ci/lowest_constraints.py
 	$(LOWEST)/bin/pip install -c $(LOWEST)/constraints.txt -e '.[dev]'
 	touch $@
 
-test-lowest: $(LOWEST)/.installed ## the test suite on the lowest versions pyproject.toml allows (own venv)
-	$(LOWEST)/bin/pytest -q
+test-lowest: $(LOWEST)/.installed ## the full suite on the lowest versions pyproject.toml allows (own venv)
+	$(LOWEST)/bin/pytest -q -m "not browser"
 
 CHROMIUM ?= $(shell command -v chromium)
 test-browser: $(STAMP) ## the viewer in a real browser (Playwright + Debian chromium; apt-installs it as root)

@@ -19,6 +19,7 @@ from desertmind.training.checkpoints import read_checkpoint
 from desertmind.training.module import SegmentationModule
 
 
+@pytest.mark.slow
 def test_ddp_fit_on_two_cpu_processes(data_copy: Path, tmp_path: Path, phase_args, part_keys,
                                       capsys):
     """The head-only phase under DDP: completes, logs once, the backbone does not move, and its

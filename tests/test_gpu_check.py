@@ -8,12 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import gpu_check  # noqa: E402 - a script of benchmarks/, not a package module
 
 
+@pytest.mark.slow
 def test_the_dry_run_goes_through_every_section(tmp_path: Path):
     done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--dry-run",
                            "--out", str(tmp_path / "out")], capture_output=True, text=True,

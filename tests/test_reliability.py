@@ -47,6 +47,7 @@ def _resume_args(phase_args, root: Path, logs: Path) -> list[str]:
             "--last_checkpoint.every_n_train_steps", "3", "--model.scheduler", POLY]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_from_last(synth_root: Path, tmp_path: Path, phase_args):
     """A real kill -9 while training; that the resumed run then equals an uninterrupted one is
     test_a_resumed_run_ends_exactly_as_an_uninterrupted_one."""
@@ -110,6 +111,7 @@ def _exact_args(phase_args, root: Path, logs: Path) -> list[str]:
             "--last_checkpoint.every_n_train_steps", "3"]
 
 
+@pytest.mark.slow
 def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(synth_root: Path, tmp_path: Path,
                                                             phase_args):
     ref = tmp_path / "ref"
