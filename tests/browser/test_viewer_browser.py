@@ -77,3 +77,18 @@ def test_a_file_that_is_not_an_image_gets_a_message_in_the_page(app_url, browser
     bad.write_bytes(b"not an image at all")
     page.locator("#dm-input input[type=file]").set_input_files(str(bad))
     page.get_by_text("cannot decode image").first.wait_for(timeout=30_000)
+
+
+def test_picking_an_image_of_the_split_predicts_it(app_url, browser_page, synth_root):
+    page = browser_page
+    page.goto(app_url)
+    name = sorted(p.stem for p in (synth_root / "val" / "Color_Images").iterdir())[1]
+    page.locator("#dm-pick input").click()
+    page.get_by_role("option", name=name).click()
+    overlay = page.locator("#dm-overlay img")
+    overlay.wait_for(state="visible", timeout=60_000)
+    size = overlay.evaluate("img => [img.naturalHeight, img.naturalWidth]")
+    image = synth_root / "val" / "Color_Images" / f"{name}.png"
+    assert tuple(size) == read_image(image).shape[:2]
+    page.locator("#dm-legend tr", has_text="Sky").locator("td", has_text="%").wait_for(
+        timeout=30_000)
