@@ -22,10 +22,15 @@ runs at a time and the queue behind it is bounded.
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import html
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from desertmind.data.classes import CLASS_NAMES, CLASSES
@@ -34,6 +39,7 @@ from desertmind.data.imageio import read_image
 from desertmind.data.layout import Sample, list_images
 from desertmind.data.palette import colorize, error_map, overlay
 from desertmind.errors import ConfigError, DesertMindError
+from desertmind.files import write_bytes
 from desertmind.inference.predictor import Predictor, check_image, class_shares
 from desertmind.inference.tta import check_window, window_count
 from desertmind.reports.analysis import SplitRanking
@@ -98,6 +104,9 @@ class Viewer:
             self.samples = list_images(folder)  # names the folder when it is missing or empty
         self.ranking: SplitRanking | None = None
         self.page: gr.Blocks | None = None  # set by build: its upload_file_set
+        # the PNGs handed to Gradio (see png), removed when the process ends
+        self.outputs = Path(tempfile.mkdtemp(prefix="desertmind-viewer-"))
+        atexit.register(shutil.rmtree, self.outputs, ignore_errors=True)
 
     # Predict tab -------------------------------------------------------------------------
     def _uploaded(self, path: str) -> str:
@@ -176,7 +185,24 @@ class Viewer:
         image = self.load_image(path) if path or not name else self.load_sample(name)
         return self._predict(image, tta_flip, window, opacity, shown)
 
-    def draw(self, state: dict | None, opacity: float, shown: list[str]) -> np.ndarray | None:
+    def png(self, image: np.ndarray) -> str:
+        """An RGB image as a PNG file written whole, named by its content, for Gradio to serve.
+
+        Handed an array, Gradio writes the encoded image in place into its content-addressed
+        cache: two requests with the same result (the same image and options, e.g. under 20
+        concurrent requests) rewrite one file while a client downloads it, which then gets an
+        empty image. A file path is copied into the cache under a temporary name and renamed,
+        and an existing copy is reused, never rewritten."""
+        ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise _error("could not encode the result as PNG")
+        data = buf.tobytes()
+        path = self.outputs / hashlib.sha256(data).hexdigest()[:32] / "image.png"
+        if not path.is_file():
+            write_bytes(path, data)
+        return str(path)
+
+    def draw(self, state: dict | None, opacity: float, shown: list[str]) -> str | None:
         if not state:
             return None
         unknown = sorted(set(shown or []) - set(CLASS_NAMES))
@@ -188,7 +214,7 @@ class Viewer:
         except (TypeError, ValueError):
             raise _error(f"opacity={opacity!r}: a number from 0 to 1") from None
         classes = [CLASS_NAMES.index(n) for n in shown or []]
-        return overlay(state["image"], state["pred"], alpha, classes)
+        return self.png(overlay(state["image"], state["pred"], alpha, classes))
 
     def redraw(self, state: dict | None, opacity: float, shown: list[str]):
         shares = class_shares(state["pred"]) if state else None
@@ -222,7 +248,8 @@ class Viewer:
         if score is None:
             raise _error(f"{name!r}: not an image of {self.split}; pick one from the list")
         image, target, pred = self.ranking.render(score.index)
-        return (image, colorize(target), colorize(pred), error_map(pred, target),
+        views = (image, colorize(target), colorize(pred), error_map(pred, target))
+        return (*(self.png(v) for v in views),
                 f"**{html.escape(name)}**: mean IoU {score.miou:.3f}")
 
     # Page ------------------------------------------------------------------------------------
