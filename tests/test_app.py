@@ -146,8 +146,9 @@ def test_a_server_file_that_was_never_uploaded_is_refused(served, synth_root, tm
                 {"path": str(path), "meta": {"_type": "gradio.FileData"}}, False, 0, 0.0,
                 list(CLASS_NAMES)])
             assert answer.startswith("event: error"), answer[:300]
-            assert re.search("not a file uploaded to this viewer|not uploaded by a user",
-                             answer), answer[:300]
+            # the message (ours, or Gradio's own refusal); Gradio 6.0 sends none over /call
+            assert "data: null" in answer or re.search(
+                "not a file uploaded to this viewer|not uploaded by a user", answer), answer[:300]
     finally:
         shutil.rmtree(cached.parent)
     # the same image uploaded is answered; the split's own are picked by name
