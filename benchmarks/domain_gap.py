@@ -78,7 +78,7 @@ def _overlay() -> tuple[dict, dict]:
     values = yaml.safe_load(CONFIG.read_text())
     data = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("data.")}
     model = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("model.")}
-    if data.get("target_transfer", "none") != "none" or model.get("self_training"):
+    if data.get("target_transfer", "none") != "none" or model.get("self_training.weight"):
         data["target_dir"] = TARGET  # the overlay leaves it to the command line
     return data, model
 
@@ -114,13 +114,13 @@ def main() -> None:
             if name == "baseline":
                 torch.save({"state_dict": module.state_dict()}, baseline_ckpt)
                 allowed = [n for i, n in enumerate(CLASS_NAMES) if i not in SHIFTED_ABSENT]
-                prior = _module(tta_flip=True, predict_classes=allowed)
+                prior = _module(evaluation={"tta_flip": True, "predict_classes": allowed})
                 prior.load_state_dict(module.state_dict())
                 results["tta_class_prior"] = _score(prior, _data(root, args))
         for name, data, model in (
                 ("baseline_continued", {}, {}),
-                ("self_training", {"target_dir": TARGET},
-                 {"self_training": 1.0, "teacher_ema": 0.99})):
+                ("self_training", {"target_dir": TARGET, "target_batches": True},
+                 {"self_training": {"weight": 1.0, "teacher_ema": 0.99}})):
             module = _fit(root, args, args.extra_epochs, data, model, start=baseline_ckpt)
             results[name] = _score(module, _data(root, args))
     print(json.dumps({

@@ -215,7 +215,7 @@ def eval_and_latency(dry: bool) -> dict:
 
     t_ours = time_per_call(lambda: ours(preds, targets, 4), device, 1, 3)
     t_seed = time_per_call(lambda: seed_loop(preds, targets), device, 1, 3)
-    latency = measure(build_network("deeplabv3", "mobilenet_v3_large", 10, "none"), h, w,
+    latency = measure(build_network("deeplabv3", "mobilenet_v3_large"), h, w,
                       device, repeats=3 if dry else 10, onnx=True)
     ms = {k: round(v * 1000, 2) for k, v in latency.items()}
     for key in ("bf16_autocast", "fp16_autocast", "compile_channels_last", "onnxruntime_cuda"):

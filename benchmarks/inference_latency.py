@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    model = build_network(args.arch, args.backbone, 10, "none")
+    model = build_network(args.arch, args.backbone)
     results = measure(model, args.height, args.width, device, args.repeats, args.compile)
     base = results["eager_fp32"]
     print(json.dumps({

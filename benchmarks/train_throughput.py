@@ -34,6 +34,7 @@ from desertmind.data.layout import list_split
 from desertmind.data.synth import generate
 from desertmind.models import build_network
 from desertmind.training.module import SegmentationModule
+from desertmind.training.speed import Speedups
 
 
 class StepTimer(L.Callback):
@@ -55,7 +56,6 @@ class StepTimer(L.Callback):
 
 def lightning_ips(root: Path, args, device: torch.device) -> float:
     module = SegmentationModule(arch=args.arch, backbone=args.backbone, weights="none",
-                                channels_last=device.type == "cuda",
                                 optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4))
     dm = OffroadDataModule(str(root), batch_size=args.batch, num_workers=args.workers,
                            cache=args.cache, cache_dir=str(root.parent / "cache"))
@@ -64,7 +64,7 @@ def lightning_ips(root: Path, args, device: torch.device) -> float:
                         precision=resolve_precision(device.type), logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-                        callbacks=[timer])
+                        callbacks=[timer, Speedups(channels_last=device.type == "cuda")])
     trainer.fit(module, dm)
     return args.steps * args.batch / timer.seconds
 
@@ -74,7 +74,7 @@ def plain_ips(root: Path, args, device: torch.device) -> float:
     loader = DataLoader(SeedDataset(list_split(root, "train")), batch_size=args.batch,
                         shuffle=True, num_workers=args.workers, drop_last=True, pin_memory=cuda,
                         persistent_workers=args.workers > 0)
-    model = build_network(args.arch, args.backbone, 10, "none").to(device).train()
+    model = build_network(args.arch, args.backbone).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
     criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
@@ -103,7 +103,7 @@ def model_only_ips(args, device: torch.device, channels_last: bool | None = None
                    compile: bool = False) -> float:
     """The ceiling: random tensors on the device; channels_last defaults to on for CUDA."""
     cuda = device.type == "cuda"
-    model = build_network(args.arch, args.backbone, 10, "none").to(device).train()
+    model = build_network(args.arch, args.backbone).to(device).train()
     fmt = torch.channels_last if (cuda if channels_last is None else channels_last) \
         else torch.contiguous_format
     model = model.to(memory_format=fmt)

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from filelock import FileLock, Timeout
+
 from desertmind.errors import FileLockedError, OutputError
 
 
@@ -203,40 +205,46 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: folder locks this process holds: folder -> (lock, holders), so that two callbacks of one
+#: run sharing a folder (best.ckpt and last.ckpt) share its lock
+_HELD: dict[Path, tuple[FileLock, int]] = {}
+
+
 def take_lock(folder: str | Path, what: str) -> Path:
-    """Create ``folder/.lock`` holding this process's id, so that two processes never write
-    the same files; a lock left by a process that is gone (or by this one) is taken over.
+    """Lock ``folder`` (``folder/.lock``, an ``flock`` through :mod:`filelock`) so that two
+    processes never write the same files; the kernel releases it when the process dies, so
+    no stale lock survives a crash or a kill. Taken again by this process, it is shared.
     Release it with :func:`release_lock`. ``what`` names the folder's owner in the message."""
-    folder = Path(folder)
+    folder = Path(folder).resolve()
+    if folder in _HELD:
+        lock, holders = _HELD[folder]
+        _HELD[folder] = (lock, holders + 1)
+        return folder / ".lock"
     folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / ".lock"
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _FILE_MODE)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and pid != os.getpid() and _alive(pid):
-                raise FileLockedError(
-                    f"{folder}: {what} is being written by process {pid} ({lock}); wait for "
-                    "it, or log this run elsewhere. If no such process is running, delete "
-                    "the lock file.") from None
-            lock.unlink(missing_ok=True)  # stale, or ours from a run that failed
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return lock
+    lock = FileLock(folder / ".lock", mode=_FILE_MODE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise FileLockedError(
+            f"{folder}: {what} is being written by another process (it holds {lock.lock_file})"
+            "; wait for it to end, or log this run elsewhere") from None
+    _HELD[folder] = (lock, 1)
+    return folder / ".lock"
 
 
 def release_lock(lock: str | Path) -> None:
-    """Remove a lock taken by :func:`take_lock` if this process still holds it, and its
-    folder if the run left nothing else there."""
-    lock = Path(lock)
-    try:
-        if int(lock.read_text().strip() or 0) == os.getpid():
-            lock.unlink()
-            lock.parent.rmdir()  # only when empty
-    except (OSError, ValueError):
+    """Release a lock taken by :func:`take_lock` (once every holder in this process has), and
+    remove its folder if the run left nothing else there."""
+    folder = Path(lock).parent.resolve()
+    if folder not in _HELD:
+        return
+    held, holders = _HELD.pop(folder)
+    if holders > 1:
+        _HELD[folder] = (held, holders - 1)
+        return
+    try:  # removed while still held: a process that opens it afterwards makes a new one
+        Path(held.lock_file).unlink()
+        folder.rmdir()  # only when empty
+    except OSError:
         pass
+    held.release()

@@ -1,5 +1,11 @@
-"""Shared fixtures: one tiny synthetic dataset per session, writable copies of it, and the
-arguments that shrink any phase config to seconds on a CPU."""
+"""Shared fixtures: one tiny synthetic dataset per session, writable copies of it, the
+arguments that shrink any phase config to seconds on a CPU, and a stand-in network.
+
+Every SegmentationModule a test builds gets the 1x1-conv stand-in of ``tests/stand_in.py``
+(names still checked by the registry) unless the test is marked ``real_network``: callbacks,
+the CLI and the reliability machinery do not depend on which network trains, and the real
+ones are exercised where they are the subject (``test_model.py``, ``test_networks.py``,
+``test_ddp.py``, the end-to-end phase chain)."""
 
 from __future__ import annotations
 
@@ -23,6 +29,28 @@ def repository_stays_clean() -> Iterator[None]:
     yield
     added = sorted(p.name for p in set(REPO.iterdir()) - before if p.name != ".pytest_cache")
     assert not added, f"the tests wrote into the repository: {added}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stand_in_network() -> Iterator[None]:
+    """The stand-in network for the whole session (see the module doc)."""
+    import desertmind.training.module as module
+    from tests.stand_in import build_tiny
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "build_network", build_tiny)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def real_network_when_marked(request: pytest.FixtureRequest,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests marked ``real_network`` build the registry's real networks."""
+    if request.node.get_closest_marker("real_network"):
+        import desertmind.training.module as module
+        from desertmind.models.registry import build_network
+
+        monkeypatch.setattr(module, "build_network", build_network)
 
 
 @pytest.fixture(scope="session")
@@ -93,11 +121,12 @@ def fit_once(phase_args) -> Callable[..., tuple[float, dict]]:
 def part_keys() -> Callable[[str], dict[str, set[str]]]:
     """``part_keys(arch="deeplabv3", backbone=...)``: the checkpoint keys (``model.*``) of the
     network's encoder (parameters and BatchNorm statistics) and of its head, through the
-    network contract, so tests never spell an architecture's module names."""
-    from desertmind.models import build_network
+    network contract, so tests never spell an architecture's module names (the stand-in's
+    unless the test is marked ``real_network``)."""
+    import desertmind.training.module as module
 
     def keys(arch: str = "deeplabv3", backbone: str = "mobilenet_v3_large") -> dict[str, set[str]]:
-        net = build_network(arch, backbone)
+        net = module.build_network(arch, backbone)
         encoder = {f"model.{n}" for n, t in net.state_dict(keep_vars=True).items()
                    if any(t is e for e in net.encoder.state_dict(keep_vars=True).values())}
         head_ids = {id(p) for p in net.head_parameters()}

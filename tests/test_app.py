@@ -65,9 +65,9 @@ def test_tta_and_window_switches_reach_the_model(served, synth_root, monkeypatch
     calls = []
     real = Predictor.predict
 
-    def spy(self, image, tta_flip=False, window=None):
-        calls.append((tta_flip, window))
-        return real(self, image, tta_flip, window)
+    def spy(self, image, options=None):
+        calls.append((options.tta_flip, options.sliding_window))
+        return real(self, image, options)
 
     # the server answers in this process: the spy sees what each switch hands the model
     monkeypatch.setattr(Predictor, "predict", spy)
@@ -165,8 +165,8 @@ def test_a_server_file_that_was_never_uploaded_is_refused(served, synth_root, tm
 
 
 @pytest.mark.parametrize("window, message", [
-    (1, "model.sliding_window=1: a window is at least 16 pixels"),  # the CLI's message
-    (15, "model.sliding_window=15: a window is at least 16 pixels"),
+    (1, "model.evaluation.sliding_window=1: a window is at least 16 pixels"),  # the CLI's message
+    (15, "model.evaluation.sliding_window=15: a window is at least 16 pixels"),
 ])
 def test_options_the_cli_refuses_are_refused_by_the_api(served, synth_root, window, message):
     client, _ = served

@@ -133,11 +133,11 @@ def test_user_evaluation_options_win_over_the_checkpoint(phase3, tmp_path):
     plain, flipped = tmp_path / "plain", tmp_path / "flip"
     assert main(["validate", "--ckpt_path", str(ckpt), "--out", str(plain), *CPU]) == 0
     assert main(["validate", "--ckpt_path", str(ckpt), "--out", str(flipped),
-                 "--model.tta_flip", "true", *CPU]) == 0
+                 "--model.evaluation.tta_flip", "true", *CPU]) == 0
     assert _metrics(plain)["val/loss"] != _metrics(flipped)["val/loss"]
     only = tmp_path / "only"
     assert main(["validate", "--ckpt_path", str(ckpt), "--out", str(only),
-                 "--model.predict_classes", "[Sky, Landscape]", *CPU]) == 0
+                 "--model.evaluation.predict_classes", "[Sky, Landscape]", *CPU]) == 0
     predicted = _confusion(only)
     assert predicted[:, :8].sum() == 0 and predicted[:, 8:].sum() > 0
     # evaluated at the size the checkpoint was trained at: 4 images of 32x48
@@ -151,7 +151,8 @@ def test_restricted_classes_hold_after_the_resize(synth_root, phase3, tmp_path):
     out = tmp_path / "out"
     assert main(["predict", "--ckpt_path", str(ckpt), "--data.image_size", "[32, 48]",
                  "--data.predict_dir", str(synth_root / "val" / "Color_Images"),
-                 "--model.predict_classes", "[Sky, Landscape]", "--out", str(out), *CPU]) == 0
+                 "--model.evaluation.predict_classes", "[Sky, Landscape]", "--out", str(out),
+                 *CPU]) == 0
     for path in (out / "raw").iterdir():
         mask = read_mask(path)
         assert mask.shape == (48, 80)

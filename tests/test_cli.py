@@ -121,16 +121,16 @@ def test_bad_loss_and_class_count_are_clear_errors(synth_root: Path, tmp_path: P
     base = ["fit", *phase_args("phase1", synth_root, tmp_path)]
     assert main([*base, "--model.loss", "ce + focal"]) == 2
     assert "weighted_ce" in capsys.readouterr().err
-    assert main([*base, "--model.num_classes", "11"]) == 2
-    assert "10 classes" in capsys.readouterr().err
+    assert main([*base, "--model.class_weights", "[1.0, 2.0]"]) == 2
+    assert "one per class" in capsys.readouterr().err
     missing = str(tmp_path / "phase0" / "best.ckpt")
     assert main([*base, "--model.init_from", missing]) == 2
     assert missing in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [
-    ("--model.tta_scales", "[0.0]", "every scale must be > 0"),
-    ("--model.sliding_window", "-8", "at least 16 pixels"),
+    ("--model.evaluation.tta_scales", "[0.0]", "every scale must be > 0"),
+    ("--model.evaluation.sliding_window", "-8", "at least 16 pixels"),
     ("--model.backbone_lr_mult", "-1", "must be >= 0"),
     ("--data.image_size", "[0, 48]", "each at least 16 pixels"),
     ("--data.batch_size", "1", "at least 2 images per batch"),

@@ -17,8 +17,8 @@ from desertmind.data.datamodule import OffroadDataModule
 from desertmind.data.dataset import OffroadDataset
 from desertmind.data.imageio import read_image, read_mask, write_png
 from desertmind.data.layout import list_split
-from desertmind.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from desertmind.errors import DatasetError
+from desertmind.models.network import IMAGENET_MEAN, IMAGENET_STD
 from desertmind.training.module import SegmentationModule
 
 
@@ -56,7 +56,7 @@ def test_unknown_raw_values_are_ignored_and_reported_once(data_copy: Path, tmp_p
         ds[0]  # the same values again: no second warning
 
 
-def test_datamodule_batches_stay_uint8_until_on_device_normalisation(synth_root: Path):
+def test_batches_stay_uint8_until_the_device_and_the_network_scales_them(synth_root: Path):
     dm = OffroadDataModule(str(synth_root), batch_size=3, num_workers=0)
     dm.setup("fit")
     loader = dm.train_dataloader()
@@ -64,15 +64,16 @@ def test_datamodule_batches_stay_uint8_until_on_device_normalisation(synth_root:
     batch = next(iter(loader))
     assert batch["image"].dtype == torch.uint8 and batch["mask"].dtype == torch.uint8
     raw = batch["image"].clone()
-    for scaling in ("imagenet", "unit"):  # the model decides, as it was trained to
-        module = SegmentationModule(weights="none", input_scaling=scaling)
-        dm.trainer = SimpleNamespace(lightning_module=module, precision_plugin=Precision())
-        out = dm.on_after_batch_transfer(dict(batch), 0)
-        assert out["image"].dtype == torch.float32 and out["mask"].dtype == torch.int64
+    dm.trainer = SimpleNamespace(precision_plugin=Precision())
+    out = dm.on_after_batch_transfer(dict(batch), 0)
+    assert out["image"].dtype == torch.float32 and out["mask"].dtype == torch.int64
+    torch.testing.assert_close(out["image"], raw.float())  # RGB 0-255: no caller normalises
+    for scaling in ("imagenet", "unit"):  # the network scales, as it was trained to
+        network = SegmentationModule(weights="none", input_scaling=scaling).model
         expected = raw[0, 1].float() / 255
         if scaling == "imagenet":
             expected = (expected - IMAGENET_MEAN[1]) / IMAGENET_STD[1]
-        torch.testing.assert_close(out["image"][0, 1], expected)
+        torch.testing.assert_close(network.normalise(out["image"])[0, 1], expected)
 
 
 def test_datamodule_resizes_eval_images_to_image_size(synth_root: Path):

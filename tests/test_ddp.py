@@ -18,6 +18,7 @@ from desertmind.runs import VAL_IMAGES_FILE
 from desertmind.training.checkpoints import read_checkpoint
 from desertmind.training.module import SegmentationModule
 
+pytestmark = pytest.mark.real_network  # DDP's processes build the real network
 
 @pytest.mark.slow
 def test_ddp_fit_on_two_cpu_processes(data_copy: Path, tmp_path: Path, phase_args, part_keys,

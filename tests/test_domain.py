@@ -152,7 +152,7 @@ def test_the_domain_generalisation_overlay_trains_and_a_shifted_split_is_scored(
     out = tmp_path / "scored"
     best = logs / "phase1" / "checkpoints" / "best.ckpt"
     assert main(["test", "--ckpt_path", str(best), "--data.test_dir", "test_shifted",
-                 "--out", str(out), "--model.predict_classes",
+                 "--out", str(out), "--model.evaluation.predict_classes",
                  "[Trees, Lush Bushes, Dry Grass, Dry Bushes, Rocks, Landscape, Sky]"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["images"] == 4 and 0 <= metrics["test/mIoU"] <= 1

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 from desertmind.cli.main import main
 from desertmind.data.imageio import read_image, read_mask, write_png
 from desertmind.data.synth import generate
+from tests.stand_in import SUBPROCESS_ENV, kill_at
 
 EXE = str(Path(sys.executable).with_name("desertmind"))
 
@@ -107,20 +107,16 @@ def test_a_killed_predict_leaves_the_previous_set_whole(synth_root: Path, tmp_pa
     before = sets()
     assert len(before) == 12
     many = generate(tmp_path / "many", n_train=0, n_val=40, height=48, width=80, seed=5)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    started = time.time()
-    proc = subprocess.Popen([EXE, *predict, "--data.predict_dir", str(many / "val"),
-                             "--overwrite"], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = started + 120
-    while proc.poll() is None and time.time() < deadline and not any(  # a new set is begun
-            p.stat().st_mtime > started for p in out.rglob("overlay/*.png")):
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "predict ended before it could be killed"
+    # kill -9 after three images of the new set are written, before the fourth
+    proc = subprocess.run([EXE, *predict, "--data.predict_dir", str(many / "val"),
+                           "--overwrite", *kill_at(at_predict_batch=3)], env=SUBPROCESS_ENV,
+                          cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    staged = next(out.glob(".predicting-*"))
+    assert len(list(staged.rglob("overlay/*.png"))) == 3  # a new set was begun
     assert sets() == before  # not one new image among the old ones, none of them lost
-    assert [p.name for p in out.glob(".predicting-*")] == [f".predicting-{proc.pid}"]
+    assert len(list(out.glob(".predicting-*"))) == 1
 
     assert main([*predict, "--data.predict_dir", str(many / "val"), "--overwrite"]) == 0
     assert len(sets()) == 3 * 40
@@ -213,7 +209,7 @@ def test_a_corrupt_downloaded_weights_file_is_named_with_what_to_do(tmp_path: Pa
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"half a download")
     with pytest.raises(WeightsUnavailableError) as e:
-        build_network("deeplabv3", "mobilenet_v3_large", 10, "coco")
+        build_network("deeplabv3", "mobilenet_v3_large", weights="coco")
     assert str(cached) in str(e.value) and "Delete it" in str(e.value)
 
 
@@ -295,13 +291,54 @@ def test_a_finished_phase_is_not_overwritten_and_a_busy_one_is_locked(synth_root
     after = read_checkpoint(folder / "best.ckpt")["state_dict"]
     assert all((before[k] == after[k]).all() for k in before)  # untouched
     assert not (folder / ".lock").exists()  # released
-    # a run in progress elsewhere (a live process, here pid 1) holds the folder
-    (folder / ".lock").write_text("1")
-    assert main([*args, "--overwrite"]) == 2
-    assert "being written by process 1" in capsys.readouterr().err
-    (folder / ".lock").write_text("999999999")  # left by a process that is gone: taken over
+    # a run in progress in another process holds the folder's lock
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time, filelock; lock = filelock.FileLock("
+         "sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(600)",
+         str(folder / ".lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main([*args, "--overwrite"]) == 2
+        assert "being written by another process" in capsys.readouterr().err
+        assert read_checkpoint(folder / "best.ckpt")["state_dict"].keys() == before.keys()
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops its flock, no stale lock survives it
+        holder.wait()
     assert main([*args, "--overwrite"]) == 0
     assert not (folder / ".lock").exists()
+
+
+def test_a_plain_python_fit_gets_the_same_folder_protection(synth_root: Path, tmp_path: Path):
+    """PhaseCheckpoint owns its folder: no CLI needed to refuse an earlier run's files."""
+    import lightning as L
+
+    from desertmind.data.datamodule import OffroadDataModule
+    from desertmind.errors import ConfigError
+    from desertmind.training.checkpoints import PhaseCheckpoint
+    from desertmind.training.module import SegmentationModule
+
+    folder = tmp_path / "phase" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "best.ckpt").write_bytes(b"an earlier run's")
+
+    def fit(overwrite: bool) -> None:
+        trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1,
+                            num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, accelerator="cpu",
+                            callbacks=[PhaseCheckpoint(dirpath=str(folder), filename="best",
+                                                       monitor="val/mIoU", mode="max",
+                                                       overwrite=overwrite)])
+        dm = OffroadDataModule(str(synth_root), batch_size=2, num_workers=0,
+                               image_size=(32, 48))
+        trainer.fit(SegmentationModule(weights="none"), dm)
+
+    with pytest.raises(ConfigError, match="already holds best.ckpt"):
+        fit(overwrite=False)
+    assert (folder / "best.ckpt").read_bytes() == b"an earlier run's"
+    assert not (folder / ".lock").exists()  # released on the exception
+    fit(overwrite=True)
+    assert (folder / "best.ckpt").read_bytes() != b"an earlier run's"
 
 
 def test_check_data_fails_a_split_without_one_labelled_pixel(data_copy: Path, capsys):
@@ -334,7 +371,8 @@ def test_a_jpeg_mask_is_named_as_such(data_copy: Path, capsys):
 
 @pytest.mark.parametrize("option, value, message", [
     ("--data.num_workers", "-1", "data.num_workers=-1: the number of DataLoader worker"),
-    ("--model.predict_classes", "[]", "model.predict_classes=[]: name at least one class"),
+    ("--model.evaluation.predict_classes", "[]",
+     "model.evaluation.predict_classes: [] would allow no class"),
     ("--data.predict_dir", "FILE", "is a file, not a folder of images"),
 ])
 def test_small_misleading_messages_say_what_is_wrong(synth_root: Path, tmp_path: Path, capsys,

@@ -12,7 +12,14 @@ from desertmind.cli.main import main
 from desertmind.data.classes import RAW_IDS
 from desertmind.data.imageio import read_image, read_mask, write_png
 from desertmind.inference.trained import load_module
-from desertmind.inference.tta import predict_probs, restrict, sliding_window
+from desertmind.models.network import SegmentationNetwork
+from desertmind.models.prediction import (
+    EvalOptions,
+    predict_scores,
+    restrict,
+    sliding_window,
+    tta_probs,
+)
 from desertmind.training.module import SegmentationModule
 
 
@@ -112,29 +119,41 @@ def test_test_command_reports_the_validation_metrics(synth_root, trained, capsys
         assert key in out
 
 
-def _fake_forward(images: torch.Tensor) -> torch.Tensor:
+class _Positional(SegmentationNetwork):
     """Logits that depend on position, so flips and windows have something to get wrong."""
-    n, _, h, w = images.shape
-    x = torch.linspace(-1, 1, w).view(1, 1, 1, w).expand(n, 1, h, w)
-    return torch.cat([x, -x, images[:, :1]], dim=1) * 3
+
+    @property
+    def encoder(self) -> torch.nn.Module:
+        return torch.nn.Identity()
+
+    def head_parameters(self):
+        return iter(())
+
+    def forward_padded(self, images, with_aux):
+        n, _, h, w = images.shape
+        x = torch.linspace(-1, 1, w).view(1, 1, 1, w).expand(n, 1, h, w)
+        return torch.cat([x, -x, images[:, :1]], dim=1) * 3, None
 
 
 def test_flip_tta_undoes_its_flip_and_scales_come_back_to_size():
-    images = torch.randn(2, 3, 20, 30)
-    plain = predict_probs(_fake_forward, images)
-    torch.testing.assert_close(predict_probs(_fake_forward, images, flip=True)[:, 2],
+    images = torch.rand(2, 3, 20, 30) * 255
+    net = _Positional()
+    plain = tta_probs(net, images)
+    torch.testing.assert_close(tta_probs(net, images, flip=True)[:, 2],
                                plain[:, 2], rtol=0, atol=0.2)  # same class map, averaged
-    multi = predict_probs(_fake_forward, images, scales=[0.5, 1.0, 1.5], flip=True)
+    multi = tta_probs(net, images, scales=[0.5, 1.0, 1.5], flip=True)
     assert multi.shape == (2, 3, 20, 30)
     torch.testing.assert_close(multi.sum(1), torch.ones(2, 20, 30))
 
 
 def test_sliding_window_equals_whole_image_for_a_local_model():
-    conv = torch.nn.Conv2d(3, 4, 1)  # 1x1: every window gives the same logits as the whole
-    images = torch.randn(1, 3, 37, 53)
+    from tests.stand_in import TinyNetwork
+
+    net = TinyNetwork().eval()  # 1x1 convs: every window gives the logits of the whole
+    images = torch.rand(1, 3, 37, 53) * 255
     with torch.no_grad():
-        torch.testing.assert_close(sliding_window(conv, images, 16), conv(images))
-        torch.testing.assert_close(sliding_window(conv, images, 64), conv(images))  # padded
+        torch.testing.assert_close(sliding_window(net, images, 16), net(images))
+        torch.testing.assert_close(sliding_window(net, images, 64), net(images))  # padded
 
 
 def test_restrict_never_predicts_a_suppressed_class():
@@ -142,18 +161,28 @@ def test_restrict_never_predicts_a_suppressed_class():
     preds = restrict(scores, [8, 9]).argmax(1)
     assert set(preds.unique().tolist()) <= {8, 9}
     with pytest.raises(ValueError, match="Flowers"):
-        SegmentationModule(predict_classes=["Sky", "Clouds"])
+        SegmentationModule(evaluation={"predict_classes": ["Sky", "Clouds"]})
 
 
 def test_tta_module_evaluates_with_averaged_probabilities(trained):
     ckpt, _ = trained
-    module = load_module(ckpt, tta_scales=[0.75, 1.0], tta_flip=True)
-    probs = module.eval_scores(torch.randn(1, 3, 32, 48))
+    options = EvalOptions(tta_scales=[0.75, 1.0], tta_flip=True)
+    module = load_module(ckpt, options)
+    with torch.no_grad():
+        probs = predict_scores(module.model, torch.rand(1, 3, 32, 48) * 255, module.evaluation)
     torch.testing.assert_close(probs.sum(1), torch.ones(1, 32, 48))
-    assert module.uses_tta and not SegmentationModule(weights="none").uses_tta
+    assert options.uses_tta and not EvalOptions().uses_tta
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_torchscript_export_is_refused_with_the_alternative(trained, tmp_path, capsys):
+    ckpt, _ = trained
+    assert main(["export", "--ckpt", str(ckpt), "--format", "torchscript",
+                 "--out", str(tmp_path / "m.pt")]) == 2
+    assert "deprecated by PyTorch" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("fmt", ["onnx"])
 def test_export_matches_eager(trained, tmp_path, fmt):
     ckpt, _ = trained
     out = tmp_path / f"model.{fmt}"
@@ -163,14 +192,11 @@ def test_export_matches_eager(trained, tmp_path, fmt):
     for shape in ((1, 3, 64, 96), (2, 3, 48, 80)):  # dynamic batch, height and width
         x = torch.rand(*shape) * 255  # plain RGB: the input scaling is inside the graph
         with torch.no_grad():
-            eager = module(module.normalize(x)).numpy()
-        if fmt == "onnx":
-            import onnxruntime as ort
+            eager = module(x).numpy()
+        import onnxruntime as ort
 
-            session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-            got = session.run(None, {"images": x.numpy()})[0]
-        else:
-            got = torch.jit.load(str(out))(x).detach().numpy()
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"images": x.numpy()})[0]
         assert got.shape == eager.shape
         assert np.abs(got - eager).max() < 1e-3
         assert (got.argmax(1) == eager.argmax(1)).mean() > 0.999

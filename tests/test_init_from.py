@@ -63,7 +63,7 @@ def test_missing_file_is_refused(tmp_path):
 
 def test_other_architecture_is_refused_listing_keys(source_ckpt):
     with pytest.raises(CheckpointError, match="unexpected keys|missing keys") as e:
-        load_weights(SegmentationModule(weights="none", aux_loss=True).model, source_ckpt)
+        load_weights(SegmentationModule(weights="none", aux_weight=0.4).model, source_ckpt)
     assert "aux_classifier" in str(e.value)
 
 

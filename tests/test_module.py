@@ -1,4 +1,4 @@
-"""SegmentationModule pieces: aux loss, param groups, schedulers, channels_last."""
+"""SegmentationModule pieces: aux loss, param groups, schedulers, class weights, speedups."""
 
 from __future__ import annotations
 
@@ -17,23 +17,23 @@ def _batch(n: int = 2) -> dict:
     g = torch.Generator().manual_seed(0)
     mask = torch.randint(0, 10, (n, 32, 40), generator=g)
     mask[:, :2] = 255
-    return {"image": torch.randn(n, 3, 32, 40, generator=g), "mask": mask}
+    return {"image": torch.rand(n, 3, 32, 40, generator=g) * 255, "mask": mask}
 
 
 def test_aux_loss_is_added_with_its_weight():
-    module = SegmentationModule(weights="none", aux_loss=True, aux_weight=0.25).eval()
+    module = SegmentationModule(weights="none", aux_weight=0.25).eval()
     module.criterion = build_loss("ce")
     batch = _batch()
     with torch.no_grad():
         logits, aux = module.model.forward_with_aux(batch["image"])
-        loss, _ = module._loss(batch)
+        loss, _ = module.model_step(batch)
     expected = module.criterion(logits, batch["mask"]) + 0.25 * module.criterion(
         aux, batch["mask"])
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_param_groups_are_named_and_scaled():
-    module = SegmentationModule(weights="none", aux_loss=True, backbone_lr_mult=0.1,
+    module = SegmentationModule(weights="none", aux_weight=0.4, backbone_lr_mult=0.1,
                                 optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
     opt = module.configure_optimizers()
     assert [(g["name"], g["lr"]) for g in opt.param_groups] == [
@@ -42,8 +42,10 @@ def test_param_groups_are_named_and_scaled():
     assert n_params == len(list(module.model.parameters()))  # every parameter, once
 
 
-def _with_trainer(module: SegmentationModule, steps: int = 100) -> SegmentationModule:
-    module._trainer = SimpleNamespace(estimated_stepping_batches=steps, precision="32-true")
+def _with_trainer(module: SegmentationModule, steps: int = 100,
+                  callbacks: tuple = ()) -> SegmentationModule:
+    module._trainer = SimpleNamespace(estimated_stepping_batches=steps, precision="32-true",
+                                      checkpoint_callbacks=list(callbacks))
     return module
 
 
@@ -58,28 +60,56 @@ def test_poly_scheduler_steps_per_batch_over_the_whole_run():
     assert sched.factor(50) == pytest.approx(0.5) and sched.factor(100) == 0.0
 
 
-def test_plateau_scheduler_must_maximise_miou():
-    ok = _with_trainer(SegmentationModule(weights="none", scheduler=lambda o: (
-        torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode="max"))))
-    cfg = ok.configure_optimizers()
+def test_plateau_scheduler_follows_the_checkpoint_monitor_and_its_mode():
+    def plateau(mode):
+        return SegmentationModule(weights="none", scheduler=lambda o: (
+            torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode=mode)))
+
+    cfg = _with_trainer(plateau("max")).configure_optimizers()  # no checkpoint: val/mIoU
     assert cfg["lr_scheduler"]["monitor"] == "val/mIoU"
     assert cfg["lr_scheduler"]["interval"] == "epoch"
-    bad = _with_trainer(SegmentationModule(weights="none", scheduler=lambda o: (
-        torch.optim.lr_scheduler.ReduceLROnPlateau(o))))
+    per_image = SimpleNamespace(monitor="val/mIoU_per_image", mode="max")
+    cfg = _with_trainer(plateau("max"), callbacks=(per_image,)).configure_optimizers()
+    assert cfg["lr_scheduler"]["monitor"] == "val/mIoU_per_image"
     with pytest.raises(ConfigError, match="mode: max"):
-        bad.configure_optimizers()
+        _with_trainer(plateau("min")).configure_optimizers()
+    loss = SimpleNamespace(monitor="val/loss", mode="min")
+    with pytest.raises(ConfigError, match="mode: min"):
+        _with_trainer(plateau("max"), callbacks=(loss,)).configure_optimizers()
 
 
 def test_channels_last_gives_the_same_logits():
+    from desertmind.training.speed import apply_speedups
+
     torch.manual_seed(0)
     plain = SegmentationModule(weights="none").eval()
-    fast = SegmentationModule(weights="none", channels_last=True).eval()
+    fast = SegmentationModule(weights="none").eval()
     fast.model.load_state_dict(plain.model.state_dict())
-    x = torch.randn(1, 3, 32, 40)
+    apply_speedups(fast.model, channels_last=True)
+    x = torch.rand(1, 3, 32, 40) * 255
+    assert fast.model.normalise(x).is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-4)
 
 
-def test_class_count_must_match_the_table():
-    with pytest.raises(ConfigError, match="10 classes"):
-        SegmentationModule(num_classes=11)
+def test_weighted_ce_needs_its_weights_and_takes_them_as_an_argument():
+    with pytest.raises(ConfigError, match="one per class"):
+        SegmentationModule(weights="none", class_weights=[1.0, 2.0])
+    missing = SegmentationModule(weights="none", loss="weighted_ce")
+    with pytest.raises(ConfigError, match="needs model.class_weights"):
+        missing.setup("fit")
+    weights = [float(i + 1) for i in range(10)]
+    module = SegmentationModule(weights="none", loss="weighted_ce", class_weights=weights)
+    module.setup("fit")
+    torch.testing.assert_close(module.criterion.losses[0].weight, torch.tensor(weights))
+    assert module.hparams.class_weights == weights  # recorded in every checkpoint
+
+
+def test_the_module_keeps_to_the_task():
+    """At most 15 constructor arguments, and no reach into the data module at run time."""
+    import inspect
+
+    import desertmind.training.module as source
+
+    assert len(inspect.signature(SegmentationModule.__init__).parameters) - 1 <= 15
+    assert "datamodule" not in inspect.getsource(source)

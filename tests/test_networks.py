@@ -23,6 +23,8 @@ from desertmind.models import ARCHITECTURES, build_network
 from desertmind.training.freeze import BackboneFreeze
 from desertmind.training.module import SegmentationModule
 
+pytestmark = pytest.mark.real_network  # the networks are the subject
+
 # one encoder per architecture, the smallest that architecture takes
 NETWORKS = [
     ("deeplabv3", "mobilenet_v3_large"),
@@ -32,19 +34,25 @@ NETWORKS = [
     ("fpn", "resnet18"),
     ("upernet", "resnet18"),
     ("segformer", "mit_b0"),
+    ("pspnet", "resnet18"),
+    ("linknet", "resnet18"),
+    ("manet", "resnet18"),
+    ("pan", "resnet18"),
 ]
 IDS = [a for a, _ in NETWORKS]
+#: the training round trip for every architecture is slow (a minute here): make test keeps
+#: torchvision's and one SMP network, make test-full runs them all
+TRAINED = [pytest.param(a, b, id=a, marks=() if a in ("deeplabv3", "deeplabv3plus")
+                        else pytest.mark.slow) for a, b in NETWORKS]
 
 
-def test_every_registered_architecture_is_covered_or_smp():
-    assert set(IDS) <= set(ARCHITECTURES)
-    assert {"deeplabv3plus", "unet", "unetplusplus", "fpn", "upernet", "segformer"} <= set(
-        ARCHITECTURES)
+def test_every_registered_architecture_is_built_by_these_tests():
+    assert sorted(IDS) == sorted(ARCHITECTURES)
 
 
 @pytest.mark.parametrize(("arch", "backbone"), NETWORKS, ids=IDS)
 def test_logits_at_any_input_size(arch: str, backbone: str):
-    net = build_network(arch, backbone, 10, "none").eval()
+    net = build_network(arch, backbone).eval()
     x = torch.randn(2, 3, 50, 70)  # neither dimension a multiple of 16 or 32
     with torch.no_grad():
         logits, aux = net.forward_with_aux(x)
@@ -69,7 +77,7 @@ def test_param_groups_cover_every_parameter_once_with_their_lr(arch: str, backbo
 
 
 def test_deeplabv3_aux_head_is_its_own_group():
-    module = SegmentationModule(aux_loss=True, optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+    module = SegmentationModule(aux_weight=0.4, optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
     names = [g["name"] for g in module.configure_optimizers().param_groups]
     assert names == ["backbone", "head", "aux"]
 
@@ -78,7 +86,7 @@ def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-@pytest.mark.parametrize(("arch", "backbone"), NETWORKS, ids=IDS)
+@pytest.mark.parametrize(("arch", "backbone"), TRAINED)
 def test_frozen_encoder_round_trip_and_init_from(arch: str, backbone: str, synth_root: Path,
                                                  tmp_path: Path):
     """A phase with the encoder frozen: encoder weights and BatchNorm statistics stay, the head
@@ -105,7 +113,7 @@ def test_frozen_encoder_round_trip_and_init_from(arch: str, backbone: str, synth
 
     ckpt = tmp_path / "phase.ckpt"
     trainer.save_checkpoint(ckpt)
-    x = torch.randn(1, 3, 40, 56)
+    x = torch.rand(1, 3, 40, 56) * 255
     first.eval()
     loaded = load_module(ckpt)  # from the checkpoint alone, as predict / test / export do
     assert loaded.hparams.arch == arch and loaded.hparams.backbone == backbone
@@ -135,7 +143,7 @@ def test_onnx_export_matches_eager_at_other_sizes(arch: str, backbone: str, tmp_
     for shape in ((1, 3, 64, 96), (2, 3, 50, 70)):  # another batch and a size needing padding
         x = torch.rand(*shape) * 255  # plain RGB: the graph holds the input scaling
         with torch.no_grad():
-            eager = module(module.normalize(x)).numpy()
+            eager = module(x).numpy()
         got = session.run(None, {"images": x.numpy()})[0]
         assert got.shape == eager.shape
         assert np.abs(got - eager).max() < 1e-3

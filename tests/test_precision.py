@@ -28,7 +28,7 @@ def test_the_phase_chain_trains_under_each_precision(synth_root: Path, tmp_path:
     previous = None
     for phase in PHASES:
         args = ["fit", *phase_args(phase, synth_root, tmp_path), "--trainer.precision",
-                precision, "--model.channels_last", "true", *extra]
+                precision, "--speed.channels_last", "true", *extra]
         if previous:
             args += ["--model.init_from", str(previous)]
         assert main(args) == 0, phase

@@ -4,12 +4,10 @@ test_ddp.py)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from desertmind.training.checkpoints import (
     read_checkpoint,
 )
 from desertmind.training.module import SegmentationModule
+from tests.stand_in import SUBPROCESS_ENV, kill_at
 
 EXE = str(Path(sys.executable).with_name("desertmind"))
 POLY = '{"class_path": "desertmind.training.schedulers.PolyLR", "init_args": {"power": 1.0}}'
@@ -51,22 +50,15 @@ def _resume_args(phase_args, root: Path, logs: Path) -> list[str]:
 def test_sigkill_mid_epoch_then_resume_from_last(synth_root: Path, tmp_path: Path, phase_args):
     """A real kill -9 while training; that the resumed run then equals an uninterrupted one is
     test_a_resumed_run_ends_exactly_as_an_uninterrupted_one."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     logs = tmp_path / "killed"
     last = logs / "phase1" / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen(_resume_args(phase_args, synth_root, logs), env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    saves: set[int] = set()
-    deadline = time.time() + 240
-    while len(saves) < 3 and proc.poll() is None and time.time() < deadline:
-        if last.exists():
-            saves.add(last.stat().st_ino)  # every save is a new file renamed into place
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    # kill -9 just before step 8, in the middle of epoch 2: last.ckpt is step 6's
+    proc = subprocess.run([*_resume_args(phase_args, synth_root, logs), *kill_at(at_step=8)],
+                          env=SUBPROCESS_ENV, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     killed_at = read_checkpoint(last)["global_step"]  # still loadable after the kill
-    assert 0 < killed_at < 16
+    assert killed_at == 6
 
     assert main([*_resume_args(phase_args, synth_root, logs)[1:], "--ckpt_path", "last"]) == 0
     # the uninterrupted run's length: 4 epochs x 4 steps, one validation per epoch

@@ -112,7 +112,7 @@ def test_dashboard_images_come_at_the_configured_interval_only(tiny_logs: Path):
     session = metadata.parse_session_start_info_plugin_data(
         hparams["_hparams_/session_start_info"]).hparams
     assert session["setup/backbone"].string_value == "mobilenet_v3_large"
-    assert session["setup/aux_loss"].WhichOneof("kind") == "bool_value"  # a boolean, not 0.0
+    assert session["setup/freeze_bn"].WhichOneof("kind") == "bool_value"  # a boolean, not 0.0
     assert session["setup/max_epochs"].string_value == "3"  # not 3.0000
     assert session["change/lr_head"].number_value > 0
     layout = Layout.FromString(

@@ -41,8 +41,8 @@ from desertmind.data.palette import colorize, error_map, overlay
 from desertmind.errors import ConfigError, DesertMindError
 from desertmind.files import write_bytes
 from desertmind.inference.predictor import Predictor, check_image, class_shares
-from desertmind.inference.tta import check_window, window_count
-from desertmind.reports.analysis import SplitRanking
+from desertmind.inference.ranking import SplitRanking
+from desertmind.models.prediction import check_window, window_count
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 try:
@@ -92,9 +92,12 @@ class Viewer:
     """The page's state and handlers; :meth:`build` assembles the Gradio Blocks."""
 
     def __init__(self, ckpt: str | Path, root: str | None = None, split: str | None = None,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", *, evaluation: str | None = None) -> None:
+        """``evaluation="checkpoint"``: predict and browse with the TTA scales and class
+        restriction the checkpoint was trained to be evaluated with; by default, as
+        ``validate`` does without options. The page's flip and window switches apply on top."""
         self.ckpt = Path(ckpt)
-        self.predictor = Predictor(ckpt, device)
+        self.predictor = Predictor(ckpt, device, evaluation=evaluation)
         data = self.predictor.settings.data
         self.split = split or data.get("val_dir") or "val"
         self.root = Path(root) if root else None
@@ -146,7 +149,7 @@ class Viewer:
         except DesertMindError as e:
             raise _error(_message(e)) from e
         h, w = self.predictor.image_size or image.shape[:2]
-        passes = 2 if tta_flip else 1
+        passes = (2 if tta_flip else 1) * len(self.predictor.evaluation.tta_scales or [1.0])
         windows = window_count(h, w, size) if size else 1
         pixels = passes * windows * (size * size if size else h * w)
         if windows > MAX_WINDOWS or pixels > MAX_FORWARD_PIXELS:
@@ -161,7 +164,8 @@ class Viewer:
                  shown: list[str]):
         flip, size = self.options(image, tta_flip, window)
         try:
-            pred = self.predictor.predict(image, flip, size)
+            pred = self.predictor.predict(
+                image, self.predictor.options(tta_flip=flip, sliding_window=size))
         except DesertMindError as e:
             raise _error(_message(e)) from e
         state = {"image": image, "pred": pred}
@@ -231,7 +235,7 @@ class Viewer:
         except DesertMindError as e:
             raise _error(_message(e)) from e
         self.ranking = SplitRanking(
-            self.predictor.module, dm.datasets["val"],
+            self.predictor.network, dm.datasets["val"], evaluation=self.predictor.evaluation,
             progress=lambda done, total: progress(done / total, desc="scoring images"))
         return self._ranking_rows()
 
@@ -317,10 +321,10 @@ class Viewer:
 
 def launch(ckpt: str | Path, root: str | None = None, split: str | None = None,
            host: str = "127.0.0.1", port: int | None = None, device: str = "cpu",
-           block: bool = True) -> tuple[gr.Blocks, str]:
+           block: bool = True, evaluation: str | None = None) -> tuple[gr.Blocks, str]:
     """Build the page and serve it; returns the Blocks and the local URL. With
     ``block=False`` the server runs in a thread and this returns at once (tests)."""
-    page = Viewer(ckpt, root, split, device).build()
+    page = Viewer(ckpt, root, split, device, evaluation=evaluation).build()
     _, url, _ = page.launch(server_name=host, server_port=port, prevent_thread_lock=True,
                             show_error=True, quiet=True, footer_links=["api"],
                             max_file_size=MAX_FILE_SIZE)

@@ -19,15 +19,16 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from desertmind import runs
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.errors import ConfigError
-from desertmind.files import release_lock, take_lock
-from desertmind.inference.trained import read_settings
+from desertmind.inference.trained import read_settings, same_layout
 from desertmind.inference.writer import OUTPUT_DIRS, PredictionWriter
 from desertmind.reports.evaluation import BestValidationImages, EvaluationWriter
 from desertmind.training.checkpoints import AtomicCheckpointIO, LastCheckpoint, PhaseCheckpoint
 from desertmind.training.freeze import BackboneFreeze
+from desertmind.training.losses import needs_class_weights
 from desertmind.training.metrics import MONITOR
 from desertmind.training.module import SegmentationModule
 from desertmind.training.provenance import Provenance
+from desertmind.training.speed import Speedups
 
 
 def resolve_precision(accelerator: str | None = "auto") -> str:
@@ -51,41 +52,6 @@ def _config_files(argv: list[str]) -> list[str]:
     return files
 
 
-def _keys_of_file(path: Path, seen: set[Path]) -> set[str]:
-    """Dotted keys a config file sets, through the parents it chains with ``config:``."""
-    path = path.resolve()
-    if path in seen:
-        return set()
-    seen.add(path)
-    try:
-        content = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return set()  # jsonargparse reports it
-    if not isinstance(content, dict):
-        return set()
-    keys: set[str] = set()
-    parents = content.get("config") or []
-    for parent in [parents] if isinstance(parents, str) else parents:
-        keys |= _keys_of_file(path.parent / parent, seen)
-    for key, value in content.items():
-        keys.add(str(key))
-        if isinstance(value, dict):
-            keys |= {f"{key}.{sub}" for sub in value}
-    return keys
-
-
-def given_keys(argv: list[str]) -> set[str]:
-    """Every dotted key (``model.backbone``, ``data.image_size``) the user set, on the command
-    line or in a config file: these win over what a checkpoint suggests."""
-    keys: set[str] = set()
-    for path in _config_files(argv):
-        keys |= _keys_of_file(Path(path), set())
-    for arg in argv:
-        if arg.startswith("--"):
-            keys.add(arg[2:].split("=", 1)[0])
-    return keys
-
-
 def refuse_overlay_first(argv: list[str]) -> None:
     """An overlay (a config of dotted keys only, such as ``configs/demo.yaml``) changes single
     values of a phase config; given first, jsonargparse fails on the first dotted key with a
@@ -104,29 +70,29 @@ def refuse_overlay_first(argv: list[str]) -> None:
                           f"own; use: desertmind {sub} -c configs/phase1.yaml -c {files[0]}")
 
 
-def apply_checkpoint(config, ckpt: str | Path, given: set[str]) -> None:
-    """Take what a checkpoint decides into an evaluation config (see
-    :mod:`desertmind.inference.trained`); ``given`` are the keys the user set.
-
-    The network's layout is the checkpoint's; a different value the user set is refused. The
-    evaluation-side data settings are the checkpoint's unless the user set them. Pretrained
-    weights are never fetched: the checkpoint holds every weight. Every other option (TTA,
-    sliding window, ``predict_classes``, batch size, workers) is the user's.
-    """
+def checkpoint_defaults(ckpt: str | Path) -> dict[str, object]:
+    """What a checkpoint decides or suggests for an evaluation (see
+    :mod:`desertmind.inference.trained`), as defaults of the subcommand's parser: the network's
+    layout and the evaluation-side data settings. Pretrained weights are never fetched: the
+    checkpoint holds every weight."""
     settings = read_settings(ckpt)
-    for key, value in settings.network.items():
+    return {**{f"model.{k}": v for k, v in settings.network.items()}, "model.weights": "none",
+            **{f"data.{k}": v for k, v in settings.data.items()}}
+
+
+def refuse_other_network(config, ckpt: str | Path) -> None:
+    """The network's layout is the checkpoint's: a different value the user set (on the
+    command line or in a config file: it won over the checkpoint's default) is refused."""
+    network = read_settings(ckpt).network
+    for key, value in network.items():
         current = config.model.get(key)
-        if f"model.{key}" in given and current != value:
+        if not same_layout(key, current, value):
             raise ConfigError(
-                f"{ckpt} holds a {settings.network['arch']} {settings.network['backbone']} "
-                f"network with {key}={value!r}; model.{key}={current!r} (given on the command "
-                f"line or in a config file) cannot load its weights: leave model.{key} out, "
-                "the checkpoint sets it")
-        config.model[key] = value
+                f"{ckpt} holds a {network['arch']} {network['backbone']} network with "
+                f"{key}={value!r}; model.{key}={current!r} (given on the command line or in a "
+                f"config file) cannot load its weights: leave model.{key} out, the checkpoint "
+                "sets it")
     config.model.weights = "none"
-    for key, value in settings.data.items():
-        if f"data.{key}" not in given:
-            config.data[key] = value
 
 
 def named_checkpoint(config, name: str) -> Path:
@@ -188,7 +154,6 @@ class DesertMindCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults",
                           {"callbacks": [Provenance(), BestValidationImages()]})
         kwargs.setdefault("parser_class", _Parser)
-        self._locks: list[Path] = []
         super().__init__(SegmentationModule, OffroadDataModule,
                          auto_configure_optimizers=False, **kwargs)
 
@@ -209,10 +174,14 @@ class DesertMindCLI(LightningCLI):
         # last.ckpt, so the checkpoint records whether early stopping fired
         parser.set_defaults({"early_stopping.mode": "max",
                              "early_stopping.check_on_train_epoch_end": False})
-        # one monitor: early stopping and a plateau scheduler follow the best checkpoint's
-        # (so do val_images.npz, HParams and the report's best epoch, at run time)
+        # one monitor: early stopping follows the best checkpoint's (so do a plateau
+        # scheduler, val_images.npz, HParams and the report's best epoch, which ask the
+        # checkpoint callback at run time: training.metrics.followed_monitor)
         parser.link_arguments("checkpoint.monitor", "early_stopping.monitor")
-        parser.link_arguments("checkpoint.monitor", "model.scheduler_monitor")
+        # self-training needs a batch of target images with every training batch
+        parser.link_arguments("model.self_training.weight", "data.target_batches",
+                              compute_fn=lambda weight: weight > 0)
+        parser.add_lightning_class_args(Speedups, "speed")
         parser.add_lightning_class_args(BackboneFreeze, "freeze")
         parser.set_defaults({"freeze.unfreeze_at_epoch": 0})
         parser.add_argument("--out", default=None,
@@ -222,33 +191,50 @@ class DesertMindCLI(LightningCLI):
         parser.add_argument("--overwrite", action=ActionYesNo, default=False,
                             help="predict: replace the predictions already in --out; fit: "
                             "start a phase again, deleting its earlier checkpoints")
+        # --overwrite: each checkpoint callback decides about its folder's earlier files
+        parser.link_arguments("overwrite", "checkpoint.overwrite")
+        parser.link_arguments("overwrite", "last_checkpoint.overwrite")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """Lightning's parse; for an evaluation from a checkpoint, the checkpoint's values then
+        become the subcommand's defaults and the same arguments are parsed again, so that what
+        the user gave (command line or config files) wins by jsonargparse's own precedence."""
         argv = list(sys.argv[1:] if args is None else args)
         refuse_overlay_first(argv)
         super().parse_arguments(parser, args)
         sub = self.config.get("subcommand")
+        if sub is None:  # run=False: a Python caller instantiates the classes itself
+            return
+        ckpt = self._checkpoint_of(sub)
+        if sub in EVALUATION and ckpt and ckpt not in ("hpc", "registry"):
+            self._subcommand_parsers[sub].set_defaults(checkpoint_defaults(ckpt))
+            super().parse_arguments(parser, args)
+            self.config[sub].ckpt_path = ckpt
+            refuse_other_network(self.config[sub], ckpt)
+
+    def _checkpoint_of(self, sub: str) -> str | None:
+        """The subcommand's ``--ckpt_path``, ``best`` and ``last`` resolved; an evaluation
+        without a trained model is refused."""
         config = self.config[sub]
         ckpt = config.get("ckpt_path")
         # Lightning resolves "last" for fit itself; "best" (and "last" in an evaluation,
         # whose training callbacks are dropped) would find no ModelCheckpoint to ask
         if ckpt == runs.BEST or (sub in EVALUATION and ckpt == runs.LAST):
             ckpt = config.ckpt_path = str(named_checkpoint(config, ckpt))
-        if sub in EVALUATION:
-            if not ckpt and not config.model.get("init_from"):
-                raise ConfigError(
-                    f"{sub} needs a trained model, or it would score random weights: give "
-                    "--ckpt_path CKPT (e.g. --ckpt_path lightning_logs/phase3/checkpoints/"
-                    "best.ckpt, or --ckpt_path best with the phase's config: -c "
-                    "configs/phase3.yaml), or a config whose model.init_from names a "
-                    "checkpoint")
-            if ckpt and ckpt not in ("hpc", "registry"):
-                apply_checkpoint(config, ckpt, given_keys(argv))
+        if sub in EVALUATION and not ckpt and not config.model.get("init_from"):
+            raise ConfigError(
+                f"{sub} needs a trained model, or it would score random weights: give "
+                "--ckpt_path CKPT (e.g. --ckpt_path lightning_logs/phase3/checkpoints/"
+                "best.ckpt, or --ckpt_path best with the phase's config: -c "
+                "configs/phase3.yaml), or a config whose model.init_from names a "
+                "checkpoint")
+        return ckpt
 
     def _parse_ckpt_path(self) -> None:
         """Lightning's own version replaces every ``model`` value with the checkpoint's saved
         hyperparameters, the user's options and any ``class_path`` included: replaced by
-        :func:`apply_checkpoint`, which reads only the values a checkpoint may decide."""
+        :meth:`parse_arguments`, which takes only the values a checkpoint may decide, as
+        defaults."""
 
     def _eval_logger(self, config) -> TensorBoardLogger:
         if config.get("out"):
@@ -280,12 +266,13 @@ class DesertMindCLI(LightningCLI):
     def before_fit(self) -> None:
         self.datamodule.check_fit()
         self._drop_logger_callbacks()
+        hp = self.model.hparams
+        if needs_class_weights(hp.loss) and hp.class_weights is None:
+            weights = self.datamodule.class_weights()  # None: class_weighting none, refused
+            hp.class_weights = None if weights is None else weights.tolist()
         for callback in self.trainer.checkpoint_callbacks:
             if isinstance(callback, PhaseCheckpoint):
                 callback.resolve_dirpath(self.trainer)
-        # other DDP ranks start after these checks; fast_dev_run writes no checkpoint
-        if self.trainer.global_rank == 0 and not self.trainer.fast_dev_run:
-            self._claim_checkpoint_folders()
         if self.config.fit.get("ckpt_path") == runs.LAST:
             # Lightning would warn and train from scratch: a resume that resumes nothing
             found = [Path(c.dirpath) / f"{runs.LAST}{runs.CKPT_EXT}"
@@ -307,36 +294,6 @@ class DesertMindCLI(LightningCLI):
             if self.trainer.is_global_zero:
                 print("desertmind fit: no logger: LearningRateMonitor left out",
                       file=sys.stderr)
-
-    def _claim_checkpoint_folders(self) -> None:
-        """Refuse to start a phase over the checkpoints of an earlier run of it (a resume or
-        ``--overwrite`` says what to do with them), and lock its folder against a second run
-        started meanwhile; the lock is released when the command ends, however it ends."""
-        folders = {Path(c.dirpath) for c in self.trainer.checkpoint_callbacks
-                   if isinstance(c, PhaseCheckpoint) and c.dirpath}
-        fit = self.config.fit
-        for folder in sorted(folders):
-            self._locks.append(take_lock(folder, "this phase's checkpoints"))
-            old = sorted(folder.glob(f"*{runs.CKPT_EXT}"))
-            if not old or fit.get("ckpt_path"):
-                continue
-            if not fit.get("overwrite"):
-                raise ConfigError(
-                    f"{folder} already holds {', '.join(p.name for p in old)} from an earlier "
-                    "run of this phase: resume it with --ckpt_path last, start it again with "
-                    "--overwrite (its checkpoints are deleted first), or log this run elsewhere "
-                    "(--trainer.logger.init_args.save_dir or name)")
-            for p in old:
-                p.unlink()
-
-    def _run_subcommand(self, subcommand: str) -> None:
-        """Lightning's, with the checkpoint folders' locks released however the run ends."""
-        try:
-            super()._run_subcommand(subcommand)
-        finally:
-            for lock in self._locks:
-                release_lock(lock)
-            self._locks.clear()
 
     def _drop_training_callbacks(self) -> None:
         """Checkpointing, early stopping and freezing have nothing to do in an evaluation; left

@@ -25,7 +25,7 @@ USAGE = """usage: desertmind [--version] COMMAND ...
   synth       write a synthetic dataset in the Duality format
   scores      best val/mIoU of every phase under a logs folder
   report      summary.md/.csv and charts of every run under a logs folder
-  export      a checkpoint to ONNX or TorchScript (dynamic batch, height, width)
+  export      a checkpoint to ONNX (RGB 0-255 in; dynamic batch, height, width)
   app         a local web page to look at a model's predictions (Gradio)
 
 'desertmind COMMAND --help' shows a command's options; Lightning commands also take
@@ -89,7 +89,8 @@ def _export(args: argparse.Namespace) -> int:
 def _app(args: argparse.Namespace) -> int:
     from desertmind.app.viewer import launch
 
-    launch(args.ckpt_path, args.root, args.split, args.host, args.port, args.device)
+    launch(args.ckpt_path, args.root, args.split, args.host, args.port, args.device,
+           evaluation=None if args.evaluation == "default" else args.evaluation)
     return 0
 
 
@@ -185,11 +186,12 @@ def _tool_parser() -> argparse.ArgumentParser:
     p.add_argument("--print", action="store_true", help="print summary.md when done")
     p.set_defaults(func=_report)
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript",
+    p = sub.add_parser("export", help="export a checkpoint to ONNX",
                        description="Export a checkpoint's network (logits only, no aux head) "
                        "with dynamic batch, height and width.")
     p.add_argument("--ckpt", required=True, help="a desertmind checkpoint (e.g. best.ckpt)")
-    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--format", default="onnx", help="onnx (TorchScript, deprecated by "
+                   "PyTorch, is no longer offered)")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--height", type=_int_at_least(16), default=540,
                    help="example input height (the graph stays dynamic)")
@@ -209,6 +211,10 @@ def _tool_parser() -> argparse.ArgumentParser:
                    help="address to listen on (default: %(default)s, this machine only)")
     p.add_argument("--port", type=_int_at_least(1), default=7860)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
+    p.add_argument("--evaluation", choices=["default", "checkpoint"], default="default",
+                   help="default: predict as `desertmind validate` does without options; "
+                   "checkpoint: with the TTA scales and class restriction saved in the "
+                   "checkpoint's model.evaluation")
     p.set_defaults(func=_app)
     return parser
 

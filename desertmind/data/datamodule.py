@@ -30,7 +30,6 @@ from desertmind.data.transforms import (
     Preset,
     Transfer,
     build_transform,
-    normalize,
 )
 from desertmind.errors import ConfigError, DatasetError, check_choice
 
@@ -58,10 +57,9 @@ class OffroadDataModule(L.LightningDataModule):
             before any training).
         *_dataloader: uint8 batches; train shuffles and drops the last incomplete batch
             (BatchNorm cannot train on a batch of one).
-        on_after_batch_transfer: on the device, scales images the way the model being trained
-            or evaluated expects (its ``normalize``: the scaling is part of the trained network;
-            ImageNet mean/std without a trainer), casts them to a true precision's dtype, and
-            makes masks int64, so the host-to-device copy stays uint8.
+        on_after_batch_transfer: on the device, makes images float RGB 0-255 (the network
+            scales them itself: :class:`~desertmind.models.SegmentationNetwork`) in a true
+            precision's dtype, and masks int64, so the host-to-device copy stays uint8.
 
     Args:
         root: dataset root holding the split folders.
@@ -84,6 +82,8 @@ class OffroadDataModule(L.LightningDataModule):
         target_dir: a folder of unlabelled images of the domain the model will be used on (a
             plain folder, or a split folder whose ``Color_Images`` are taken; its masks, if
             any, are never read). Used by ``target_transfer`` and by self-training.
+        target_batches: also yield a batch of ``target_dir`` images with every training batch
+            (self-training); the CLI links it to ``model.self_training.weight > 0``.
         target_transfer: ``fda`` or ``histogram``: move training images' appearance toward a
             random target image with probability ``target_transfer_p`` (albumentations' FDA
             and HistogramMatching).
@@ -110,6 +110,7 @@ class OffroadDataModule(L.LightningDataModule):
         target_dir: str | None = None,
         target_transfer: Transfer = "none",
         target_transfer_p: float = 0.5,
+        target_batches: bool = False,
     ) -> None:
         super().__init__()
         # Python callers bypass the CLI's Literal check: fail here, not at setup
@@ -281,8 +282,7 @@ class OffroadDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:
         source = self._loader("train", train=True)
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if not getattr(module, "uses_target_images", False):
+        if not self.hparams.target_batches:
             return source
         if self.hparams.target_dir is None:
             raise ConfigError("self-training needs unlabelled target images: set "
@@ -309,9 +309,7 @@ class OffroadDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         if "source" in batch:  # self-training: a labelled and an unlabelled batch
             return {k: self.on_after_batch_transfer(b, dataloader_idx) for k, b in batch.items()}
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        images = batch["image"]
-        batch["image"] = module.normalize(images) if module is not None else normalize(images)
+        batch["image"] = batch["image"].float()  # RGB 0-255: the network scales it itself
         if "mask" in batch:
             batch["mask"] = batch["mask"].long()
         if self.trainer is not None:

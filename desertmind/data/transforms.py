@@ -1,4 +1,4 @@
-"""Augmentation presets (albumentations) and the on-device normalisation.
+"""Augmentation presets (albumentations); the network scales its input itself.
 
 Every pipeline ends in ``ToTensorV2`` and keeps the image uint8; masks are only ever
 resampled with nearest neighbour (albumentations' default ``mask_interpolation``) and padded
@@ -11,7 +11,6 @@ from typing import Literal, get_args
 
 import albumentations as A
 import cv2
-import torch
 
 from desertmind.data.classes import IGNORE_INDEX
 from desertmind.errors import check_choice
@@ -25,12 +24,6 @@ PRESETS: tuple[str, ...] = get_args(Preset)
 Transfer = Literal["none", "fda", "histogram"]
 TRANSFERS: tuple[str, ...] = get_args(Transfer)
 REFERENCE_KEY = "target_reference"  # where a call passes the target image to transfer toward
-#: how uint8 images become the network's input: ImageNet mean/std, or only / 255 (the seed's)
-Scaling = Literal["imagenet", "unit"]
-SCALINGS: tuple[str, ...] = get_args(Scaling)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _resize(image_size: tuple[int, int] | None) -> list[A.BasicTransform]:
@@ -124,22 +117,3 @@ def build_transform(
         steps += _domain_random()
     steps += _transfer(transfer, transfer_p)
     return A.Compose([*steps, A.ToTensorV2()], seed=seed)
-
-
-def scaling_constants(scaling: str = "imagenet") -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std (3,), in 0-255 units, that map RGB 0-255 to the network's input:
-    ImageNet's, or for ``unit`` 0 and 255 (a division by 255 only)."""
-    check_choice("input scaling (model.input_scaling)", scaling, SCALINGS)
-    if scaling == "unit":
-        return torch.zeros(3), torch.full((3,), 255.0)
-    return torch.tensor(IMAGENET_MEAN) * 255, torch.tensor(IMAGENET_STD) * 255
-
-
-def normalize(images: torch.Tensor, scaling: str = "imagenet") -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float32 on the images' device: normalised with ImageNet mean/std,
-    or for ``unit`` divided by 255 only."""
-    if scaling == "unit":
-        check_choice("input scaling (model.input_scaling)", scaling, SCALINGS)
-        return images.float() / 255
-    mean, std = (t.to(images.device).view(1, 3, 1, 1) for t in scaling_constants(scaling))
-    return (images.float() - mean) / std

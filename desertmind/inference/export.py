@@ -1,11 +1,13 @@
-"""Exporting a trained network to ONNX or TorchScript with dynamic batch, height and width.
+"""Exporting a trained network to ONNX with dynamic batch, height and width.
 
-The exported graph takes what a deployer has: float32 RGB images in 0-255, (N, 3, H, W), any
-H and W. The checkpoint's input scaling (ImageNet mean/std, or / 255 only for a model trained
-with ``input_scaling: unit``) is inside the graph, then the network's contract forward to
-logits (N, 10, H, W), padding to the architecture's size multiple included. The ONNX file also
-carries what a deployer needs to read its output, as ``metadata_props`` (class names and raw
-ids, the input contract, architecture, input scaling and desertmind version).
+The exported graph is the network's contract forward, so it takes what a deployer has:
+float32 RGB images in 0-255, (N, 3, H, W), any H and W. The network's own input scaling
+(ImageNet mean/std, or / 255 only for a model trained with ``input_scaling: unit``) is inside
+the graph, then logits (N, 10, H, W), padding to the architecture's size multiple included.
+The ONNX file also carries what a deployer needs to read its output, as ``metadata_props``
+(class names and raw ids, the input contract, architecture, input scaling and desertmind
+version). TorchScript is not offered: PyTorch deprecated it in favour of ONNX and
+``torch.export``.
 """
 
 from __future__ import annotations
@@ -16,50 +18,38 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import torch
-from torch import nn
 
 from desertmind import __version__
 from desertmind.data.classes import CLASS_NAMES, RAW_IDS
-from desertmind.data.transforms import scaling_constants
 from desertmind.errors import ConfigError, check_choice
 from desertmind.files import write_via_path
 from desertmind.inference.trained import load_module
+from desertmind.models.network import SegmentationNetwork
 
 #: the exported graph's input, in words (also in the ONNX metadata)
 INPUT_CONTRACT = "images: float32 RGB 0-255, N x 3 x H x W (any N, H, W); logits: N x 10 x H x W"
 
-Format = Literal["onnx", "torchscript"]
+Format = Literal["onnx"]
 FORMATS: tuple[str, ...] = get_args(Format)
 
 
-class DeployedNetwork(nn.Module):
-    """The checkpoint's network with its input scaling in front: RGB 0-255 in, logits out."""
-
-    def __init__(self, network: nn.Module, scaling: str) -> None:
-        super().__init__()
-        self.network = network
-        mean, std = scaling_constants(scaling)
-        self.register_buffer("mean", mean.view(1, 3, 1, 1))
-        self.register_buffer("std", std.view(1, 3, 1, 1))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.network((images - self.mean) / self.std)
-
-
-def load_network(ckpt: str | Path) -> tuple[DeployedNetwork, dict[str, str]]:
-    """The checkpoint's network in eval mode, float32, on the CPU, behind its input scaling;
+def load_network(ckpt: str | Path) -> tuple[SegmentationNetwork, dict[str, str]]:
+    """The checkpoint's network in eval mode, float32, on the CPU (RGB 0-255 in, logits out);
     and the metadata the ONNX file carries."""
     module = load_module(ckpt)
     hp = module.hparams
     metadata = {"classes": json.dumps(list(CLASS_NAMES)), "raw_ids": json.dumps(list(RAW_IDS)),
                 "input": INPUT_CONTRACT, "arch": str(hp.arch), "backbone": str(hp.backbone),
                 "input_scaling": str(hp.input_scaling), "desertmind_version": __version__}
-    return DeployedNetwork(module.model.float(), hp.input_scaling).eval(), metadata
+    return module.model.float().eval(), metadata
 
 
 def export(ckpt: str | Path, fmt: str, out: str | Path, height: int = 540,
            width: int = 960) -> Path:
     """Write ``out`` atomically; ``height`` x ``width`` is only the example input's size."""
+    if fmt == "torchscript":
+        raise ConfigError("--format torchscript: TorchScript is deprecated by PyTorch and no "
+                          "longer offered; use --format onnx (same input: RGB 0-255)")
     check_choice("export format", fmt, FORMATS)
     model, metadata = load_network(ckpt)
     example = torch.rand(1, 3, height, width) * 255
@@ -68,23 +58,12 @@ def export(ckpt: str | Path, fmt: str, out: str | Path, height: int = 540,
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            if fmt == "onnx":
-                torch.onnx.export(
-                    model, (example,), tmp, input_names=["images"], output_names=["logits"],
-                    dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
-                                  "logits": {0: "batch", 2: "height", 3: "width"}},
-                    opset_version=17, dynamo=False)
-                _add_metadata(tmp, metadata)
-            else:
-                try:
-                    scripted = torch.jit.script(model)
-                except Exception as e:  # noqa: BLE001 - TorchScript's frontend raises many types
-                    raise ConfigError(
-                        f"{type(model.network.encoder).__name__}: this architecture cannot be "
-                        f"compiled to TorchScript ({type(e).__name__}); export it with --format "
-                        "onnx"
-                    ) from e
-                torch.jit.save(scripted, tmp)
+            torch.onnx.export(
+                model, (example,), tmp, input_names=["images"], output_names=["logits"],
+                dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
+                              "logits": {0: "batch", 2: "height", 3: "width"}},
+                opset_version=17, dynamo=False)
+            _add_metadata(tmp, metadata)
 
     return write_via_path(out, write)
 

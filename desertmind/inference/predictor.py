@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from desertmind.data.classes import CLASS_NAMES, NUM_CLASSES
 from desertmind.data.transforms import build_transform
 from desertmind.errors import DatasetError
 from desertmind.inference.trained import TrainedSettings, load_trained
+from desertmind.models.prediction import EvalOptions, predict_maps
 
 #: the largest image accepted, in pixels (a 960x540 frame is 0.5 MP): beyond this a single
 #: forward pass would take minutes and gigabytes on a CPU
@@ -36,31 +38,40 @@ def check_image(image: np.ndarray, source: str = "image") -> np.ndarray:
 
 
 class Predictor:
-    """The checkpoint's model in eval mode on ``device``, at the image size it was trained with
-    (the checkpoint's ``data.image_size``; None: full size), predicting one image at a time.
+    """The checkpoint's network in eval mode on ``device``, at the image size it was trained
+    with (the checkpoint's ``data.image_size``; None: full size), predicting one image at a
+    time through the one prediction path (:mod:`desertmind.models.prediction`).
 
-    TTA switches are per call; calls are serialised, so one Predictor can serve many threads.
+    ``evaluation`` are the default options of every call: ``EvalOptions()`` (whole images, all
+    classes: what ``validate`` does unless told otherwise), or ``"checkpoint"`` for the TTA and
+    class restriction the checkpoint was trained to be evaluated with. A call may pass its own.
+    Calls are serialised, so one Predictor can serve many threads.
     """
 
-    def __init__(self, ckpt: str | Path, device: str = "cpu") -> None:
+    def __init__(self, ckpt: str | Path, device: str = "cpu", *,
+                 evaluation: EvalOptions | str | None = None) -> None:
         module, settings = load_trained(ckpt)
         self.settings: TrainedSettings = settings
-        self.module = module.to(device)
+        self.network = module.model.to(device).eval()
         self.device = torch.device(device)
         self.image_size = settings.data.get("image_size")
+        if evaluation == "checkpoint":
+            evaluation = settings.evaluation
+        self.evaluation: EvalOptions = evaluation or EvalOptions()
         self._transform = build_transform("none", self.image_size)
         self._lock = threading.Lock()
 
-    @torch.no_grad()
-    def predict(self, image: np.ndarray, tta_flip: bool = False,
-                sliding_window: int | None = None) -> np.ndarray:
+    def options(self, **changes: object) -> EvalOptions:
+        """This predictor's default options with ``changes`` (checked)."""
+        return replace(self.evaluation, **changes)
+
+    def predict(self, image: np.ndarray, options: EvalOptions | None = None) -> np.ndarray:
         """Train-id map (H, W) uint8 of an RGB uint8 image, at the image's own size."""
         check_image(image)
-        x = self.module.normalize(self._transform(image=image)["image"][None].to(self.device))
+        x = self._transform(image=image)["image"][None].to(self.device).float()
         with self._lock:
-            hp = self.module.hparams
-            hp.tta_flip, hp.sliding_window = tta_flip, sliding_window or None
-            return self.module.predict_maps(x, [image.shape[:2]])[0].numpy()
+            return predict_maps(self.network, x, [image.shape[:2]],
+                                options or self.evaluation)[0].numpy()
 
 
 def class_shares(pred: np.ndarray) -> dict[str, float]:

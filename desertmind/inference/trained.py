@@ -3,9 +3,10 @@
 A checkpoint is a file a user may get from someone else, so only a short list of plain values
 is ever taken from its saved hyperparameters, each checked for type and range:
 
-- :data:`NETWORK_KEYS` decide the layout of the weights (architecture, backbone, class count,
-  aux head): they always come from the checkpoint, and a different value given by the user is
-  refused, because the weights could not be loaded into it.
+- :data:`NETWORK_KEYS` decide the layout of the weights and what they were trained on
+  (architecture, backbone, aux head, input scaling): they always come from the checkpoint,
+  and a different value given by the user is refused, because the weights could not be
+  loaded into it.
 - :data:`DATA_KEYS` are the evaluation-side data settings the model was trained with (dataset
   root and splits, image size): defaults that the user's own values replace.
 
@@ -23,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from desertmind.data.classes import CLASS_NAMES, class_table
-from desertmind.data.transforms import SCALINGS
-from desertmind.errors import CheckpointError
+from desertmind.errors import CheckpointError, ConfigError
+from desertmind.models.network import SCALINGS
+from desertmind.models.prediction import EvalOptions
 from desertmind.models.registry import ARCHITECTURES
 from desertmind.training.checkpoints import CLASS_TABLE_KEY, copy_weights, read_checkpoint
 from desertmind.training.module import SegmentationModule
@@ -34,11 +36,27 @@ from desertmind.training.module import SegmentationModule
 NETWORK_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     "arch": ("deeplabv3", lambda v: v in ARCHITECTURES, f"one of {list(ARCHITECTURES)}"),
     "backbone": (None, lambda v: isinstance(v, str), "a backbone name"),
-    "num_classes": (None, lambda v: v == len(CLASS_NAMES), f"{len(CLASS_NAMES)} (the class table)"),
-    "aux_loss": (False, lambda v: isinstance(v, bool), "true or false"),
+    # > 0: the network has torchvision's aux head (checkpoints before it: aux_loss, below)
+    "aux_weight": (0.0, lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+                   and v >= 0, "a number >= 0"),
     # the weights were trained on inputs scaled this way; checkpoints before it: imagenet
     "input_scaling": ("imagenet", lambda v: v in SCALINGS, f"one of {list(SCALINGS)}"),
 }
+
+
+def same_layout(key: str, a: Any, b: Any) -> bool:
+    """Whether network values ``a`` and ``b`` of ``key`` hold the same weights (any positive
+    aux weight is the same aux head)."""
+    return (a > 0) == (b > 0) if key == "aux_weight" and None not in (a, b) else a == b
+
+
+def _saved_network(hp: dict) -> dict:
+    """The network keys of saved hyperparameters, in this version's terms: checkpoints before
+    ``aux_weight`` alone decided the aux head said so with ``aux_loss``."""
+    hp = dict(hp)
+    if isinstance(hp.get("aux_loss"), bool):
+        hp["aux_weight"] = float(hp.get("aux_weight") or 0.4) if hp["aux_loss"] else 0.0
+    return hp
 
 
 def _is_size(value: Any) -> bool:
@@ -59,11 +77,13 @@ DATA_KEYS: dict[str, Callable[[Any], bool]] = {
 
 @dataclass(frozen=True)
 class TrainedSettings:
-    """The values a checkpoint decides (``network``) and suggests (``data``)."""
+    """The values a checkpoint decides (``network``) and suggests (``data``, and the
+    ``evaluation`` options it was trained to be evaluated with)."""
 
     path: Path
     network: dict[str, Any]
     data: dict[str, Any] = field(default_factory=dict)
+    evaluation: EvalOptions = field(default_factory=EvalOptions)
 
 
 def settings_of(path: str | Path, ckpt: dict) -> TrainedSettings:
@@ -78,6 +98,11 @@ def settings_of(path: str | Path, ckpt: dict) -> TrainedSettings:
         raise CheckpointError(
             f"{path}: trained with the class table {table!r}, which differs from this "
             f"desertmind's {class_table()}; its predictions would be mislabelled")
+    if hp.get("num_classes", len(CLASS_NAMES)) != len(CLASS_NAMES):
+        raise CheckpointError(f"{path}: saved hyperparameter num_classes={hp['num_classes']!r} "
+                              f"is not {len(CLASS_NAMES)} (the class table); the file was not "
+                              "written by desertmind or was altered")
+    hp = _saved_network(hp)
     network = {}
     for key, (default, ok, expected) in NETWORK_KEYS.items():
         value = hp.get(key, default)
@@ -90,7 +115,20 @@ def settings_of(path: str | Path, ckpt: dict) -> TrainedSettings:
     dm = dm if isinstance(dm, dict) else {}
     data = {key: list(dm[key]) if isinstance(dm[key], tuple) else dm[key]
             for key, ok in DATA_KEYS.items() if key in dm and ok(dm[key])}
-    return TrainedSettings(path, network, data)
+    return TrainedSettings(path, network, data, _saved_evaluation(hp))
+
+
+def _saved_evaluation(hp: dict) -> EvalOptions:
+    """The checkpoint's evaluation options (checkpoints before the group kept them flat); any
+    value that is not a valid option leaves the defaults."""
+    saved = hp.get("evaluation")
+    saved = saved if isinstance(saved, dict) else {
+        k: hp[k] for k in ("tta_scales", "tta_flip", "sliding_window", "predict_classes")
+        if k in hp}
+    try:
+        return EvalOptions(**saved)
+    except (TypeError, ConfigError):
+        return EvalOptions()
 
 
 def read_settings(path: str | Path) -> TrainedSettings:
@@ -98,22 +136,24 @@ def read_settings(path: str | Path) -> TrainedSettings:
     return settings_of(path, read_checkpoint(path))
 
 
-def load_trained(path: str | Path, **options: Any) -> tuple[SegmentationModule, TrainedSettings]:
+def load_trained(path: str | Path,
+                 evaluation: EvalOptions | None = None) -> tuple[SegmentationModule,
+                                                               TrainedSettings]:
     """The checkpoint's :class:`~desertmind.training.module.SegmentationModule` in eval mode,
     and its settings.
 
     The network is built from the checkpoint's settings with ``weights="none"`` (the checkpoint
-    holds every weight: nothing is downloaded) and its weights are loaded strictly. ``options``
-    are evaluation options of the module (``tta_flip``, ``tta_scales``, ``sliding_window``,
-    ``predict_classes``, ``channels_last``).
+    holds every weight: nothing is downloaded) and its weights are loaded strictly.
+    ``evaluation`` are the module's evaluation options (default: none, whole images).
     """
     ckpt = read_checkpoint(path)
     settings = settings_of(path, ckpt)
-    module = SegmentationModule(**settings.network, weights="none", **options)
+    module = SegmentationModule(**settings.network, weights="none",
+                                evaluation=evaluation or EvalOptions())
     copy_weights(module.model, ckpt["state_dict"], path)
     return module.eval(), settings
 
 
-def load_module(path: str | Path, **options: Any) -> SegmentationModule:
+def load_module(path: str | Path, evaluation: EvalOptions | None = None) -> SegmentationModule:
     """:func:`load_trained` without the settings."""
-    return load_trained(path, **options)[0]
+    return load_trained(path, evaluation)[0]

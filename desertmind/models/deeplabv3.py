@@ -25,7 +25,7 @@ from torchvision.models.segmentation import (
 )
 
 from desertmind.errors import WeightsUnavailableError
-from desertmind.models.network import SegmentationNetwork
+from desertmind.models.network import Scaling, SegmentationNetwork
 
 _BUILDERS = {
     "mobilenet_v3_large": (deeplabv3_mobilenet_v3_large,
@@ -50,8 +50,8 @@ class TorchvisionDeepLabV3(SegmentationNetwork):
     size itself, so any input size works without padding.
     """
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(size_multiple=1)
+    def __init__(self, model: nn.Module, *, input_scaling: Scaling = "imagenet") -> None:
+        super().__init__(size_multiple=1, input_scaling=input_scaling)
         self.backbone = model.backbone
         self.classifier = model.classifier
         self.aux_classifier = model.aux_classifier
@@ -88,8 +88,8 @@ def _weights_file(w: WeightsEnum) -> str:
     return os.path.join(checkpoints, os.path.basename(w.url))
 
 
-def build_deeplabv3(backbone: str, num_classes: int, weights: str,
-                    aux_loss: bool) -> TorchvisionDeepLabV3:
+def build_deeplabv3(backbone: str, *, num_classes: int, weights: str, aux_loss: bool,
+                    input_scaling: Scaling) -> TorchvisionDeepLabV3:
     """DeepLabV3 with ``num_classes`` outputs; names are checked by the registry.
 
     ``weights``: ``none`` (random), ``imagenet`` (backbone only) or ``coco`` (torchvision's
@@ -124,7 +124,7 @@ def build_deeplabv3(backbone: str, num_classes: int, weights: str,
             f"machine with network access and place it at {_weights_file(w)} (the folder "
             "follows $TORCH_HOME, default ~/.cache/torch), or use weights: none."
         ) from e
-    return TorchvisionDeepLabV3(model)
+    return TorchvisionDeepLabV3(model, input_scaling=input_scaling)
 
 
 def _replace_conv(conv: nn.Conv2d, num_classes: int) -> nn.Conv2d:

@@ -1,38 +1,82 @@
 """The network contract: what the rest of desertmind may assume about a segmentation network.
 
 Every architecture is wrapped in a :class:`SegmentationNetwork`. The LightningModule, the
-backbone freezing callback, export, dashboards and benchmarks use only this contract, never
-an architecture's internals, so adding an architecture touches :mod:`desertmind.models` only.
+backbone freezing callback, export, the viewer, dashboards and benchmarks use only this
+contract, never an architecture's internals, so adding an architecture touches
+:mod:`desertmind.models` only.
+
+The network owns what belongs to the trained model rather than to the task: how RGB becomes
+its input (``input_scaling``, part of what the weights were trained on, so no caller can
+forget or double it) and which of its parts are frozen (its ``train()`` keeps frozen
+BatchNorm layers in eval mode, so no per-batch hook has to put them back).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from desertmind.errors import check_choice
+
+#: how RGB 0-255 becomes the network's input: ImageNet mean/std, or only / 255 (the seed's)
+Scaling = Literal["imagenet", "unit"]
+SCALINGS: tuple[str, ...] = get_args(Scaling)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def scaling_constants(scaling: str = "imagenet") -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (3,), in 0-255 units, that map RGB 0-255 to the network's input:
+    ImageNet's, or for ``unit`` 0 and 255 (a division by 255 only)."""
+    check_choice("input scaling (model.input_scaling)", scaling, SCALINGS)
+    if scaling == "unit":
+        return torch.zeros(3), torch.full((3,), 255.0)
+    return torch.tensor(IMAGENET_MEAN) * 255, torch.tensor(IMAGENET_STD) * 255
+
 
 class SegmentationNetwork(nn.Module, ABC):
-    """A network from normalised images (N, 3, H, W) to class logits (N, C, H, W).
+    """A network from RGB images in 0-255 (float, N x 3 x H x W) to class logits (N, C, H, W).
 
-    Subclasses implement :meth:`forward_padded` for inputs whose height and width are
-    multiples of :attr:`size_multiple`, and say which parameters are the encoder (frozen by
-    ``BackboneFreeze``, the ``backbone`` LR group), the head and the optional auxiliary head.
-    This base class makes any input size work, in one place: it pads the images at the bottom
-    and right to the multiple with zeros (the mean colour after normalisation) and crops the
-    logits back, so masks and metrics never see the padding.
+    Subclasses implement :meth:`forward_padded` for normalised inputs whose height and width
+    are multiples of :attr:`size_multiple`, and say which parameters are the encoder, the head
+    and the optional auxiliary head. This base class does the rest in one place:
+
+    - scaling: ``(x - mean) / std`` with non-persistent buffers from ``input_scaling`` (not in
+      the state dict: a checkpoint rebuilds them from its saved ``input_scaling``, so
+      checkpoints from before the network owned them load unchanged);
+    - any input size: the normalised images are padded at the bottom and right to the multiple
+      (and at least to ``min_size``) with zeros (the mean colour) and the logits cropped back,
+      so masks and metrics never see the padding;
+    - freezing (:meth:`set_encoder_frozen`, :meth:`set_batchnorm_frozen`) that survives
+      Lightning's ``model.train()`` after every validation.
+
+    Two BatchNorm switches, because they are two different rules of the studies: a frozen
+    encoder keeps its own BatchNorm statistics (SMP's ``freeze_encoder``; ``train_bn`` lets
+    them train while the weights stay), and the seed's phase 3 froze every BatchNorm of the
+    network for the whole phase while all weights trained (``model.freeze_bn``).
     """
 
-    #: contract properties that TorchScript must not compile (export scripts forward only)
-    __jit_unused_properties__ = ["encoder", "has_aux"]
-
-    def __init__(self, size_multiple: int = 1) -> None:
+    def __init__(self, size_multiple: int = 1, *, input_scaling: Scaling = "imagenet",
+                 min_size: int = 1) -> None:
         super().__init__()
         #: height and width the wrapped network needs its input to be divisible by (1: any)
         self.size_multiple = size_multiple
+        #: the smallest height and width it takes (smaller inputs are padded up to it)
+        self.min_size = min_size
+        self.input_scaling = input_scaling
+        mean, std = scaling_constants(input_scaling)
+        self.register_buffer("mean", mean.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", std.view(1, 3, 1, 1), persistent=False)
+        #: NHWC memory format for the input (faster convolutions on recent GPUs)
+        self.channels_last = False
+        self._encoder_frozen = False
+        self._encoder_bn_trains = False
+        self._bn_frozen = False
 
     @property
     @abstractmethod
@@ -55,24 +99,65 @@ class SegmentationNetwork(nn.Module, ABC):
     @abstractmethod
     def forward_padded(self, images: torch.Tensor,
                        with_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(logits, aux logits or None) at the input's size, for an input of a valid size;
-        the aux head runs only when ``with_aux`` is True (training)."""
+        """(logits, aux logits or None) at the input's size, for a normalised input of a valid
+        size; the aux head runs only when ``with_aux`` is True (training)."""
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB 0-255 (N, 3, H, W) -> the input the weights were trained on."""
+        x = (images.to(self.mean.dtype) - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def forward_with_aux(self, images: torch.Tensor,
                          with_aux: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(logits, aux logits or None) at the input's size, for any input size."""
+        """(logits, aux logits or None) at the input's size, for RGB 0-255 of any size."""
+        x = self.normalise(images)
         m = self.size_multiple
-        if m == 1:
-            return self.forward_padded(images, with_aux)
-        h, w = images.shape[-2:]
+        if m == 1 and self.min_size == 1:
+            return self.forward_padded(x, with_aux)
+        h, w = x.shape[-2:]
         # always pad (by zero where nothing is needed) so traced exports stay shape-dynamic
-        padded = F.pad(images, (0, (m - w % m) % m, 0, (m - h % m) % m))
+        pad_h, pad_w = (m - h % m) % m, (m - w % m) % m
+        if self.min_size > 1:
+            pad_h, pad_w = (max(p, self.min_size - n) for p, n in ((pad_h, h), (pad_w, w)))
+        padded = F.pad(x, (0, pad_w, 0, pad_h))
         logits, aux = self.forward_padded(padded, with_aux)
         return logits[..., :h, :w], None if aux is None else aux[..., :h, :w]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits (N, C, H, W) for normalised images (N, 3, H, W) of any size; no aux head."""
+        """Logits (N, C, H, W) for RGB 0-255 images (N, 3, H, W) of any size; no aux head."""
         return self.forward_with_aux(images, with_aux=False)[0]
+
+    def set_encoder_frozen(self, frozen: bool, *, train_bn: bool = False,
+                           keep_requires_grad: bool = False) -> None:
+        """Freeze or unfreeze the encoder: no gradients (``requires_grad=False``) and, unless
+        ``train_bn``, its BatchNorm statistics held. ``keep_requires_grad`` leaves the flags
+        alone for DDP, which fixes at wrap time which parameters it synchronises; the caller
+        then drops the encoder's gradients itself."""
+        self._encoder_frozen, self._encoder_bn_trains = frozen, train_bn
+        if not keep_requires_grad:
+            for p in self.encoder.parameters():
+                p.requires_grad = not frozen
+        self.train(self.training)
+
+    @property
+    def encoder_frozen(self) -> bool:
+        return self._encoder_frozen
+
+    def set_batchnorm_frozen(self, frozen: bool) -> None:
+        """Keep every BatchNorm layer in eval mode while training (running statistics held,
+        affine parameters still trained)."""
+        self._bn_frozen = frozen
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> SegmentationNetwork:
+        super().train(mode)
+        if mode:
+            held = (batchnorms(self) if self._bn_frozen else
+                    batchnorms(self.encoder) if self._encoder_frozen
+                    and not self._encoder_bn_trains else [])
+            for bn in held:
+                bn.eval()
+        return self
 
 
 def set_bn_momentum(model: nn.Module, momentum: float) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
+from desertmind.data.classes import NUM_CLASSES
 from desertmind.errors import ConfigError, check_choice
 from desertmind.models import deeplabv3, smp
-from desertmind.models.network import SegmentationNetwork
+from desertmind.models.network import SCALINGS, Scaling, SegmentationNetwork
 
 DEFAULT_ARCH = "deeplabv3"
 #: every architecture name: torchvision's DeepLabV3, then SMP's
@@ -32,13 +33,18 @@ def check_network(arch: str, backbone: str, weights: str) -> None:
     check_choice(f"weights for {arch} / {backbone}", weights, weights_choices(arch, backbone))
 
 
-def build_network(arch: str = DEFAULT_ARCH, backbone: str = "mobilenet_v3_large",
-                  num_classes: int = 10, weights: str = "none",
-                  aux_loss: bool = False) -> SegmentationNetwork:
-    """Build a network by name; pretrained weights never fall back silently to random ones."""
+def build_network(arch: str = DEFAULT_ARCH, backbone: str = "mobilenet_v3_large", *,
+                  weights: str = "none", aux_loss: bool = False,
+                  input_scaling: Scaling = "imagenet") -> SegmentationNetwork:
+    """Build a network by name, with one output per class of the class table; pretrained
+    weights never fall back silently to random ones. ``input_scaling`` is how the network
+    turns RGB 0-255 into its input (see :class:`SegmentationNetwork`)."""
     check_network(arch, backbone, weights)
+    check_choice("model.input_scaling", input_scaling, SCALINGS)
     if arch == DEFAULT_ARCH:
-        return deeplabv3.build_deeplabv3(backbone, num_classes, weights, aux_loss)
+        return deeplabv3.build_deeplabv3(backbone, num_classes=NUM_CLASSES, weights=weights,
+                                         aux_loss=aux_loss, input_scaling=input_scaling)
     if aux_loss:
         raise ConfigError(f"aux_loss: arch {arch} has no auxiliary head (only deeplabv3 has)")
-    return smp.build_smp(arch, backbone, num_classes, weights)
+    return smp.build_smp(arch, backbone, num_classes=NUM_CLASSES, weights=weights,
+                         input_scaling=input_scaling)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from desertmind.errors import ConfigError, WeightsUnavailableError
-from desertmind.models.network import SegmentationNetwork
+from desertmind.models.network import Scaling, SegmentationNetwork
 
 #: desertmind name -> SMP class name
 ARCHITECTURES = {
@@ -35,6 +35,11 @@ ARCHITECTURES = {
 TIMM_PREFIX = "tu-"
 
 
+#: architectures that refuse small inputs: the smallest height and width they take (PAN's
+#: feature pyramid attention pools its stride-32 map three times: 64x64 fails, 128x128 works)
+MIN_SIZES: dict[type, int] = {smp.PAN: 128}
+
+
 class SMPNetwork(SegmentationNetwork):
     """An SMP ``SegmentationModel`` under the network contract.
 
@@ -43,9 +48,11 @@ class SMPNetwork(SegmentationNetwork):
     the architecture requires it (most do; UNet does not).
     """
 
-    def __init__(self, net: smp.base.SegmentationModel) -> None:
+    def __init__(self, net: smp.base.SegmentationModel, *,
+                 input_scaling: Scaling = "imagenet") -> None:
         stride = int(net.encoder.output_stride)
-        super().__init__(size_multiple=stride if net.requires_divisible_input_shape else 1)
+        super().__init__(size_multiple=stride if net.requires_divisible_input_shape else 1,
+                         input_scaling=input_scaling, min_size=MIN_SIZES.get(type(net), 1))
         self.net = net
 
     @property
@@ -99,7 +106,8 @@ def _download_command(backbone: str, weights: str) -> str:
     return f"hf download {settings['repo_id']} --revision {settings['revision']}"
 
 
-def build_smp(arch: str, backbone: str, num_classes: int, weights: str) -> SMPNetwork:
+def build_smp(arch: str, backbone: str, *, num_classes: int, weights: str,
+              input_scaling: Scaling) -> SMPNetwork:
     """Build ``arch`` with encoder ``backbone``; ``weights`` is ``none`` or a pretrained name."""
     cls = getattr(smp, ARCHITECTURES[arch])
     if weights == "none":
@@ -125,4 +133,4 @@ def build_smp(arch: str, backbone: str, num_classes: int, weights: str) -> SMPNe
             f"to {HF_HUB_CACHE} here (the folder follows $HF_HOME / $HF_HUB_CACHE), or use "
             "weights: none."
         ) from e
-    return SMPNetwork(net)
+    return SMPNetwork(net, input_scaling=input_scaling)

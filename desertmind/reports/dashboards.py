@@ -16,6 +16,7 @@ from tensorboard.plugins.hparams.summary_v2 import HParam, Metric, hparams_confi
 from torch.utils.tensorboard import SummaryWriter
 
 from desertmind.data.classes import CLASS_NAMES
+from desertmind.models.prediction import EvalOptions, predict_labels
 from desertmind.reports.plots import confusion_matrix_figure, prediction_grid
 from desertmind.training.chain_logger import logged_step
 from desertmind.training.metrics import MONITOR, followed_monitor, improves
@@ -130,7 +131,7 @@ def key_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
         "arch": hp.get("arch"),
         "backbone": hp.get("backbone"),
         "weights": hp.get("weights"),
-        "aux_loss": hp.get("aux_loss"),
+        "aux_weight": hp.get("aux_weight"),
         "freeze_bn": hp.get("freeze_bn"),
         "input_scaling": hp.get("input_scaling"),
         "optimizer": type(trainer.optimizers[0]).__name__ if trainer.optimizers else None,
@@ -171,12 +172,16 @@ class PredictionGrid(L.Callback):
     column titles, the images' names and a legend of the class colours.
 
     The images are ``num_images`` evenly spaced samples of the validation set, the same every
-    time, drawn every ``every_n_epochs`` epochs.
+    time, drawn every ``every_n_epochs`` epochs. They are predicted as validation scores them
+    (the module's ``evaluation`` options: TTA, class restriction), or with
+    ``with_evaluation=False`` by one plain forward pass (cheaper when TTA is on).
     """
 
-    def __init__(self, num_images: int = 4, every_n_epochs: int = 1) -> None:
+    def __init__(self, num_images: int = 4, every_n_epochs: int = 1,
+                 with_evaluation: bool = True) -> None:
         self.num_images = num_images
         self.every_n_epochs = every_n_epochs
+        self.with_evaluation = with_evaluation
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         writer = _writer(trainer)
@@ -186,9 +191,9 @@ class PredictionGrid(L.Callback):
         picks = np.unique(np.linspace(0, len(dataset) - 1, self.num_images).round().astype(int))
         items = [dataset[int(i)] for i in picks]
         images = torch.stack([it["image"] for it in items])
-        with torch.no_grad():
-            logits = pl_module(pl_module.normalize(images.to(pl_module.device)))
-        preds = logits.argmax(1).cpu().numpy()
+        options = pl_module.evaluation if self.with_evaluation else EvalOptions()
+        preds = predict_labels(pl_module.model, images.to(pl_module.device).float(),
+                               options).cpu().numpy()
         fig = prediction_grid([im.permute(1, 2, 0).numpy() for im in images],
                               [it["mask"].numpy() for it in items], list(preds),
                               [it["name"] for it in items])

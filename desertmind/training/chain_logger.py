@@ -2,39 +2,54 @@
 
 Each phase is its own run, so TensorBoard would draw every phase from step 0 on top of the
 others. A phase started from another run's weights (``model.init_from``) instead logs its step
-N at ``N + offset``, where the offset is the step at which the source run's checkpoint was
-saved, itself on the chained axis (:data:`~desertmind.training.checkpoints.STEP_OFFSET_KEY`).
-The four phases then lie end to end on one axis. Only what is logged moves: checkpoints,
-schedulers and callbacks keep the run's own ``global_step``.
+N at ``N + offset``, where the offset is where the source run's logging ended, itself on the
+chained axis (:func:`~desertmind.training.checkpoints.logged_end`). The four phases then lie
+end to end on one axis. Only what is logged moves: checkpoints, schedulers and callbacks keep
+the run's own ``global_step``.
+
+Kept rather than relying on TensorBoard's "relative" axis: that axis is wall time, so a phase
+resumed after a pause, or run on another machine, would not line up; steps do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
 
 class ChainedTensorBoardLogger(TensorBoardLogger):
-    """A TensorBoardLogger whose logged steps start at ``step_offset`` (set by the model when
-    it loads ``init_from``; 0 for a phase that starts from scratch)."""
+    """A TensorBoardLogger whose logged steps start where ``init_from``'s run ended.
+
+    The logger finds the offset itself: Lightning hands every logger the module's
+    hyperparameters before the first step (``log_hyperparams``), ``init_from`` among them. A
+    phase that starts from scratch logs from 0.
+    """
 
     step_offset: int = 0
+
+    def log_hyperparams(self, params: Mapping[str, Any] | Any, *args: Any,
+                        **kwargs: Any) -> None:
+        from desertmind.training.checkpoints import logged_end  # checkpoints imports this
+
+        if isinstance(params, Mapping) and "init_from" in params:
+            init = params["init_from"]
+            self.step_offset = logged_end(init) if isinstance(init, str) and init else 0
+        super().log_hyperparams(params, *args, **kwargs)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         super().log_metrics(metrics, None if step is None else step + self.step_offset)
 
 
-def set_step_offset(trainer: L.Trainer, offset: int) -> None:
-    """Give every chained logger of ``trainer`` its offset."""
-    for logger in trainer.loggers:
-        if isinstance(logger, ChainedTensorBoardLogger):
-            logger.step_offset = offset
+def step_offset(trainer: L.Trainer) -> int:
+    """Where ``trainer``'s logging starts on the chained axis (0 without a chained logger)."""
+    offsets = [lg.step_offset for lg in trainer.loggers if isinstance(lg, ChainedTensorBoardLogger)]
+    return offsets[0] if offsets else 0
 
 
 def logged_step(trainer: L.Trainer) -> int:
     """The step to give to a writer used directly (images, figures): the run's global step on
     the chained axis."""
-    offsets = [lg.step_offset for lg in trainer.loggers if isinstance(lg, ChainedTensorBoardLogger)]
-    return trainer.global_step + (offsets[0] if offsets else 0)
+    return trainer.global_step + step_offset(trainer)

@@ -25,16 +25,15 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
 from desertmind import runs
-from desertmind.errors import CheckpointError
-from desertmind.files import write_with
+from desertmind.errors import CheckpointError, ConfigError
+from desertmind.files import release_lock, take_lock, write_with
+from desertmind.training.chain_logger import step_offset
 
 _SHOW = 8
 #: where every checkpoint stores the class table it was trained with
 CLASS_TABLE_KEY = "desertmind_classes"
 #: the step at which a chained run's logging started (see desertmind.training.chain_logger)
 STEP_OFFSET_KEY = "desertmind_step_offset"
-#: the seed of every training step's random state (dropout), so a resume draws the same
-STEP_SEED_KEY = "desertmind_step_seed"
 
 
 
@@ -74,8 +73,66 @@ class PhaseCheckpoint(ModelCheckpoint):
 
     Lightning's default puts checkpoints under ``version_N``, so the next phase could not name
     the previous phase's best model. With ``dirpath`` unset, this resolves to the logger's
-    ``save_dir`` and ``name`` (e.g. ``lightning_logs/phase1/checkpoints/best.ckpt``).
+    ``save_dir`` and ``name`` (e.g. ``lightning_logs/phase1/checkpoints/best.ckpt``). Every
+    checkpoint also records where its run's logging starts on the chained TensorBoard axis
+    (:data:`STEP_OFFSET_KEY`), so that a phase started from it continues the axis.
+
+    The callback owns its folder for the whole fit, so a plain-Python ``Trainer.fit`` gets the
+    same protection as the CLI: ``setup`` locks it against a second run (an ``flock`` the
+    kernel drops if the process dies: :func:`~desertmind.files.take_lock`), and a fit that is
+    not a resume refuses to start over the checkpoints of an earlier run of the phase unless
+    ``overwrite`` (then they are deleted first). The lock is released in ``teardown`` or on an
+    exception. ``fast_dev_run`` writes nothing and claims nothing.
     """
+
+    def __init__(self, *args: Any, overwrite: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.overwrite = overwrite
+        self._lock: Path | None = None
+
+    def _claims(self, trainer: L.Trainer) -> bool:
+        return bool(self.dirpath) and trainer.is_global_zero and not trainer.fast_dev_run
+
+    def _claim(self, trainer: L.Trainer) -> None:
+        if self._lock is None and self._claims(trainer):
+            self._lock = take_lock(self.dirpath, "this phase's checkpoints")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Now that Lightning knows whether this fit resumes (``trainer.ckpt_path``), refuse
+        or delete an earlier run's checkpoints."""
+        if not self._claims(trainer) or trainer.ckpt_path:
+            return
+        folder = Path(self.dirpath)
+        old = sorted(folder.glob(f"*{runs.CKPT_EXT}"))
+        if old and not self.overwrite:
+            raise ConfigError(
+                f"{folder} already holds {', '.join(p.name for p in old)} from an earlier "
+                "run of this phase: resume it with --ckpt_path last, start it again with "
+                "--overwrite (its checkpoints are deleted first), or log this run elsewhere "
+                "(--trainer.logger.init_args.save_dir or name)")
+        for path in old:
+            path.unlink()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            release_lock(self._lock)
+            self._lock = None
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._release()
+        super().teardown(trainer, pl_module, stage)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:
+        try:
+            super().on_exception(trainer, pl_module, exception)
+        finally:
+            self._release()
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> dict[str, Any]:
+        checkpoint[STEP_OFFSET_KEY] = step_offset(trainer)
+        return super().on_save_checkpoint(trainer, pl_module, checkpoint)
 
     def resolve_dirpath(self, trainer: L.Trainer) -> None:
         """Fill in the default folder from the trainer's logger (before ``--ckpt_path last``
@@ -86,7 +143,11 @@ class PhaseCheckpoint(ModelCheckpoint):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.resolve_dirpath(trainer)
-        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            self._claim(trainer)
+        with warnings.catch_warnings():  # an earlier run's files: decided in on_fit_start
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* not empty")
+            super().setup(trainer, pl_module, stage)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """A resume of a copied or moved logs folder is the same phase under another path:
@@ -128,10 +189,10 @@ class LastCheckpoint(PhaseCheckpoint):
     early-stopping and best-score state.
     """
 
-    def __init__(self, every_n_train_steps: int = 0) -> None:
+    def __init__(self, every_n_train_steps: int = 0, overwrite: bool = False) -> None:
         super().__init__(monitor=None, save_top_k=0, save_last=True,
                          every_n_train_steps=every_n_train_steps, every_n_epochs=0,
-                         enable_version_counter=False)
+                         enable_version_counter=False, overwrite=overwrite)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning's save_last also saves here, even under fast_dev_run (which saves nothing)
@@ -166,16 +227,24 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: cannot read checkpoint ({detail})") from e
 
 
-def load_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> int:
-    """Copy the weights under ``prefix`` of a Lightning checkpoint into ``model``, strictly,
-    and return where the source run's logging ended on the chained axis
-    (:mod:`desertmind.training.chain_logger`): the step of its ``last.ckpt`` when the file sits
-    in a phase's checkpoints folder (the run went on after its best epoch), else its own.
+def load_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> None:
+    """Copy the weights under ``prefix`` of a Lightning checkpoint into ``model``, strictly.
 
     Only weights are taken: no optimizer, epoch, scheduler or callback state.
     """
     ckpt = read_checkpoint(path)
     copy_weights(model, ckpt.get("state_dict", ckpt), path, prefix)
+
+
+def logged_end(path: str | Path) -> int:
+    """Where the run that wrote checkpoint ``path`` ended its logging on the chained axis
+    (:mod:`desertmind.training.chain_logger`): the step of its ``last.ckpt`` when the file
+    sits in a phase's checkpoints folder (the run went on after its best epoch), else its
+    own; 0 for a file that cannot be read (only the logging axis depends on it)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - the model's own load names a bad file
+        return 0
     last = Path(path).parent / f"{runs.LAST}{runs.CKPT_EXT}"
     if Path(path).parent.name == runs.CHECKPOINT_DIR and last.is_file():
         try:  # memory-mapped: only the step numbers are read, not the optimizer state

@@ -6,7 +6,6 @@ import lightning as L
 from torch.optim import Optimizer
 
 from desertmind.errors import ConfigError
-from desertmind.models.network import batchnorms
 
 
 class BackboneFreeze(L.Callback):
@@ -19,14 +18,13 @@ class BackboneFreeze(L.Callback):
     trains at after unfreezing is the one its group was built with. Whether it is frozen
     depends only on the epoch, so a resumed run recomputes it at the next epoch start.
 
-    While frozen:
-      - single process: encoder parameters get ``requires_grad=False`` (no backward through it);
-      - DDP (world size > 1): ``requires_grad`` is left alone, because DDP registers the
-        parameters that need gradients when it wraps the model and would never synchronise ones
-        unfrozen later (Lightning issue 20340); the encoder's gradients are dropped before each
-        optimizer step instead, so its weights and optimizer state do not move;
-      - BatchNorm layers of the encoder are kept in eval mode (running statistics frozen)
-        unless ``train_bn`` is True.
+    Freezing itself is the network's (:meth:`~desertmind.models.SegmentationNetwork.
+    set_encoder_frozen`: no gradients, and the encoder's BatchNorm statistics held unless
+    ``train_bn``, kept so through every ``model.train()``); this callback only decides when,
+    and under DDP (world size > 1) leaves ``requires_grad`` alone, because DDP registers the
+    parameters that need gradients when it wraps the model and would never synchronise ones
+    unfrozen later (Lightning issue 20340): the encoder's gradients are dropped before each
+    optimizer step instead, so its weights and optimizer state do not move.
 
     The module must expose its :class:`~desertmind.models.SegmentationNetwork` as
     ``pl_module.model``.
@@ -34,8 +32,6 @@ class BackboneFreeze(L.Callback):
     Hooks:
         setup (fit): applies the state of epoch 0 before the optimizer is built.
         on_train_epoch_start: applies the state of the epoch about to run.
-        on_train_batch_start: puts frozen BatchNorm layers back in eval mode (Lightning sets
-            the whole model to train mode after each validation).
         on_before_optimizer_step: under DDP, drops the frozen encoder's gradients.
     """
 
@@ -59,12 +55,6 @@ class BackboneFreeze(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._apply(pl_module, self.is_frozen_at(trainer.current_epoch))
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                             batch: object, batch_idx: int) -> None:
-        if self.frozen and not self.train_bn:
-            for bn in batchnorms(pl_module.model.encoder):
-                bn.eval()
-
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
                                  optimizer: Optimizer) -> None:
         if self.frozen and self._distributed:
@@ -73,9 +63,5 @@ class BackboneFreeze(L.Callback):
 
     def _apply(self, pl_module: L.LightningModule, frozen: bool) -> None:
         self.frozen = frozen
-        encoder = pl_module.model.encoder
-        if not self._distributed:
-            for p in encoder.parameters():
-                p.requires_grad = not frozen
-        for bn in batchnorms(encoder):
-            bn.train(pl_module.training and not (frozen and not self.train_bn))
+        pl_module.model.set_encoder_frozen(frozen, train_bn=self.train_bn,
+                                           keep_requires_grad=self._distributed)

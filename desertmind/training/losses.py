@@ -97,6 +97,11 @@ class CombinedLoss(nn.Module):
         return total
 
 
+def needs_class_weights(spec: str) -> bool:
+    """Whether the loss ``spec`` has a ``weighted_ce`` term."""
+    return any(name == "weighted_ce" for _, name in parse_loss(spec))
+
+
 def parse_loss(spec: str) -> list[tuple[float, str]]:
     """``"ce + 0.5 dice"`` -> ``[(1.0, "ce"), (0.5, "dice")]``, refusing unknown names."""
     terms = []

@@ -1,7 +1,8 @@
 """Self-training on unlabelled target images: a teacher's confident predictions as labels.
 
-The teacher is the network a phase starts from (``model.init_from``), kept fixed, or moved
-toward the student after every step as an exponential moving average (``teacher_ema``). On
+The options are one config group, ``model.self_training`` (:class:`SelfTraining`). The
+teacher is the network a phase starts from (``model.init_from``), kept fixed, or moved toward
+the student after every step as an exponential moving average (``teacher_ema``). On
 each target batch it predicts; a pixel becomes a pseudo-label when the teacher's confidence is
 at least ``threshold``, and, with ``class_balance``, also when it is among the more confident
 half of its predicted class in the batch (class-balanced self-training, Zou et al. 2018), so
@@ -16,19 +17,53 @@ and load anywhere a normal checkpoint does; a resumed run rebuilds the teacher f
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from desertmind.data.classes import IGNORE_INDEX
+from desertmind.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SelfTraining:
+    """Self-training's options (``model.self_training``); checked on creation.
+
+    Args:
+        weight: weight of the pseudo-label loss on the data module's unlabelled
+            ``target_dir`` images (0: off).
+        threshold: the teacher's confidence a pixel needs to become a pseudo-label.
+        class_balance: also keep the more confident half of each predicted class.
+        teacher_ema: None: a fixed teacher; e.g. 0.999: an exponential moving average of the
+            student.
+    """
+
+    weight: float = 0.0
+    threshold: float = 0.9
+    class_balance: bool = True
+    teacher_ema: float | None = None
+
+    def __post_init__(self) -> None:
+        ema = self.teacher_ema
+        if self.weight < 0 or not 0 < self.threshold <= 1 or (
+                ema is not None and not 0 < ema < 1):
+            raise ConfigError(f"model.self_training: weight={self.weight}, threshold="
+                              f"{self.threshold}, teacher_ema={ema}: need a weight >= 0, a "
+                              "threshold in (0, 1] and an EMA decay in (0, 1) or null")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether training also takes batches of unlabelled target images."""
+        return self.weight > 0
 
 
 class PseudoLabeler:
     """A frozen copy of ``network`` that labels target images (see the module doc)."""
 
-    def __init__(self, network: nn.Module, threshold: float = 0.9, class_balance: bool = True,
-                 ema_decay: float | None = None) -> None:
+    def __init__(self, network: nn.Module, *, threshold: float = 0.9,
+                 class_balance: bool = True, ema_decay: float | None = None) -> None:
         self.teacher = copy.deepcopy(network).eval()
         self.teacher.requires_grad_(False)
         self.threshold = threshold
@@ -41,7 +76,7 @@ class PseudoLabeler:
 
     @torch.no_grad()
     def label(self, images: Tensor) -> Tensor:
-        """Pseudo-labels (N, H, W) int64 for normalised images; unconfident pixels ignored."""
+        """Pseudo-labels (N, H, W) int64 for RGB 0-255 images; unconfident pixels ignored."""
         probs = self.teacher(images).float().softmax(1)
         conf, pred = probs.max(1)
         keep = conf >= self.threshold

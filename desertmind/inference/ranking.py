@@ -1,0 +1,69 @@
+"""Every image of a labelled split scored by a model, worst first, any one shown again.
+
+Only the scores are kept (name and mean IoU per image); an image, its ground truth and its
+prediction are recomputed when asked for, so a split of any size fits in memory. Predictions
+go through the one prediction path with the same :class:`EvalOptions` as ``validate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from desertmind.data.classes import NUM_CLASSES
+from desertmind.data.dataset import OffroadDataset
+from desertmind.models.network import SegmentationNetwork
+from desertmind.models.prediction import EvalOptions, predict_labels
+from desertmind.training.metrics import per_image_miou
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    """One image of the split: its index in the dataset, its name and its mean IoU (the seed's
+    per-image rule; NaN when nothing in it is labelled)."""
+
+    index: int
+    name: str
+    miou: float
+
+
+class SplitRanking:
+    """A labelled split scored by ``network``, lowest mean IoU first (``scores``).
+
+    ``progress(done, total)`` is called after each batch while scoring.
+    """
+
+    def __init__(self, network: SegmentationNetwork, dataset: OffroadDataset, *,
+                 evaluation: EvalOptions | None = None, batch_size: int = 8,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        self.network = network.eval()
+        self.dataset = dataset
+        self.evaluation = evaluation or EvalOptions()
+        found: list[ImageScore] = []
+        total = len(dataset)
+        for start in range(0, total, batch_size):
+            indices = range(start, min(start + batch_size, total))
+            items = [dataset[i] for i in indices]
+            preds = self._predict(torch.stack([it["image"] for it in items]))
+            targets = torch.stack([it["mask"] for it in items]).long()
+            miou = per_image_miou(preds, targets, NUM_CLASSES)
+            found += [ImageScore(i, it["name"], float(m))
+                      for i, it, m in zip(indices, items, miou, strict=True)]
+            if progress is not None:
+                progress(indices[-1] + 1, total)
+        self.scores = sorted(found, key=lambda s: (np.isnan(s.miou), s.miou, s.name))
+
+    def _predict(self, images: torch.Tensor) -> torch.Tensor:
+        device = self.network.mean.device
+        return predict_labels(self.network, images.to(device).float(), self.evaluation).cpu()
+
+    def render(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image (H, W, 3), ground truth and prediction (H, W train ids) of dataset item
+        ``index``, at the evaluation size."""
+        item = self.dataset[index]
+        pred = self._predict(item["image"][None])[0]
+        return (item["image"].permute(1, 2, 0).numpy(), item["mask"].numpy().astype(np.uint8),
+                pred.numpy().astype(np.uint8))

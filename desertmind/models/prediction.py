@@ -1,0 +1,191 @@
+"""The one prediction path: a network's class scores and maps for evaluation, with flip and
+multi-scale TTA, sliding windows and class restriction.
+
+``validate``, ``test`` and ``predict`` (through the module), the single-image
+:class:`~desertmind.inference.predictor.Predictor`, the viewer's Browse tab and the dashboards'
+prediction grid all call these functions with an :class:`EvalOptions`, so the same
+checkpoint and options give the same masks everywhere. Options are per call: nothing is
+written into a model to change them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from desertmind.data.classes import CLASS_NAMES
+from desertmind.errors import ConfigError
+from desertmind.models.network import SegmentationNetwork
+
+#: the smallest sliding window: below it a 960x540 image needs thousands of forward passes
+MIN_WINDOW = 16
+
+
+def check_window(size: int | None) -> int | None:
+    """``size`` if it is a usable sliding window (None: whole images), else a
+    :class:`ConfigError`; the CLI, the module and the viewer refuse with this one message."""
+    if size is None:
+        return None
+    if size < MIN_WINDOW:
+        raise ConfigError(f"model.evaluation.sliding_window={size}: a window is at least "
+                          f"{MIN_WINDOW} pixels (null: whole images)")
+    return int(size)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How a trained network predicts at evaluation (``model.evaluation``); checked on creation.
+
+    Args:
+        tta_scales: softmax averaged over these input scales (e.g. [0.75, 1.0, 1.25]).
+        tta_flip: also average over horizontal flips.
+        sliding_window: predict in overlapping square windows of this size (large images);
+            None: whole images.
+        predict_classes: restrict the argmax to these class names (others are never
+            predicted); None allows all.
+    """
+
+    tta_scales: list[float] | None = None
+    tta_flip: bool = False
+    sliding_window: int | None = None
+    predict_classes: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        scales = self.tta_scales
+        if scales is not None and (not scales or any(x <= 0 for x in scales)):
+            raise ConfigError(f"model.evaluation.tta_scales={scales}: every scale must be > 0, "
+                              "e.g. [0.75, 1.0, 1.25]")
+        check_window(self.sliding_window)
+        classes = self.predict_classes
+        if classes is not None and not classes:
+            raise ConfigError("model.evaluation.predict_classes: [] would allow no class; "
+                              "list the classes to keep, or null for all")
+        unknown = sorted(set(classes or []) - set(CLASS_NAMES))
+        if unknown:
+            raise ConfigError(f"predict_classes: unknown class(es) {unknown}; choose from "
+                              f"{list(CLASS_NAMES)}")
+
+    @property
+    def uses_tta(self) -> bool:
+        """Whether scores are TTA probabilities rather than the network's logits."""
+        return bool(self.tta_flip or self.sliding_window
+                    or (self.tta_scales and list(self.tta_scales) != [1.0]))
+
+    @property
+    def allowed(self) -> list[int] | None:
+        """Train ids the argmax may pick (None: all)."""
+        return ([CLASS_NAMES.index(n) for n in self.predict_classes]
+                if self.predict_classes else None)
+
+
+def _starts(length: int, size: int, stride: int) -> list[int]:
+    return list(range(0, length - size, stride)) + [length - size]
+
+
+def window_count(height: int, width: int, size: int, stride: int | None = None) -> int:
+    """How many forward passes :func:`sliding_window` makes over one ``height`` x ``width``
+    image (what a request costs, known before any of them runs)."""
+    stride = stride or max(1, size * 2 // 3)
+    hh, ww = max(height, size), max(width, size)
+    return len(_starts(hh, size, stride)) * len(_starts(ww, size, stride))
+
+
+def sliding_window(network: SegmentationNetwork, images: torch.Tensor, size: int,
+                   stride: int | None = None) -> torch.Tensor:
+    """Logits from overlapping ``size`` x ``size`` windows, averaged where they overlap.
+
+    Images smaller than a window are padded with the network's mean colour (what zero is
+    after its normalisation), and the padding cropped off the result.
+    """
+    stride = stride or max(1, size * 2 // 3)
+    n, c, h, w = images.shape
+    hh, ww = max(size, h), max(size, w)
+    x = images
+    if (hh, ww) != (h, w):
+        x = network.mean.to(images.dtype).expand(n, c, hh, ww).clone()
+        x[..., :h, :w] = images
+    total = counts = None
+    for y in _starts(hh, size, stride):
+        for x0 in _starts(ww, size, stride):
+            logits = network(x[..., y:y + size, x0:x0 + size]).float()
+            if total is None:
+                total = logits.new_zeros((n, logits.shape[1], hh, ww))
+                counts = logits.new_zeros((1, 1, hh, ww))
+            total[..., y:y + size, x0:x0 + size] += logits
+            counts[..., y:y + size, x0:x0 + size] += 1
+    return (total / counts)[..., :h, :w]
+
+
+def tta_probs(network: SegmentationNetwork, images: torch.Tensor,
+              scales: Sequence[float] = (1.0,), flip: bool = False,
+              window: int | None = None) -> torch.Tensor:
+    """Class probabilities (N, C, H, W) averaged over scales and horizontal flips."""
+    h, w = images.shape[-2:]
+    total, count = None, 0
+    for scale in scales:
+        x = images if scale == 1.0 else F.interpolate(
+            images, scale_factor=scale, mode="bilinear", align_corners=False)
+        for flipped in ((False, True) if flip else (False,)):
+            xi = x.flip(-1) if flipped else x
+            logits = sliding_window(network, xi, window) if window else network(xi)
+            logits = logits.float()
+            if flipped:
+                logits = logits.flip(-1)
+            if logits.shape[-2:] != (h, w):
+                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+            probs = logits.softmax(1)
+            total = probs if total is None else total + probs
+            count += 1
+    return total / count
+
+
+def predict_scores(network: SegmentationNetwork, images: torch.Tensor,
+                   options: EvalOptions) -> torch.Tensor:
+    """Class scores (N, C, H, W) for RGB 0-255 images: TTA probabilities when ``options``
+    ask for TTA, else the logits (same argmax, one forward pass)."""
+    if not options.uses_tta:
+        return network(images)
+    return tta_probs(network, images, options.tta_scales or [1.0], options.tta_flip,
+                     options.sliding_window)
+
+
+def restrict(scores: torch.Tensor, classes: Sequence[int] | None) -> torch.Tensor:
+    """Scores with every class outside ``classes`` set to -inf, so argmax never picks one."""
+    if classes is None:
+        return scores
+    keep = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
+    keep[list(classes)] = True
+    return scores.masked_fill(~keep.view(1, -1, 1, 1), float("-inf"))
+
+
+def labels_of(scores: torch.Tensor, options: EvalOptions) -> torch.Tensor:
+    """Train ids (N, H, W) of scores, restricted to ``options.predict_classes``."""
+    return restrict(scores, options.allowed).argmax(dim=1)
+
+
+@torch.no_grad()
+def predict_labels(network: SegmentationNetwork, images: torch.Tensor,
+                   options: EvalOptions) -> torch.Tensor:
+    """Train ids (N, H, W) at the input's size, as ``validate`` scores them."""
+    return labels_of(predict_scores(network, images, options), options)
+
+
+@torch.no_grad()
+def predict_maps(network: SegmentationNetwork, images: torch.Tensor,
+                 sizes: Sequence[tuple[int, int]], options: EvalOptions) -> list[torch.Tensor]:
+    """Class-id maps (uint8, on the CPU), one per image at its size in ``sizes``.
+
+    Scores are resized first and restricted after: restricting first would put -inf into the
+    bilinear resize, whose NaNs argmax would pick.
+    """
+    scores = predict_scores(network, images, options)
+    maps = []
+    for i, (h, w) in enumerate(sizes):
+        s = scores[i:i + 1]
+        if s.shape[-2:] != (h, w):
+            s = F.interpolate(s.float(), size=(h, w), mode="bilinear", align_corners=False)
+        maps.append(labels_of(s, options)[0].to(torch.uint8).cpu())
+    return maps

@@ -1,0 +1,36 @@
+"""Speed switches that change how the network runs, never what it computes (config group
+``speed`` of the CLI; a plain-Python user adds the callback)."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+
+class Speedups(L.Callback):
+    """``channels_last``: NHWC memory format for the network and its input (faster
+    convolutions on recent GPUs); ``compile``: ``torch.compile`` the network in place (its
+    ``state_dict`` keys stay the same, so checkpoints are unchanged). Applied in ``setup``, for
+    every stage. Both are off by default."""
+
+    def __init__(self, channels_last: bool = False, compile: bool = False) -> None:
+        self.channels_last = channels_last
+        self.compile = compile
+        self._applied = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._applied:
+            return
+        self._applied = True
+        apply_speedups(pl_module.model, channels_last=self.channels_last, compile=self.compile)
+
+
+def apply_speedups(network: torch.nn.Module, *, channels_last: bool = False,
+                   compile: bool = False) -> None:
+    """Put ``network`` (a :class:`~desertmind.models.SegmentationNetwork`) in NHWC and/or
+    compile it, in place."""
+    if channels_last:
+        network.to(memory_format=torch.channels_last)
+        network.channels_last = True
+    if compile:
+        network.compile()

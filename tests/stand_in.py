@@ -1,0 +1,92 @@
+"""A tiny stand-in for a real network (torchgeo's trainer tests swap SMP for a 1x1 conv;
+Lightning's use ``BoringModel``): the whole network contract, a BatchNorm in the encoder and an
+optional aux head, in a few hundred parameters, so tests of callbacks, the CLI and reliability
+train in milliseconds. Tests whose subject is a network itself use the real ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+
+from desertmind.models.network import SegmentationNetwork
+
+
+class TinyNetwork(SegmentationNetwork):
+    """1x1 convolutions: an encoder (conv + BatchNorm + ReLU), a head and maybe an aux head."""
+
+    def __init__(self, *, aux: bool = False, input_scaling: str = "imagenet",
+                 size_multiple: int = 1) -> None:
+        super().__init__(size_multiple, input_scaling=input_scaling)
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU())
+        self.classifier = nn.Conv2d(8, 10, 1)
+        self.aux_classifier = nn.Conv2d(8, 10, 1) if aux else None
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.backbone
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        return self.classifier.parameters()
+
+    def aux_parameters(self) -> Iterator[nn.Parameter]:
+        return iter(()) if self.aux_classifier is None else self.aux_classifier.parameters()
+
+    @property
+    def has_aux(self) -> bool:
+        return self.aux_classifier is not None
+
+    def forward_padded(self, images: torch.Tensor,
+                       with_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        features = self.backbone(images)
+        aux = self.aux_classifier(features) if with_aux and self.has_aux else None
+        return self.classifier(features), aux
+
+
+def build_tiny(arch: str = "deeplabv3", backbone: str = "mobilenet_v3_large", *,
+               weights: str = "none", aux_loss: bool = False,
+               input_scaling: str = "imagenet") -> TinyNetwork:
+    """``build_network``'s signature, names checked as the real one does, a TinyNetwork built."""
+    from desertmind.models.registry import check_network
+
+    check_network(arch, backbone, weights)
+    return TinyNetwork(aux=aux_loss, input_scaling=input_scaling)
+
+
+class KillSelf(L.Callback):
+    """``kill -9`` of its own process at a chosen point, for tests that a real kill loses
+    nothing (run in a subprocess through ``--trainer.callbacks+=``): just before the training
+    batch of global step ``at_step``, or after predict batch ``at_predict_batch`` (before the
+    prediction writer, which comes later in the callback list, saves that batch)."""
+
+    def __init__(self, at_step: int | None = None, at_predict_batch: int | None = None) -> None:
+        self.at_step = at_step
+        self.at_predict_batch = at_predict_batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.at_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int,
+                             dataloader_idx: int = 0) -> None:
+        if batch_idx == self.at_predict_batch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_at(**where: int) -> list[str]:
+    """The command-line arguments that add :class:`KillSelf` to a run."""
+    spec = {"class_path": "tests.stand_in.KillSelf", "init_args": where}
+    return [f"--trainer.callbacks+={json.dumps(spec)}"]
+
+
+#: the environment a subprocess needs to import ``tests.stand_in``
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1",
+                  "PYTHONPATH": os.pathsep.join(
+                      [str(Path(__file__).resolve().parents[1]),
+                       *filter(None, [os.environ.get("PYTHONPATH")])])}
