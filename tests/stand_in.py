@@ -9,6 +9,7 @@ import json
 import os
 import signal
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -90,3 +91,17 @@ SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1",
                   "PYTHONPATH": os.pathsep.join(
                       [str(Path(__file__).resolve().parents[1]),
                        *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+@contextmanager
+def real_networks() -> Iterator[None]:
+    """The registry's real networks inside the block, e.g. for a fixture whose checkpoints
+    another process (a notebook kernel, a CLI subprocess) loads."""
+    import pytest
+
+    import desertmind.training.module as module
+    from desertmind.models.registry import build_network
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "build_network", build_network)
+        yield

@@ -132,8 +132,10 @@ def test_user_evaluation_options_win_over_the_checkpoint(phase3, tmp_path):
     ckpt, _ = phase3
     plain, flipped = tmp_path / "plain", tmp_path / "flip"
     assert main(["validate", "--ckpt_path", str(ckpt), "--out", str(plain), *CPU]) == 0
+    # multi-scale TTA (a flip would change nothing for the tests' 1x1-conv stand-in network)
     assert main(["validate", "--ckpt_path", str(ckpt), "--out", str(flipped),
-                 "--model.evaluation.tta_flip", "true", *CPU]) == 0
+                 "--model.evaluation.tta_scales", "[0.5, 1.0]", "--model.evaluation.tta_flip",
+                 "true", *CPU]) == 0
     assert _metrics(plain)["val/loss"] != _metrics(flipped)["val/loss"]
     only = tmp_path / "only"
     assert main(["validate", "--ckpt_path", str(ckpt), "--out", str(only),

@@ -207,3 +207,38 @@ def test_export_refuses_a_missing_checkpoint(tmp_path, capsys):
     assert main(["export", "--ckpt", str(tmp_path / "x.ckpt"), "--out",
                  str(tmp_path / "m.onnx")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_every_caller_predicts_through_one_path_with_per_call_options(trained, synth_root,
+                                                                      tmp_path):
+    """The Predictor, the split ranking and the module give the same masks for the same
+    options; the checkpoint's saved evaluation options are used only when asked for."""
+    from desertmind.data.datamodule import OffroadDataModule
+    from desertmind.inference.predictor import Predictor
+    from desertmind.inference.ranking import SplitRanking
+    from desertmind.models.prediction import predict_labels
+    from desertmind.training.checkpoints import read_checkpoint
+
+    ckpt, _ = trained
+    state = read_checkpoint(ckpt)
+    state["hyper_parameters"]["evaluation"] = {"predict_classes": ["Sky", "Landscape"],
+                                               "tta_flip": True}
+    restricted = tmp_path / "restricted.ckpt"
+    torch.save(state, restricted)
+    image = read_image(next((synth_root / "val" / "Color_Images").iterdir()))
+    plain = Predictor(restricted)
+    assert plain.evaluation == EvalOptions()  # by default: what validate does without options
+    saved = Predictor(restricted, evaluation="checkpoint")
+    assert saved.evaluation.tta_flip and saved.evaluation.predict_classes == ["Sky", "Landscape"]
+    assert set(np.unique(saved.predict(image)).tolist()) <= {8, 9}
+    options = saved.options(tta_flip=False)
+    assert options.predict_classes == ["Sky", "Landscape"] and not options.tta_flip
+
+    module = load_module(ckpt, options)
+    dm = OffroadDataModule(str(synth_root), num_workers=0, image_size=(32, 48))
+    dm.setup("validate")
+    ranking = SplitRanking(module.model, dm.datasets["val"], evaluation=options)
+    item = dm.datasets["val"][0]
+    by_module = predict_labels(module.model, item["image"][None].float(), options)[0]
+    np.testing.assert_array_equal(ranking.render(0)[2], by_module.numpy())
+    assert set(np.unique(ranking.render(0)[2]).tolist()) <= {8, 9}

@@ -18,8 +18,9 @@ PHASES = ("phase1", "phase2_1_head", "phase2_2_backbone", "phase3")
 # 16-mixed is not here: Lightning runs it as bf16-mixed on a CPU (its GradScaler needs CUDA)
 @pytest.mark.parametrize(("precision", "dtype", "extra"), [
     ("bf16-mixed", torch.float32, []),
-    ("bf16-true", torch.bfloat16, []),
-    ("16-true", torch.float16, ["--model.optimizer.init_args.eps", "1e-4"]),
+    pytest.param("bf16-true", torch.bfloat16, [], marks=pytest.mark.slow),
+    pytest.param("16-true", torch.float16, ["--model.optimizer.init_args.eps", "1e-4"],
+                 marks=pytest.mark.slow),
 ])
 def test_the_phase_chain_trains_under_each_precision(synth_root: Path, tmp_path: Path,
                                                      phase_args, precision: str,

@@ -23,21 +23,33 @@ from desertmind.reports.report import load_report, write_report
 from desertmind.reports.uncertainty import dataset_miou
 from desertmind.runs import VAL_IMAGES_FILE
 from desertmind.training.checkpoints import best_score, read_checkpoint
+from tests.stand_in import real_networks
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "phase_analysis.ipynb"
 
 
-@pytest.fixture(scope="module")
-def tiny_logs(synth_root: Path, tmp_path_factory, phase_args) -> Path:
+def _two_phases(root: Path, logs: Path, phase_args) -> Path:
     """phase1 then phase2_1_head, 3 epochs each, with the phase configs' dashboard callbacks."""
-    logs = tmp_path_factory.mktemp("runs") / "logs"
     previous: list[str] = []
     for phase in ("phase1", "phase2_1_head"):
-        args = ["fit", *phase_args(phase, synth_root, logs),
+        args = ["fit", *phase_args(phase, root, logs),
                 "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false", *previous]
         assert main(args) == 0
         previous = ["--model.init_from", str(logs / phase / "checkpoints" / "best.ckpt")]
     return logs
+
+
+@pytest.fixture(scope="module")
+def tiny_logs(synth_root: Path, tmp_path_factory, phase_args) -> Path:
+    """Two phases of the tests' stand-in network."""
+    return _two_phases(synth_root, tmp_path_factory.mktemp("runs") / "logs", phase_args)
+
+
+@pytest.fixture(scope="module")
+def real_logs(synth_root: Path, tmp_path_factory, phase_args) -> Path:
+    """Two phases of the real network, for a notebook kernel (its own process) to load."""
+    with real_networks():
+        return _two_phases(synth_root, tmp_path_factory.mktemp("real") / "logs", phase_args)
 
 
 def _events(run_dir: Path) -> EventAccumulator:
@@ -122,8 +134,9 @@ def test_dashboard_images_come_at_the_configured_interval_only(tiny_logs: Path):
         [(n, [f"val/iou/{n}"]) for n in CLASS_NAMES]  # one chart per class
 
 
-def test_notebook_runs_top_to_bottom(tiny_logs: Path, monkeypatch):
-    monkeypatch.setenv("DESERTMIND_LOGS", str(tiny_logs))
+@pytest.mark.slow
+def test_notebook_runs_top_to_bottom(real_logs: Path, monkeypatch):
+    monkeypatch.setenv("DESERTMIND_LOGS", str(real_logs))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()

@@ -36,8 +36,9 @@ class OffroadDataset(Dataset):
     """Samples as dicts: ``image`` uint8 (3, H, W), ``mask`` uint8 (H, W), ``name``, ``path``
     and ``size`` (the original height and width; predictions are written back at it).
 
-    Images stay uint8 so the host-to-device copy is 4x smaller than float; normalisation is
-    done on the device by :class:`~desertmind.data.datamodule.OffroadDataModule`. Unknown raw mask
+    Images stay uint8 so the host-to-device copy is 4x smaller than float; they become float
+    on the device (:class:`~desertmind.data.datamodule.OffroadDataModule`) and the network
+    scales them itself. Unknown raw mask
     values are ignored (255) and reported once per value and process with a warning.
 
     With ``decoded`` (see :mod:`desertmind.data.cache`), pairs come from the decoded cache
