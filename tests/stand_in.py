@@ -1,7 +1,8 @@
 """A tiny stand-in for a real network (torchgeo's trainer tests swap SMP for a 1x1 conv;
-Lightning's use ``BoringModel``): the whole network contract, a BatchNorm in the encoder and an
-optional aux head, in a few hundred parameters, so tests of callbacks, the CLI and reliability
-train in milliseconds. Tests whose subject is a network itself use the real ones."""
+Lightning's use ``BoringModel``): 1x1 convolutions under the real torchvision wrapper, so the
+whole network contract, a BatchNorm in the encoder and an optional aux head, in a few hundred
+parameters; tests of callbacks, the CLI and reliability train in milliseconds. Tests whose
+subject is a network itself use the real ones. Also the kill switch of the kill -9 tests."""
 
 from __future__ import annotations
 
@@ -11,53 +12,43 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import torch
 from torch import nn
 
-from desertmind.models.network import SegmentationNetwork
+from desertmind.models.deeplabv3 import TorchvisionDeepLabV3
 
 
-class TinyNetwork(SegmentationNetwork):
-    """1x1 convolutions: an encoder (conv + BatchNorm + ReLU), a head and maybe an aux head."""
+class _TinyBackbone(nn.Module):
+    """A conv + BatchNorm + ReLU in torchvision's backbone form (``{"out", "aux"}``)."""
 
-    def __init__(self, *, aux: bool = False, input_scaling: str = "imagenet",
-                 size_multiple: int = 1) -> None:
-        super().__init__(size_multiple, input_scaling=input_scaling)
-        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU())
-        self.classifier = nn.Conv2d(8, 10, 1)
-        self.aux_classifier = nn.Conv2d(8, 10, 1) if aux else None
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU())
 
-    @property
-    def encoder(self) -> nn.Module:
-        return self.backbone
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.body(images)
+        return {"out": features, "aux": features}
 
-    def head_parameters(self) -> Iterator[nn.Parameter]:
-        return self.classifier.parameters()
 
-    def aux_parameters(self) -> Iterator[nn.Parameter]:
-        return iter(()) if self.aux_classifier is None else self.aux_classifier.parameters()
-
-    @property
-    def has_aux(self) -> bool:
-        return self.aux_classifier is not None
-
-    def forward_padded(self, images: torch.Tensor,
-                       with_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        features = self.backbone(images)
-        aux = self.aux_classifier(features) if with_aux and self.has_aux else None
-        return self.classifier(features), aux
+def tiny_network(*, aux: bool = False, input_scaling: str = "imagenet") -> TorchvisionDeepLabV3:
+    """1x1 convolutions under the real torchvision wrapper: an encoder (conv + BatchNorm +
+    ReLU), a head and maybe an aux head."""
+    parts = SimpleNamespace(backbone=_TinyBackbone(), classifier=nn.Conv2d(8, 10, 1),
+                            aux_classifier=nn.Conv2d(8, 10, 1) if aux else None)
+    return TorchvisionDeepLabV3(parts, input_scaling=input_scaling)
 
 
 def build_tiny(arch: str = "deeplabv3", backbone: str = "mobilenet_v3_large", *,
                weights: str = "none", aux_loss: bool = False,
-               input_scaling: str = "imagenet") -> TinyNetwork:
-    """``build_network``'s signature, names checked as the real one does, a TinyNetwork built."""
+               input_scaling: str = "imagenet") -> TorchvisionDeepLabV3:
+    """``build_network``'s signature, names checked as the real one does, a tiny one built."""
     from desertmind.models.registry import check_network
 
     check_network(arch, backbone, weights)
-    return TinyNetwork(aux=aux_loss, input_scaling=input_scaling)
+    return tiny_network(aux=aux_loss, input_scaling=input_scaling)
 
 
 class KillSelf(L.Callback):

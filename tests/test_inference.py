@@ -147,9 +147,9 @@ def test_flip_tta_undoes_its_flip_and_scales_come_back_to_size():
 
 
 def test_sliding_window_equals_whole_image_for_a_local_model():
-    from tests.stand_in import TinyNetwork
+    from tests.stand_in import tiny_network
 
-    net = TinyNetwork().eval()  # 1x1 convs: every window gives the logits of the whole
+    net = tiny_network().eval()  # 1x1 convs: every window gives the logits of the whole
     images = torch.rand(1, 3, 37, 53) * 255
     with torch.no_grad():
         torch.testing.assert_close(sliding_window(net, images, 16), net(images))

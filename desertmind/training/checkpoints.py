@@ -27,13 +27,11 @@ from torch import nn
 from desertmind import runs
 from desertmind.errors import CheckpointError, ConfigError
 from desertmind.files import release_lock, take_lock, write_with
-from desertmind.training.chain_logger import step_offset
+from desertmind.training.chain_logger import STEP_OFFSET_KEY, step_offset
 
 _SHOW = 8
 #: where every checkpoint stores the class table it was trained with
 CLASS_TABLE_KEY = "desertmind_classes"
-#: the step at which a chained run's logging started (see desertmind.training.chain_logger)
-STEP_OFFSET_KEY = "desertmind_step_offset"
 
 
 
@@ -234,25 +232,6 @@ def load_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> 
     """
     ckpt = read_checkpoint(path)
     copy_weights(model, ckpt.get("state_dict", ckpt), path, prefix)
-
-
-def logged_end(path: str | Path) -> int:
-    """Where the run that wrote checkpoint ``path`` ended its logging on the chained axis
-    (:mod:`desertmind.training.chain_logger`): the step of its ``last.ckpt`` when the file
-    sits in a phase's checkpoints folder (the run went on after its best epoch), else its
-    own; 0 for a file that cannot be read (only the logging axis depends on it)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - the model's own load names a bad file
-        return 0
-    last = Path(path).parent / f"{runs.LAST}{runs.CKPT_EXT}"
-    if Path(path).parent.name == runs.CHECKPOINT_DIR and last.is_file():
-        try:  # memory-mapped: only the step numbers are read, not the optimizer state
-            ckpt = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as e:  # only the logging axis depends on it
-            warnings.warn(f"{last}: unreadable ({e}); this run's TensorBoard steps continue "
-                          f"from {path} instead", stacklevel=2)
-    return int(ckpt.get("global_step", 0)) + int(ckpt.get(STEP_OFFSET_KEY, 0))
 
 
 def copy_weights(model: nn.Module, state: dict[str, Any], source: str | Path,

@@ -36,21 +36,15 @@ class SegmentationModule(L.LightningModule):
     guards (:mod:`desertmind.training.guards`) and the per-step seed
     (:class:`~desertmind.data.sampling.StepSeed`).
 
-    Hooks:
-        setup: for ``fit`` only, builds the loss and loads ``init_from``'s weights (weights
-            only; a ``--ckpt_path`` resume is restored after this and wins). Evaluating needs
-            neither: ``validate`` and ``test`` outside ``fit`` log the cross-entropy as
-            ``<stage>/loss``.
-        training_step / validation_step / test_step / predict_step: one ``model_step`` each.
-        on_save_checkpoint: stores the class table beside the weights, so a checkpoint alone
-            says what its outputs mean (:mod:`desertmind.inference.trained`).
-        on_{validation,test}_epoch_end: logs ``<stage>/mIoU`` (dataset level, the headline),
-            ``<stage>/mIoU_per_image`` (the seed's definition), ``<stage>/pixel_acc``,
-            ``<stage>/mean_acc`` and ``<stage>/iou/<class>``.
-        configure_optimizers: named param groups ``backbone`` (the encoder, LR x
-            ``backbone_lr_mult``), ``head`` and ``aux`` for the injected optimizer, and the
-            injected scheduler (poly per step, others per epoch, reduce-on-plateau on the
-            metric the checkpoint callback follows).
+    ``setup`` (fit only) builds the loss and loads ``init_from``'s weights (a ``--ckpt_path``
+    resume is restored after it and wins); evaluating outside ``fit`` logs the cross-entropy
+    as ``<stage>/loss``. Each stage's step is one ``model_step``. Checkpoints carry the class
+    table, so one alone says what its outputs mean. Validation and test log ``<stage>/mIoU``
+    (dataset level, the headline), ``<stage>/mIoU_per_image`` (the seed's definition),
+    ``pixel_acc``, ``mean_acc`` and ``iou/<class>``. ``configure_optimizers`` builds the
+    param groups ``backbone`` (LR x ``backbone_lr_mult``), ``head`` and ``aux`` for the
+    injected optimizer; a poly scheduler steps per batch, others per epoch, reduce-on-plateau
+    on the metric the checkpoint callback follows.
 
     Args:
         arch: ``deeplabv3`` (torchvision) or an SMP architecture (``deeplabv3plus``, ``unet``,
