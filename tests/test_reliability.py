@@ -47,13 +47,15 @@ def _resume_args(phase_args, root: Path, logs: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.real_network  # the killed run is its own process, the resume this one
 def test_sigkill_mid_epoch_then_resume_from_last(synth_root: Path, tmp_path: Path, phase_args):
     """A real kill -9 while training; that the resumed run then equals an uninterrupted one is
     test_a_resumed_run_ends_exactly_as_an_uninterrupted_one."""
     logs = tmp_path / "killed"
     last = logs / "phase1" / "checkpoints" / "last.ckpt"
-    # kill -9 just before step 8, in the middle of epoch 2: last.ckpt is step 6's
-    proc = subprocess.run([*_resume_args(phase_args, synth_root, logs), *kill_at(at_step=8)],
+    # 4 steps an epoch, last.ckpt every 3 steps and after each validation: kill -9 just
+    # before step 7, in the middle of the second epoch, when last.ckpt is step 6's
+    proc = subprocess.run([*_resume_args(phase_args, synth_root, logs), *kill_at(at_step=7)],
                           env=SUBPROCESS_ENV, cwd=tmp_path, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
