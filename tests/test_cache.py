@@ -200,6 +200,7 @@ def test_an_unlabelled_split_is_not_cached(synth_root: Path, tmp_path: Path):
         open_cache(samples, "disk", synth_root / "val", tmp_path)
 
 
+@pytest.mark.slow  # two fits
 def test_fit_with_a_disk_cache_trains_to_the_same_result(synth_root: Path, tmp_path: Path,
                                                          fit_once):
     cache_dir = tmp_path / "cache"

@@ -44,6 +44,7 @@ def test_the_dry_run_goes_through_every_section(tmp_path: Path):
     assert all(f"| {name} | True |" in page for name in gpu_check.SECTIONS)
 
 
+@pytest.mark.slow  # subprocesses
 def test_an_isolated_section_answers_in_json_and_one_past_its_limit_is_stopped():
     assert gpu_check.run_isolated("ddp", True, 300)["ok"] is True  # through a child process
     stopped = gpu_check.run_isolated("ddp", True, 0.2)  # not even python starts in 0.2 s
