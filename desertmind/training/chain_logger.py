@@ -3,8 +3,9 @@
 Each phase is its own run, so TensorBoard would draw every phase from step 0 on top of the
 others. A phase started from another run's weights (``model.init_from``) instead logs its step
 N at ``N + offset``, where the offset is where the source run's logging ended, itself on the
-chained axis (:func:`logged_end`). The four phases then lie end to end on one axis. Only what is logged moves: checkpoints, schedulers and callbacks keep
-the run's own ``global_step``.
+chained axis (:func:`logged_end`). The four phases then lie end to end on one axis. Only
+what is logged moves: checkpoints, schedulers and callbacks keep the run's own
+``global_step``.
 
 Kept rather than relying on TensorBoard's "relative" axis: that axis is wall time, so a phase
 resumed after a pause, or run on another machine, would not line up; steps do.
