@@ -19,7 +19,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from desertmind import runs
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.errors import ConfigError
-from desertmind.inference.trained import read_settings, same_layout
+from desertmind.inference.trained import TrainedSettings, read_settings, same_layout
 from desertmind.inference.writer import OUTPUT_DIRS, PredictionWriter
 from desertmind.reports.evaluation import BestValidationImages, EvaluationWriter
 from desertmind.training.checkpoints import AtomicCheckpointIO, LastCheckpoint, PhaseCheckpoint
@@ -70,20 +70,19 @@ def refuse_overlay_first(argv: list[str]) -> None:
                           f"own; use: desertmind {sub} -c configs/phase1.yaml -c {files[0]}")
 
 
-def checkpoint_defaults(ckpt: str | Path) -> dict[str, object]:
+def checkpoint_defaults(settings: TrainedSettings) -> dict[str, object]:
     """What a checkpoint decides or suggests for an evaluation (see
     :mod:`desertmind.inference.trained`), as defaults of the subcommand's parser: the network's
     layout and the evaluation-side data settings. Pretrained weights are never fetched: the
     checkpoint holds every weight."""
-    settings = read_settings(ckpt)
     return {**{f"model.{k}": v for k, v in settings.network.items()}, "model.weights": "none",
             **{f"data.{k}": v for k, v in settings.data.items()}}
 
 
-def refuse_other_network(config, ckpt: str | Path) -> None:
+def refuse_other_network(config, settings: TrainedSettings) -> None:
     """The network's layout is the checkpoint's: a different value the user set (on the
     command line or in a config file: it won over the checkpoint's default) is refused."""
-    network = read_settings(ckpt).network
+    ckpt, network = settings.path, settings.network
     for key, value in network.items():
         current = config.model.get(key)
         if not same_layout(key, current, value):
@@ -207,10 +206,11 @@ class DesertMindCLI(LightningCLI):
             return
         ckpt = self._checkpoint_of(sub)
         if sub in EVALUATION and ckpt and ckpt not in ("hpc", "registry"):
-            self._subcommand_parsers[sub].set_defaults(checkpoint_defaults(ckpt))
+            settings = read_settings(ckpt)  # one read of the file, without running code
+            self._subcommand_parsers[sub].set_defaults(checkpoint_defaults(settings))
             super().parse_arguments(parser, args)
             self.config[sub].ckpt_path = ckpt
-            refuse_other_network(self.config[sub], ckpt)
+            refuse_other_network(self.config[sub], settings)
 
     def _checkpoint_of(self, sub: str) -> str | None:
         """The subcommand's ``--ckpt_path``, ``best`` and ``last`` resolved; an evaluation

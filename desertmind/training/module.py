@@ -180,9 +180,11 @@ class SegmentationModule(L.LightningModule):
                 loss = loss + self.hparams.aux_weight * self.criterion(aux, masks)
             return loss, logits
         scores = predict_scores(self.model, images, self.evaluation)
-        log_probs = scores.clamp_min(1e-8).log() if self.evaluation.uses_tta else \
-            F.log_softmax(scores.float(), dim=1)
-        return F.nll_loss(log_probs, masks, ignore_index=IGNORE_INDEX), scores
+        if self.evaluation.uses_tta:  # averaged probabilities, not logits
+            loss = F.nll_loss(scores.clamp_min(1e-8).log(), masks, ignore_index=IGNORE_INDEX)
+        else:
+            loss = F.cross_entropy(scores.float(), masks, ignore_index=IGNORE_INDEX)
+        return loss, scores
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         """A labelled batch, or with self-training ``{"source": labelled, "target": images}``:
