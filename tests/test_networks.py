@@ -38,16 +38,18 @@ NETWORKS = [
     ("linknet", "resnet18"),
     ("manet", "resnet18"),
     ("pan", "resnet18"),
+    ("dpt", "tu-vit_small_patch16_dinov3"),
+    ("dpt", "tu-vit_small_patch14_reg4_dinov2"),  # patch 14: SMP's own DPT cannot
 ]
-IDS = [a for a, _ in NETWORKS]
+IDS = [a if a != "dpt" else f"dpt-{b.split('_')[2]}" for a, b in NETWORKS]
 #: the training round trip for every architecture is slow (a minute here): make test keeps
 #: torchvision's and one SMP network, make test-full runs them all
-TRAINED = [pytest.param(a, b, id=a, marks=() if a in ("deeplabv3", "deeplabv3plus")
-                        else pytest.mark.slow) for a, b in NETWORKS]
+TRAINED = [pytest.param(a, b, id=i, marks=() if a in ("deeplabv3", "deeplabv3plus")
+                        else pytest.mark.slow) for (a, b), i in zip(NETWORKS, IDS, strict=True)]
 
 
 def test_every_registered_architecture_is_built_by_these_tests():
-    assert sorted(IDS) == sorted(ARCHITECTURES)
+    assert sorted({a for a, _ in NETWORKS}) == sorted(ARCHITECTURES)
 
 
 @pytest.mark.parametrize(("arch", "backbone"), NETWORKS, ids=IDS)
@@ -126,8 +128,11 @@ def test_frozen_encoder_round_trip_and_init_from(arch: str, backbone: str, synth
                for k, v in first.model.state_dict().items())
 
 
-@pytest.mark.parametrize(("arch", "backbone"), [NETWORKS[0], NETWORKS[1], NETWORKS[-1]],
-                         ids=[IDS[0], IDS[1], IDS[-1]])
+EXPORTED = [0, 1, IDS.index("pan"), IDS.index("dpt-patch16"), IDS.index("dpt-patch14")]
+
+
+@pytest.mark.parametrize(("arch", "backbone"), [NETWORKS[i] for i in EXPORTED],
+                         ids=[IDS[i] for i in EXPORTED])
 def test_onnx_export_matches_eager_at_other_sizes(arch: str, backbone: str, tmp_path: Path):
     import onnxruntime as ort
 

@@ -11,7 +11,11 @@ import lightning as L
 import torch
 import yaml
 from jsonargparse import ActionYesNo
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    LearningRateMonitor,
+    WeightAveraging,
+)
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -75,7 +79,11 @@ def checkpoint_defaults(settings: TrainedSettings) -> dict[str, object]:
     :mod:`desertmind.inference.trained`), as defaults of the subcommand's parser: the network's
     layout and the evaluation-side data settings. Pretrained weights are never fetched: the
     checkpoint holds every weight."""
-    return {**{f"model.{k}": v for k, v in settings.network.items()}, "model.weights": "none",
+    network = {}
+    for key, value in settings.network.items():  # a group (lora) as its dotted keys
+        network.update({f"model.{key}.{k}": v for k, v in value.items()}
+                       if isinstance(value, dict) else {f"model.{key}": value})
+    return {**network, "model.weights": "none",
             **{f"data.{k}": v for k, v in settings.data.items()}}
 
 
@@ -85,6 +93,7 @@ def refuse_other_network(config, settings: TrainedSettings) -> None:
     ckpt, network = settings.path, settings.network
     for key, value in network.items():
         current = config.model.get(key)
+        current = current.as_dict() if hasattr(current, "as_dict") else current
         if not same_layout(key, current, value):
             raise ConfigError(
                 f"{ckpt} holds a {network['arch']} {network['backbone']} network with "
@@ -183,6 +192,10 @@ class DesertMindCLI(LightningCLI):
         parser.add_lightning_class_args(Speedups, "speed")
         parser.add_lightning_class_args(BackboneFreeze, "freeze")
         parser.set_defaults({"freeze.unfreeze_at_epoch": 0})
+        # weight averaging (off unless given, e.g. --ema EMAWeightAveraging --ema.decay 0.999):
+        # validation, best.ckpt and whatever reads a checkpoint see the averaged weights
+        parser.add_lightning_class_args(WeightAveraging, "ema", subclass_mode=True,
+                                        required=False)
         parser.add_argument("--out", default=None,
                             help="predict: folder for raw/, color/ and overlay/ PNGs; validate "
                             "and test: folder for metrics.json, per_image.csv and the "
@@ -261,7 +274,12 @@ class DesertMindCLI(LightningCLI):
             plugins.append(AtomicCheckpointIO())
         if self.subcommand in EVALUATION and config.trainer.get("logger") is not False:
             kwargs["logger"] = self._eval_logger(config)
-        return super().instantiate_trainer(plugins=plugins, **kwargs)
+        # an optional callback group left unset (ema) is None: not a callback
+        extra = [callback for key in self._parser(self.subcommand).callback_keys
+                 if (callback := self._get(self.config_init, key)) is not None]
+        trainer_config = {**self._get(self.config_init, "trainer", default={}),
+                          "plugins": plugins, **kwargs}
+        return self._instantiate_trainer(trainer_config, extra)
 
     def before_fit(self) -> None:
         self.datamodule.check_fit()
@@ -296,9 +314,10 @@ class DesertMindCLI(LightningCLI):
                       file=sys.stderr)
 
     def _drop_training_callbacks(self) -> None:
-        """Checkpointing, early stopping and freezing have nothing to do in an evaluation; left
+        """Checkpointing, early stopping, freezing and weight averaging have nothing to do in
+        an evaluation (the checkpoint already holds the averaged weights); left
         in, they would reload state from the checkpoint and warn about its folder."""
-        training = (PhaseCheckpoint, EarlyStopping, BackboneFreeze)
+        training = (PhaseCheckpoint, EarlyStopping, BackboneFreeze, WeightAveraging)
         self.trainer.callbacks = [c for c in self.trainer.callbacks
                                   if not isinstance(c, training)]
         # Lightning then asks for them back, though an evaluation restores only the weights

@@ -8,6 +8,12 @@ The ONNX file also carries what a deployer needs to read its output, as ``metada
 (class names and raw ids, the input contract, architecture, input scaling and desertmind
 version). TorchScript is not offered: PyTorch deprecated it in favour of ONNX and
 ``torch.export``.
+
+Two things make foundation-model networks exportable: low-rank adapters are merged into their
+layers first (the graph is plain layers; onnxruntime needs no peft), and the antialiased bicubic
+resampling with which a ViT with learned position embeddings (DINOv2) fits them to the token
+grid is written as ONNX's antialiased cubic ``Resize`` (opset 18), which the exporter has no
+rule for.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from desertmind.files import write_via_path
 from desertmind.inference.trained import load_module
 from desertmind.models.network import SegmentationNetwork
 
+#: ONNX opset of the exported graph: 18 has Resize with antialiasing
+OPSET = 18
 #: the exported graph's input, in words (also in the ONNX metadata)
 INPUT_CONTRACT = "images: float32 RGB 0-255, N x 3 x H x W (any N, H, W); logits: N x 10 x H x W"
 
@@ -37,6 +45,7 @@ def load_network(ckpt: str | Path) -> tuple[SegmentationNetwork, dict[str, str]]
     """The checkpoint's network in eval mode, float32, on the CPU (RGB 0-255 in, logits out);
     and the metadata the ONNX file carries."""
     module = load_module(ckpt)
+    module.model.merge_lora()
     hp = module.hparams
     metadata = {"classes": json.dumps(list(CLASS_NAMES)), "raw_ids": json.dumps(list(RAW_IDS)),
                 "input": INPUT_CONTRACT, "arch": str(hp.arch), "backbone": str(hp.backbone),
@@ -53,6 +62,8 @@ def export(ckpt: str | Path, fmt: str, out: str | Path, height: int = 540,
     check_choice("export format", fmt, FORMATS)
     model, metadata = load_network(ckpt)
     example = torch.rand(1, 3, height, width) * 255
+    torch.onnx.register_custom_op_symbolic("aten::_upsample_bicubic2d_aa", _bicubic_antialias,
+                                           OPSET)
 
     def write(tmp: str) -> None:
         with torch.no_grad(), warnings.catch_warnings():
@@ -62,10 +73,30 @@ def export(ckpt: str | Path, fmt: str, out: str | Path, height: int = 540,
                 model, (example,), tmp, input_names=["images"], output_names=["logits"],
                 dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
                               "logits": {0: "batch", 2: "height", 3: "width"}},
-                opset_version=17, dynamo=False)
+                opset_version=OPSET, dynamo=False)
             _add_metadata(tmp, metadata)
 
     return write_via_path(out, write)
+
+
+def _bicubic_antialias(g, images, output_size, align_corners, scale_h=None, scale_w=None):
+    """``F.interpolate(mode="bicubic", antialias=True)`` as ONNX ``Resize``: PyTorch's filter
+    is PIL's (cubic coefficient -0.5, taps outside the image dropped and the rest
+    renormalised), which is what ``antialias=1`` with ``exclude_outside=1`` computes."""
+    from torch.onnx import symbolic_helper as helper
+
+    if helper._is_packed_list(output_size):
+        output_size = g.op("Concat", *[helper._unsqueeze_helper(g, n, [0])
+                                       for n in helper._unpack_list(output_size)], axis_i=0)
+    sizes = g.op("Concat", helper._slice_helper(g, g.op("Shape", images), axes=[0], starts=[0],
+                                                ends=[2]),
+                 g.op("Cast", output_size, to_i=7), axis_i=0)  # 7: INT64
+    empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
+    corners = helper._maybe_get_const(align_corners, "b")
+    return g.op("Resize", images, empty, empty, sizes, mode_s="cubic", antialias_i=1,
+                cubic_coeff_a_f=-0.5, exclude_outside_i=1,
+                coordinate_transformation_mode_s="align_corners" if corners is True
+                else "half_pixel")
 
 
 def _add_metadata(path: str, metadata: dict[str, str]) -> None:

@@ -19,12 +19,13 @@ table the model was trained with is stored beside the weights
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from desertmind.data.classes import CLASS_NAMES, class_table
 from desertmind.errors import CheckpointError, ConfigError
+from desertmind.models.adapters import LoRA
 from desertmind.models.network import SCALINGS
 from desertmind.models.prediction import EvalOptions
 from desertmind.models.registry import ARCHITECTURES
@@ -41,13 +42,29 @@ NETWORK_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
                    and v >= 0, "a number >= 0"),
     # the weights were trained on inputs scaled this way; checkpoints before it: imagenet
     "input_scaling": ("imagenet", lambda v: v in SCALINGS, f"one of {list(SCALINGS)}"),
+    # low-rank adapters: their layout and scaling (checkpoints before them: none)
+    "lora": (asdict(LoRA()), lambda v: _lora(v) is not None, "low-rank adapter settings"),
 }
+
+
+def _lora(value: Any) -> LoRA | None:
+    """``value`` as LoRA settings, None if it is not valid ones."""
+    if isinstance(value, LoRA):
+        return value
+    try:
+        return LoRA(**value) if isinstance(value, dict) else None
+    except (TypeError, ConfigError):
+        return None
 
 
 def same_layout(key: str, a: Any, b: Any) -> bool:
     """Whether network values ``a`` and ``b`` of ``key`` hold the same weights (any positive
-    aux weight is the same aux head)."""
-    return (a > 0) == (b > 0) if key == "aux_weight" and None not in (a, b) else a == b
+    aux weight is the same aux head; adapters compare as settings)."""
+    if key == "aux_weight" and None not in (a, b):
+        return (a > 0) == (b > 0)
+    if key == "lora":
+        return _lora(a) == _lora(b)
+    return a == b
 
 
 def _saved_network(hp: dict) -> dict:

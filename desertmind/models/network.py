@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from desertmind.errors import check_choice
+from desertmind.errors import ConfigError, check_choice
+from desertmind.models.adapters import LoRA, add_lora, is_lora_parameter, merge_lora
 
 #: how RGB 0-255 becomes the network's input: ImageNet mean/std, or only / 255 (the seed's)
 Scaling = Literal["imagenet", "unit"]
@@ -53,7 +54,13 @@ class SegmentationNetwork(nn.Module, ABC):
       (and at least to ``min_size``) with zeros (the mean colour) and the logits cropped back,
       so masks and metrics never see the padding;
     - freezing (:meth:`set_encoder_frozen`, :meth:`set_batchnorm_frozen`) that survives
-      Lightning's ``model.train()`` after every validation.
+      Lightning's ``model.train()`` after every validation;
+    - low-rank adapters (:meth:`add_lora`): with them, only the adapters of the encoder ever
+      train, whatever unfreezes it, and :meth:`merge_lora` folds them back into plain layers.
+
+    What depends on the encoder's kind (the depth order of its layers for layer-wise LR decay,
+    gradient checkpointing) is the subclass's: :meth:`encoder_layers`,
+    :meth:`set_grad_checkpointing`.
 
     Two BatchNorm switches, because they are two different rules of the studies: a frozen
     encoder keeps its own BatchNorm statistics (SMP's ``freeze_encoder``; ``train_bn`` lets
@@ -77,6 +84,8 @@ class SegmentationNetwork(nn.Module, ABC):
         self._encoder_frozen = False
         self._encoder_bn_trains = False
         self._bn_frozen = False
+        #: the low-rank adapters in the encoder (None: none)
+        self.lora: LoRA | None = None
 
     @property
     @abstractmethod
@@ -135,9 +144,35 @@ class SegmentationNetwork(nn.Module, ABC):
         then drops the encoder's gradients itself."""
         self._encoder_frozen, self._encoder_bn_trains = frozen, train_bn
         if not keep_requires_grad:
-            for p in self.encoder.parameters():
-                p.requires_grad = not frozen
+            for name, p in self.encoder.named_parameters():
+                p.requires_grad = not frozen and (self.lora is None or is_lora_parameter(name))
         self.train(self.training)
+
+    def encoder_layers(self) -> list[list[nn.Parameter]]:
+        """The encoder's parameters by depth, input side first (for layer-wise LR decay);
+        one layer when the encoder's depth order is not known."""
+        return [list(self.encoder.parameters())]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the encoder's activations in the backward pass instead of keeping them."""
+        if enable:
+            raise ConfigError(f"gradient checkpointing: the encoder of {type(self).__name__} "
+                              "does not offer it (timm encoders, tu-<name>, do)")
+
+    def add_lora(self, options: LoRA) -> None:
+        """Low-rank adapters on the encoder's linear layers (``options.targets``); the rest of
+        the encoder is frozen for good (see :meth:`set_encoder_frozen`)."""
+        add_lora(self.encoder, options)
+        self.lora = options
+        self.set_encoder_frozen(self._encoder_frozen, train_bn=self._encoder_bn_trains)
+
+    def merge_lora(self) -> SegmentationNetwork:
+        """Fold the adapters into the layers they adapt: plain layers, the same outputs, no
+        peft needed (export). The network can no longer train its adapters."""
+        if self.lora is not None:
+            merge_lora(self.encoder)
+            self.lora = None
+        return self
 
     @property
     def encoder_frozen(self) -> bool:

@@ -27,6 +27,7 @@ from torch import nn
 from desertmind import runs
 from desertmind.errors import CheckpointError, ConfigError
 from desertmind.files import release_lock, take_lock, write_with
+from desertmind.models.adapters import plain_to_lora
 from desertmind.training.chain_logger import STEP_OFFSET_KEY, step_offset
 
 _SHOW = 8
@@ -228,10 +229,14 @@ def read_checkpoint(path: str | Path) -> dict:
 def load_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> None:
     """Copy the weights under ``prefix`` of a Lightning checkpoint into ``model``, strictly.
 
-    Only weights are taken: no optimizer, epoch, scheduler or callback state.
+    Only weights are taken: no optimizer, epoch, scheduler or callback state. Into a network
+    with low-rank adapters, a network's weights without them go under the adapters.
     """
     ckpt = read_checkpoint(path)
-    copy_weights(model, ckpt.get("state_dict", ckpt), path, prefix)
+    state = ckpt.get("state_dict", ckpt)
+    if getattr(model, "lora", None) is not None:
+        state = plain_to_lora(state, {prefix + k: v for k, v in model.state_dict().items()})
+    copy_weights(model, state, path, prefix)
 
 
 def copy_weights(model: nn.Module, state: dict[str, Any], source: str | Path,

@@ -14,6 +14,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from desertmind.data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, class_table
 from desertmind.data.sampling import StepSeed
 from desertmind.errors import ConfigError
+from desertmind.models.adapters import LoRA
 from desertmind.models.network import Scaling, set_bn_momentum
 from desertmind.models.prediction import EvalOptions, labels_of, predict_maps, predict_scores
 from desertmind.models.registry import DEFAULT_ARCH, Arch, build_network
@@ -43,8 +44,9 @@ class SegmentationModule(L.LightningModule):
     (dataset level, the headline), ``<stage>/mIoU_per_image`` (the seed's definition),
     ``pixel_acc``, ``mean_acc`` and ``iou/<class>``. ``configure_optimizers`` builds the
     param groups ``backbone`` (LR x ``backbone_lr_mult``), ``head`` and ``aux`` for the
-    injected optimizer; a poly scheduler steps per batch, others per epoch, reduce-on-plateau
-    on the metric the checkpoint callback follows.
+    injected optimizer (with ``layer_decay`` < 1, one ``backbone.<k>`` group per encoder
+    layer instead); a poly scheduler steps per batch, others per epoch, reduce-on-plateau on
+    the metric the checkpoint callback follows.
 
     Args:
         arch: ``deeplabv3`` (torchvision) or an SMP architecture (``deeplabv3plus``, ``unet``,
@@ -65,7 +67,17 @@ class SegmentationModule(L.LightningModule):
             ``fit`` from the train split (``data.class_weighting``).
         optimizer, scheduler: injected by LightningCLI (``class_path`` / ``init_args``).
         backbone_lr_mult: the backbone's LR relative to the head's.
-        init_from: a previous run's checkpoint to start from, weights only.
+        layer_decay: layer-wise LR decay of the encoder (BEiT; MMSeg's
+            ``LayerDecayOptimizerConstructor``): of an encoder of ``n`` layers in depth order
+            (a ViT: the patch embedding, then its L blocks; ``n = L + 1``), layer ``k`` trains
+            at LR x ``backbone_lr_mult`` x ``layer_decay ** (n - k)``, so block ``i`` of L at
+            ``decay ** (L - i)`` and the head at the full LR. 1 (default): one encoder group.
+            Needs an encoder whose depth order is known (timm encoders, ``tu-<name>``).
+        lora: low-rank adapters on the encoder's linear layers
+            (:class:`~desertmind.models.adapters.LoRA`; ``rank`` 0: none); with them only the
+            adapters of the encoder train. Part of the trained network, like ``arch``.
+        init_from: a previous run's checkpoint to start from, weights only (a network without
+            adapters starts a phase with them: its weights go under the adapters).
         bn_momentum: override BatchNorm momentum (torchvision's MobileNetV3 uses 0.01, too
             slow for short runs from random weights); None keeps the model's.
         freeze_bn: keep every BatchNorm layer in eval mode while training (running statistics
@@ -90,6 +102,8 @@ class SegmentationModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         backbone_lr_mult: float = 1.0,
+        layer_decay: float = 1.0,
+        lora: LoRA = LoRA(),  # noqa: B008 - frozen: a safe default
         init_from: str | None = None,
         bn_momentum: float | None = None,
         freeze_bn: bool = False,
@@ -100,17 +114,22 @@ class SegmentationModule(L.LightningModule):
         # checkpoints store plain values (they are read with weights_only=True)
         evaluation = _as(EvalOptions, evaluation)
         self_training = _as(SelfTraining, self_training)
+        lora = _as(LoRA, lora)
         parse_loss(loss)  # fail on a bad loss spec now, not after the data is loaded
         if backbone_lr_mult < 0:
             raise ConfigError(f"model.backbone_lr_mult={backbone_lr_mult}: must be >= 0 (0 "
                               "freezes the encoder's updates; a negative LR would ascend)")
+        if not 0 < layer_decay <= 1:
+            raise ConfigError(f"model.layer_decay={layer_decay}: must be in (0, 1] (1: off; "
+                              "0.65-0.9 are usual for ViTs)")
         if aux_weight < 0:
             raise ConfigError(f"model.aux_weight={aux_weight}: must be >= 0 (0: no aux head)")
         if class_weights is not None and len(class_weights) != NUM_CLASSES:
             raise ConfigError(f"model.class_weights: {len(class_weights)} values; one per class "
                               f"is needed ({NUM_CLASSES}: {', '.join(CLASS_NAMES)})")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.hparams.update(evaluation=asdict(evaluation), self_training=asdict(self_training))
+        self.hparams.update(evaluation=asdict(evaluation), self_training=asdict(self_training),
+                            lora=asdict(lora))
         self.evaluation = evaluation
         self.self_training = self_training
         self.optimizer = optimizer
@@ -120,6 +139,12 @@ class SegmentationModule(L.LightningModule):
         if bn_momentum is not None:
             set_bn_momentum(self.model, bn_momentum)
         self.model.set_batchnorm_frozen(freeze_bn)
+        if lora.enabled:
+            self.model.add_lora(lora)
+        if layer_decay != 1 and len(self.model.encoder_layers()) < 2:
+            raise ConfigError(f"model.layer_decay={layer_decay}: the encoder of {arch} / "
+                              f"{backbone} has no known layer order; use a timm encoder "
+                              "(tu-<name>) or layer_decay 1")
         self.criterion: torch.nn.Module | None = None
         self.val_metrics = SegmentationMetrics(NUM_CLASSES)
         self.test_metrics = SegmentationMetrics(NUM_CLASSES)
@@ -246,12 +271,19 @@ class SegmentationModule(L.LightningModule):
         self._log_metrics("test")
 
     def param_groups(self) -> list[dict]:
-        """Named groups: backbone (the encoder, with ``lr_mult``), head and, if any, aux."""
-        groups = [
-            {"name": "backbone", "params": list(self.model.encoder.parameters()),
-             "lr_mult": self.hparams.backbone_lr_mult},
-            {"name": "head", "params": list(self.model.head_parameters()), "lr_mult": 1.0},
-        ]
+        """Named groups: backbone (the encoder, with ``lr_mult``; with layer decay one
+        ``backbone.<k>`` per encoder layer), head and, if any, aux."""
+        mult, decay = self.hparams.backbone_lr_mult, self.hparams.layer_decay
+        if decay == 1:
+            groups = [{"name": "backbone", "params": list(self.model.encoder.parameters()),
+                       "lr_mult": mult}]
+        else:
+            layers = self.model.encoder_layers()
+            groups = [{"name": f"backbone.{k}", "params": layer,
+                       "lr_mult": mult * decay ** (len(layers) - k)}
+                      for k, layer in enumerate(layers)]
+        groups.append({"name": "head", "params": list(self.model.head_parameters()),
+                       "lr_mult": 1.0})
         aux = list(self.model.aux_parameters())
         if aux:
             groups.append({"name": "aux", "params": aux, "lr_mult": 1.0})

@@ -1,5 +1,5 @@
-"""Speed switches that change how the network runs, never what it computes (config group
-``speed`` of the CLI; a plain-Python user adds the callback)."""
+"""Speed and memory switches that change how the network runs, never what it computes (config
+group ``speed`` of the CLI; a plain-Python user adds the callback)."""
 
 from __future__ import annotations
 
@@ -10,25 +10,33 @@ import torch
 class Speedups(L.Callback):
     """``channels_last``: NHWC memory format for the network and its input (faster
     convolutions on recent GPUs); ``compile``: ``torch.compile`` the network in place (its
-    ``state_dict`` keys stay the same, so checkpoints are unchanged). Applied in ``setup``, for
-    every stage. Both are off by default."""
+    ``state_dict`` keys stay the same, so checkpoints are unchanged); ``grad_checkpointing``:
+    the encoder's activations are recomputed in the backward pass instead of kept (timm's
+    ``set_grad_checkpointing``: a ViT-B or -L at 540x960 fits a GPU of 8-16 GB, for about a
+    third more time per step; ``benchmarks/grad_checkpointing.py`` measures the memory).
+    Applied in ``setup``, for every stage. All are off by default."""
 
-    def __init__(self, channels_last: bool = False, compile: bool = False) -> None:
+    def __init__(self, channels_last: bool = False, compile: bool = False,
+                 grad_checkpointing: bool = False) -> None:
         self.channels_last = channels_last
         self.compile = compile
+        self.grad_checkpointing = grad_checkpointing
         self._applied = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._applied:
             return
         self._applied = True
-        apply_speedups(pl_module.model, channels_last=self.channels_last, compile=self.compile)
+        apply_speedups(pl_module.model, channels_last=self.channels_last, compile=self.compile,
+                       grad_checkpointing=self.grad_checkpointing)
 
 
 def apply_speedups(network: torch.nn.Module, *, channels_last: bool = False,
-                   compile: bool = False) -> None:
-    """Put ``network`` (a :class:`~desertmind.models.SegmentationNetwork`) in NHWC and/or
-    compile it, in place."""
+                   compile: bool = False, grad_checkpointing: bool = False) -> None:
+    """Put ``network`` (a :class:`~desertmind.models.SegmentationNetwork`) in NHWC, checkpoint
+    its encoder's activations and/or compile it, in place."""
+    if grad_checkpointing:
+        network.set_grad_checkpointing(True)
     if channels_last:
         network.to(memory_format=torch.channels_last)
         network.channels_last = True

@@ -1,0 +1,87 @@
+"""DPT (SMP's Dense Prediction Transformer) over plain timm ViTs of any patch size, any input.
+
+SMP's ``DPT`` derives its decoder from the encoder's output strides, assuming patch 16: it
+reassembles the token grid to 1/4, 1/8, 1/16 and 1/32 of the input by integer up- and
+down-sampling and fuses them by exact doubling, so a patch-14 ViT (DINOv2) gives fractional
+factors and grids that never line up, and a patch-16 grid of odd size fails at the stride-2
+stage. Here the decoder is always built for a stride-16 grid, whatever the patch: it fuses the
+token grid as if each token covered 16 pixels, and its logits (16/patch times the padded
+input) are resampled to the padded input. The input is padded to ``patch x`` the decoder's
+coarsest down-sampling factor (the token grid must split evenly there), derived from the
+built decoder, not hard-coded.
+
+The decoder's widths follow the encoder's (Depth Anything's DPT heads: reassembled features of
+E/8, E/4, E/2 and E channels for an encoder of width E, fused at E/6), not SMP's fixed 256-1024
+of DPT for ViT-L, so a ViT-S or ViT-B is not paired with a decoder as large as itself.
+"""
+
+from __future__ import annotations
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from segmentation_models_pytorch.base.initialization import initialize_decoder, initialize_head
+from segmentation_models_pytorch.decoders.dpt.decoder import DPTDecoder, DPTSegmentationHead
+from torch import nn
+
+from desertmind.models.network import Scaling
+from desertmind.models.smp import SMPNetwork
+
+#: the token stride SMP's DPT decoder is built for
+DECODER_STRIDE = 16
+#: the widths SMP is asked to build its own decoder with, which is replaced at once
+PLACEHOLDER_WIDTHS = {"decoder_intermediate_channels": (8, 8, 8, 8),
+                      "decoder_fusion_channels": 8}
+
+
+def decoder_widths(width: int) -> tuple[list[int], int]:
+    """(reassembled channels per stage, fusion channels) for an encoder of ``width``."""
+    return [width // 8, width // 4, width // 2, width], max(64, width // 6 // 32 * 32)
+
+
+def patch_size(encoder: nn.Module) -> int:
+    """The square patch size of the timm ViT inside SMP's ``TimmViTEncoder``."""
+    size = encoder.model.patch_embed.patch_size
+    size = size if isinstance(size, int) else size[0]
+    return int(size)
+
+
+def decoder_factor(decoder: DPTDecoder) -> int:
+    """How many tokens the decoder's coarsest stage merges per side (its strided convs)."""
+    factor = 1
+    for block in decoder.reassemble_blocks:
+        if isinstance(block.upsample, nn.Conv2d):
+            factor = max(factor, int(block.upsample.stride[0]))
+    return factor
+
+
+class DPTNetwork(SMPNetwork):
+    """SMP's DPT under the network contract, for ViT encoders of any patch size (see the
+    module doc). The encoder is the timm ViT; the head is the decoder and segmentation head,
+    built here (SMP's own, built with :data:`PLACEHOLDER_WIDTHS`, is replaced)."""
+
+    def __init__(self, net: smp.DPT, *, num_classes: int,
+                 input_scaling: Scaling = "imagenet") -> None:
+        super().__init__(net, input_scaling=input_scaling)
+        self.patch = patch_size(net.encoder)
+        channels = net.encoder.out_channels
+        intermediate, fusion = decoder_widths(max(channels))
+        net.decoder = DPTDecoder(
+            encoder_out_channels=channels,
+            encoder_output_strides=[DECODER_STRIDE] * len(channels),
+            encoder_has_prefix_tokens=net.encoder.has_prefix_tokens,
+            readout="cat" if net.encoder.has_prefix_tokens else "ignore",
+            intermediate_channels=intermediate, fusion_channels=fusion)
+        net.segmentation_head = DPTSegmentationHead(fusion, num_classes, kernel_size=3,
+                                                    upsampling=2)
+        initialize_decoder(net.decoder)
+        initialize_head(net.segmentation_head)
+        self.size_multiple = self.patch * decoder_factor(net.decoder)
+
+    def forward_padded(self, images: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, None]:
+        features, prefix_tokens = self.net.encoder(images)
+        logits = self.net.segmentation_head(self.net.decoder(features, prefix_tokens))
+        if self.patch != DECODER_STRIDE:  # the decoder saw 16-pixel tokens: back to the input
+            logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear",
+                                   align_corners=False)
+        return logits, None
