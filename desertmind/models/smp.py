@@ -240,9 +240,9 @@ def build_smp(arch: str, backbone: str, *, num_classes: int, weights: str,
 
         repo, command = weights_source(backbone, weights)
         licence = weights_licence(backbone, weights)
-        gated = (" DINOv3 repositories are gated: accept Meta's DINOv3 licence on "
-                 f"https://huggingface.co/{repo} and log in (`hf auth login`) first."
-                 if licence == "dinov3-license" else "")
+        gated = (" DINOv3 weights are under Meta's DINOv3 licence: if the repository asks, "
+                 f"accept it on https://huggingface.co/{repo} and log in (`hf auth login`) "
+                 "before downloading." if licence == "dinov3-license" else "")
         raise WeightsUnavailableError(
             f"cannot load the {weights} encoder weights for {arch} / {backbone} from the "
             f"Hugging Face repository {repo} ({type(e).__name__}: {e}). On a machine with "
