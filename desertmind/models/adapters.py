@@ -17,7 +17,8 @@ from torch import nn
 from desertmind.errors import ConfigError
 
 #: the linear layers of timm's ViT and ConvNeXt blocks: attention in and out, MLP in and out
-DEFAULT_TARGETS = ("qkv", "attn.proj", "fc1", "fc2")
+#: (fc1_g and fc1_x: the gated MLP of the largest DINOv3 ViTs)
+DEFAULT_TARGETS = ("qkv", "attn.proj", "fc1", "fc2", "fc1_g", "fc1_x")
 
 
 @dataclass(frozen=True)
