@@ -6,9 +6,9 @@ training-step time per architecture, and the memory gradient checkpointing saves
   random weights; ratios against DeepLabV3 MobileNetV3-Large, the study's network.
 - ``grad_checkpointing``: one training step of DINOv3 ViT-B + DPT with and without timm's
   gradient checkpointing, each in a fresh process: on a GPU the peak of
-  ``torch.cuda.max_memory_allocated``, on the CPU the peak of the resident memory (sampled every
-  2 ms) over what it was just before the step (the memory the step itself needed). Default 272x480 on the CPU;
-  ``--full`` 540x960 (the real images) on a GPU.
+  ``torch.cuda.max_memory_allocated``, on the CPU the peak of the resident memory (sampled
+  every 2 ms) over what it was just before the step (the memory the step itself needed).
+  Default 272x480 on the CPU; ``--full`` 540x960 (the real images) on a GPU.
 
 Prints JSON. Figures from a CPU machine are for comparing the rows, not for planning a GPU run.
 """
