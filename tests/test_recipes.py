@@ -35,8 +35,9 @@ def test_each_recipe_states_its_published_figure_and_source(recipe: Path):
 
 def _recipe_param(recipe: Path):
     """Foundation recipes train their real (smallest) network: layer decay and adapters need
-    a real encoder, which the stand-in is not."""
-    real = (pytest.mark.real_network,) if recipe.stem in FOUNDATION else ()
+    a real encoder, which the stand-in is not (slow: test_foundation.py covers their parts in
+    make test)."""
+    real = (pytest.mark.real_network, pytest.mark.slow) if recipe.stem in FOUNDATION else ()
     return pytest.param(recipe, id=recipe.stem, marks=real)
 
 
@@ -51,8 +52,19 @@ def test_each_recipe_resolves_and_trains(recipe: Path, synth_root: Path, tmp_pat
     smaller = (["--model.backbone", FOUNDATION[recipe.stem]] if recipe.stem in FOUNDATION
                else [])
     assert main(["fit", "-c", str(recipe), "-c", str(recipe.parents[1] / "demo.yaml"), *shrink,
-                 *smaller, "--model.weights", "none", "--trainer.precision", "32-true"]) == 0
+                 *smaller, "--model.weights", "none", "--trainer.precision", "32-true",
+                 "--trainer.log_every_n_steps", "1"]) == 0
     assert (tmp_path / "recipes" / recipe.stem / "checkpoints" / "best.ckpt").is_file()
+    if cfg["model"]["layer_decay"] < 1:  # the LR monitor plots every layer's group
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        (run,) = (tmp_path / "recipes" / recipe.stem).glob("version_*")
+        events = EventAccumulator(str(run))
+        events.Reload()
+        tags = {t for t in events.Tags()["scalars"] if t.startswith("lr-")}
+        assert {"lr-AdamW/backbone.0", "lr-AdamW/backbone.1", "lr-AdamW/head"} <= tags
+        decayed = [events.Scalars(f"lr-AdamW/backbone.{k}")[0].value for k in (0, 1)]
+        assert decayed[0] == pytest.approx(decayed[1] * cfg["model"]["layer_decay"])
 
 
 def test_the_recipes_keep_their_published_settings(capsys):

@@ -25,13 +25,22 @@ from segmentation_models_pytorch.decoders.dpt.decoder import DPTDecoder, DPTSegm
 from torch import nn
 
 from desertmind.models.network import Scaling
-from desertmind.models.smp import SMPNetwork
+from desertmind.models.smp import SMPNetwork, create_smp
 
 #: the token stride SMP's DPT decoder is built for
 DECODER_STRIDE = 16
 #: the widths SMP is asked to build its own decoder with, which is replaced at once
 PLACEHOLDER_WIDTHS = {"decoder_intermediate_channels": (8, 8, 8, 8),
                       "decoder_fusion_channels": 8}
+
+
+def build_dpt(backbone: str, *, num_classes: int, weights: str,
+              input_scaling: Scaling) -> DPTNetwork:
+    """DPT over the timm ViT ``backbone`` under the network contract; its position encoding
+    follows any token grid (``dynamic_img_size``)."""
+    net = create_smp("dpt", backbone, num_classes=num_classes, weights=weights,
+                     dynamic_img_size=True, **PLACEHOLDER_WIDTHS)
+    return DPTNetwork(net, num_classes=num_classes, input_scaling=input_scaling)
 
 
 def decoder_widths(width: int) -> tuple[list[int], int]:

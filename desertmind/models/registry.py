@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 from desertmind.data.classes import NUM_CLASSES
 from desertmind.errors import ConfigError, check_choice
-from desertmind.models import deeplabv3, smp
+from desertmind.models import deeplabv3, dpt, smp
 from desertmind.models.network import SCALINGS, Scaling, SegmentationNetwork
 
 DEFAULT_ARCH = "deeplabv3"
@@ -46,5 +47,5 @@ def build_network(arch: str = DEFAULT_ARCH, backbone: str = "mobilenet_v3_large"
                                          aux_loss=aux_loss, input_scaling=input_scaling)
     if aux_loss:
         raise ConfigError(f"aux_loss: arch {arch} has no auxiliary head (only deeplabv3 has)")
-    return smp.build_smp(arch, backbone, num_classes=NUM_CLASSES, weights=weights,
-                         input_scaling=input_scaling)
+    build = dpt.build_dpt if arch == "dpt" else partial(smp.build_smp, arch)
+    return build(backbone, num_classes=NUM_CLASSES, weights=weights, input_scaling=input_scaling)

@@ -210,29 +210,25 @@ def weights_licence(backbone: str, weights: str) -> str | None:
     return getattr(cfg, "license", None)
 
 
-def build_smp(arch: str, backbone: str, *, num_classes: int, weights: str,
-              input_scaling: Scaling) -> SMPNetwork:
-    """Build ``arch`` with encoder ``backbone``; ``weights`` is ``none`` or a pretrained name
-    (an SMP variant, or a timm tag)."""
+def create_smp(arch: str, backbone: str, *, num_classes: int, weights: str,
+               **kwargs: object) -> smp.base.SegmentationModel:
+    """SMP's ``arch`` with encoder ``backbone``; ``weights`` is ``none`` or a pretrained name
+    (an SMP variant, or a timm tag); ``kwargs`` go to SMP's class. Pretrained weights that
+    cannot be loaded stop with what to fetch and where to put it."""
     cls = getattr(smp, ARCHITECTURES[arch])
     model = timm_name(backbone)
-    name, extra = backbone, {}
+    name = backbone
     if weights == "none":
         encoder_weights_arg: str | bool | None = None
     elif model is not None:
         name, encoder_weights_arg = f"{TIMM_PREFIX}{model}.{timm_tag(model, weights)}", True
     else:
         encoder_weights_arg = weights
-    if arch == "dpt":
-        from desertmind.models.dpt import PLACEHOLDER_WIDTHS
-
-        # any token grid (the position encoding follows); a throwaway decoder (replaced)
-        extra = {"dynamic_img_size": True, **PLACEHOLDER_WIDTHS}
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*timm- . encoders are deprecated.*")
-            net = cls(encoder_name=name, encoder_weights=encoder_weights_arg,
-                      classes=num_classes, **extra)
+            return cls(encoder_name=name, encoder_weights=encoder_weights_arg,
+                       classes=num_classes, **kwargs)
     except Exception as e:  # noqa: BLE001 - the Hub and timm raise many types; re-raised below
         if weights == "none":
             raise
@@ -250,8 +246,10 @@ def build_smp(arch: str, backbone: str, *, num_classes: int, weights: str,
             f"{HF_HUB_CACHE} here (the folder follows $HF_HOME / $HF_HUB_CACHE), or use "
             f"weights: none.{gated}"
         ) from e
-    if arch == "dpt":
-        from desertmind.models.dpt import DPTNetwork
 
-        return DPTNetwork(net, num_classes=num_classes, input_scaling=input_scaling)
+
+def build_smp(arch: str, backbone: str, *, num_classes: int, weights: str,
+              input_scaling: Scaling) -> SMPNetwork:
+    """SMP's ``arch`` with encoder ``backbone`` under the network contract."""
+    net = create_smp(arch, backbone, num_classes=num_classes, weights=weights)
     return SMPNetwork(net, input_scaling=input_scaling)
