@@ -189,6 +189,13 @@ def test_lora_fits_round_trips_and_exports_without_peft(synth_root: Path, tmp_pa
         eager = module(x)
         torch.testing.assert_close(loaded(x), eager)
 
+    # the CLI's evaluations take the adapters' settings from the checkpoint, refuse others
+    evaluate = ["validate", "--ckpt_path", str(ckpt), "--data.root", str(synth_root),
+                "--trainer.limit_val_batches", "1", "--trainer.accelerator", "cpu",
+                "--trainer.enable_progress_bar", "false", "--out", str(tmp_path / "val")]
+    assert main(evaluate) == 0
+    assert main([*evaluate, "--model.lora.rank", "8"]) == 2
+
     out = tmp_path / "lora.onnx"
     assert main(["export", "--ckpt", str(ckpt), "--out", str(out), "--height", "56",
                  "--width", "84"]) == 0
