@@ -41,7 +41,7 @@ def test_dpt_pads_to_the_patch_times_the_decoder_factor(backbone: str, multiple:
 
 @pytest.mark.real_network
 def test_a_convnext_encoder_works_in_the_cnn_decoders():
-    for arch in ("upernet", "fpn"):
+    for arch in ("upernet", "fpn", "deeplabv3plus", "unet"):
         net = build_network(arch, "tu-convnext_tiny").eval()
         with torch.no_grad():
             assert net(torch.rand(1, 3, 50, 70) * 255).shape == (1, 10, 50, 70)
