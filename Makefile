@@ -157,7 +157,7 @@ check-data: $(STAMP) ## check the dataset at DATA=path (default data/offroad)
 GPU_WHEELS ?= .whl
 GPU_SITE ?= /tmp/desertmind-site
 GPU_OUT ?= $(if $(OUT),$(OUT),$(REPORTS)/gpu-check)
-gpu-check: ## the prepared GPU check, 8 minutes on one GPU (JSON: stdout and $OUT or reports/gpu-check); DRY_RUN=1: CPU, tiny
+gpu-check: ## the prepared GPU check, 8.5 minutes on one GPU (JSON: stdout and $OUT or reports/gpu-check); DRY_RUN=1: CPU, tiny
 	@set -e; if [ -x $(BIN)/python ]; then py=$(BIN)/python; \
 	elif python3 -c "import torch, lightning" 2>/dev/null; then py=python3; \
 		if ls $(GPU_WHEELS)/*.whl >/dev/null 2>&1; then python3 -m pip install -q --no-index \

@@ -104,11 +104,13 @@ class PeakRSS:
         self._thread.join()
 
 
-def memory_child(enable: bool, size: tuple[int, int], batch: int) -> dict:
-    """The second training step in this (fresh) process (the first allocates AdamW's state);
-    the memory it needed: mostly the activations kept for the backward pass, and gradients."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    module = _module(*MEMORY_NETWORK, 0).to(device).train()
+def step_memory(network: tuple[str, str], enable: bool, size: tuple[int, int], batch: int,
+                device: torch.device) -> dict:
+    """The second training step of ``network`` (the first allocates AdamW's state) and the
+    memory it needed: mostly the activations kept for the backward pass, and gradients. On a
+    GPU the peak of ``torch.cuda.max_memory_allocated``; on the CPU the resident memory, so call
+    it in a fresh process (:func:`memory_child`)."""
+    module = _module(*network, 0).to(device).train()
     module.model.set_grad_checkpointing(enable)
     optimizer = torch.optim.AdamW(module.model.parameters(), lr=1e-4)
     images = torch.rand(batch, 3, *size, device=device) * 255
@@ -131,6 +133,12 @@ def memory_child(enable: bool, size: tuple[int, int], batch: int) -> dict:
     return {"grad_checkpointing": enable, "measure": kind,
             "step_memory_gib": round((peak - base) / 2**30, 3),
             "peak_gib": round(peak / 2**30, 3), "step_s": round(seconds, 2)}
+
+
+def memory_child(enable: bool, size: tuple[int, int], batch: int) -> dict:
+    """:func:`step_memory` of :data:`MEMORY_NETWORK` in this (fresh) process."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return step_memory(MEMORY_NETWORK, enable, size, batch, device)
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """The prepared GPU check (``make gpu-check``): everything that needs an accelerator, at the real
-960x540, on synthetic data it makes itself, in one run of at most about 8 minutes.
+960x540, on synthetic data it makes itself, in one run of at most about 8.5 minutes.
 
 GPU time comes rarely and in short windows, so this must already work when it comes. It has
-five sections, each in its own process with its own time limit, so one slow or hanging part
+six sections, each in its own process with its own time limit, so one slow or hanging part
 cannot eat the others:
 
 1. ``phase_chain``: phase 1 -> 2.1 -> 2.2 -> 3 for real (MobileNetV3-L DeepLabV3, the phase
@@ -19,6 +19,10 @@ cannot eat the others:
 4. ``determinism``: two short ``--trainer.deterministic true`` runs must give identical
    weights, or the operation without a deterministic kernel is named.
 5. ``ddp``: a 2-process DDP fit when the machine has 2 GPUs; skipped with a line otherwise.
+6. ``foundation``: the DINOv3 ViT-B + DPT recipe (960x540, layer decay, EMA, gradient
+   checkpointing, ``bf16-mixed``; random weights) for a few steps, its ``best.ckpt`` finite; and
+   the GPU memory one training step of that network needs with and without gradient
+   checkpointing (``torch.cuda.max_memory_allocated``), with the step times.
 
 ``--dry-run`` runs the same sections on the CPU at a tiny size in one process, in well under a
 minute (``tests/test_gpu_check.py`` runs it, so the script cannot rot between GPU loans);
@@ -45,10 +49,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CONFIGS = REPO / "configs"
-SECTIONS = ("phase_chain", "train_throughput", "eval_and_latency", "determinism", "ddp")
-#: seconds each section may take on the GPU (about 7.5 minutes in all, start-up excluded)
+SECTIONS = ("phase_chain", "train_throughput", "eval_and_latency", "determinism", "ddp",
+            "foundation")
+#: seconds each section may take on the GPU (about 8.5 minutes in all, start-up excluded)
 BUDGET_S = {"phase_chain": 150, "train_throughput": 170, "eval_and_latency": 60,
-            "determinism": 50, "ddp": 30}
+            "determinism": 50, "ddp": 30, "foundation": 60}
 PHASES = ("phase1", "phase2_1_head", "phase2_2_backbone", "phase3")
 
 
@@ -270,6 +275,34 @@ def ddp(dry: bool) -> dict:
         best = runs.best_checkpoint(tmp / "logs", "phase1")
         return {"devices": 2, "best_ckpt": best.is_file(), "finite": _finite(best),
                 "ok": best.is_file()}
+
+
+def foundation(dry: bool) -> dict:
+    import torch
+    from foundation import MEMORY_NETWORK, step_memory
+
+    from desertmind import runs
+
+    recipe = CONFIGS / "recipes" / "dinov3_vitb_dpt.yaml"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        root = _data(tmp, dry, 8 if dry else 12)
+        args = _fit_args("phase1", root, tmp / "logs", dry, "32-true" if dry else "bf16-mixed",
+                         2 if dry else 4)
+        args[1] = str(recipe)
+        args += ["--trainer.logger.init_args.name", "foundation"]
+        if dry:
+            args += ["--model.backbone", "tu-vit_small_patch16_dinov3"]
+        _run_cli(["fit", *args])
+        best = runs.best_checkpoint(tmp / "logs", "foundation")
+        fit = {"best_ckpt": best.is_file(), "finite": _finite(best)}
+    device = torch.device("cpu" if dry else "cuda")
+    network = ("dpt", "tu-vit_small_patch16_dinov3") if dry else MEMORY_NETWORK
+    memory = {("on" if on else "off"): step_memory(network, on, _size(dry), 2, device)
+              for on in (False, True)}
+    return {"recipe": recipe.name, "fit": fit, "network": "/".join(network),
+            "size": list(_size(dry)), "grad_checkpointing": memory,
+            "ok": fit["best_ckpt"] and fit["finite"]}
 
 
 def run_section(name: str, dry: bool) -> dict:

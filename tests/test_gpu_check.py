@@ -40,6 +40,10 @@ def test_the_dry_run_goes_through_every_section(tmp_path: Path):
     assert latency["bf16_autocast"] is None and latency["compile_channels_last"] is None
     assert sections["determinism"]["identical_weights"] is True
     assert "needs 2" in sections["ddp"]["skipped"]
+    found = sections["foundation"]
+    assert found["fit"] == {"best_ckpt": True, "finite": True}
+    assert {k: v["grad_checkpointing"] for k, v in found["grad_checkpointing"].items()} == {
+        "off": False, "on": True}
     page = (tmp_path / "out" / "gpu_check.md").read_text()
     assert all(f"| {name} | True |" in page for name in gpu_check.SECTIONS)
 
