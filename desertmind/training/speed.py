@@ -12,8 +12,9 @@ class Speedups(L.Callback):
     convolutions on recent GPUs); ``compile``: ``torch.compile`` the network in place (its
     ``state_dict`` keys stay the same, so checkpoints are unchanged); ``grad_checkpointing``:
     the encoder's activations are recomputed in the backward pass instead of kept (timm's
-    ``set_grad_checkpointing``: a ViT-B or -L at 540x960 fits a GPU of 8-16 GB, for about a
-    third more time per step; ``benchmarks/grad_checkpointing.py`` measures the memory).
+    ``set_grad_checkpointing``), so a ViT-B or -L at 540x960 needs far less memory per step:
+    ``benchmarks/foundation.py`` measured a quarter of the step's memory for 1.2-1.3x its time
+    (ViT-B + DPT, CPU; docs/foundation.md), and ``make gpu-check`` measures it on a GPU.
     Applied in ``setup``, for every stage. All are off by default."""
 
     def __init__(self, channels_last: bool = False, compile: bool = False,
