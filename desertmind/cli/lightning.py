@@ -129,12 +129,20 @@ SCHEDULERS_HINT = (
     "(mode: max), torch.optim.lr_scheduler.StepLR or any other torch.optim.lr_scheduler class")
 
 
+EMA_HINT = ("ema is off until a class is given: --ema EMAWeightAveraging --ema.decay 0.999 "
+            "(YAML: ema: {class_path: lightning.pytorch.callbacks.EMAWeightAveraging, "
+            "init_args: {decay: 0.999}})")
+
+
 class _Parser(LightningArgumentParser):
-    """Adds the valid choices to jsonargparse's message for a scheduler it cannot import."""
+    """Adds the valid choices to jsonargparse's message for a scheduler it cannot import, and
+    how to switch EMA on to its message for an ``ema.*`` value given without a class."""
 
     def error(self, message: str, *args, **kwargs):
         if "lr_scheduler" in message or "scheduler" in message.lower():
             message = f"{message}\n  {SCHEDULERS_HINT}"
+        elif '"ema"' in message or "'ema'" in message or "--ema" in message:
+            message = f"{message}\n  {EMA_HINT}"
         return super().error(message, *args, **kwargs)
 
 
