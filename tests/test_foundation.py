@@ -146,6 +146,7 @@ def test_lora_trains_the_adapters_and_the_head_only_whatever_unfreezes():
 
 
 @pytest.mark.real_network
+@pytest.mark.slow  # a fit, a CLI evaluation and an export: make test keeps the parts below
 def test_lora_fits_round_trips_and_exports_without_peft(synth_root: Path, tmp_path: Path):
     """A LoRA phase started from a plain one: the base weights are the previous phase's, the
     adapters and head move and nothing else; the checkpoint reloads as it was; its ONNX graph
