@@ -184,15 +184,22 @@ def check_backbone(arch: str, backbone: str) -> None:
             "(e.g. tu-convnext_tiny)")
 
 
+def _timm_cfg(backbone: str, weights: str):
+    """timm's pretrained config of a timm encoder's ``weights`` (None for SMP's encoders)."""
+    model = timm_name(backbone)
+    if model is None or weights == "none":
+        return None
+    import timm
+
+    return timm.models.get_pretrained_cfg(f"{model}.{timm_tag(model, weights)}")
+
+
 def weights_source(backbone: str, weights: str) -> tuple[str, str]:
     """(Hugging Face repository, command that fetches it) of pretrained ``weights``."""
     model = timm_name(backbone)
     if model is not None:
-        import timm
-
-        tagged = f"{model}.{timm_tag(model, weights)}"
-        cfg = timm.models.get_pretrained_cfg(tagged)
-        repo = getattr(cfg, "hf_hub_id", None) or f"timm/{tagged}"
+        repo = (getattr(_timm_cfg(backbone, weights), "hf_hub_id", None)
+                or f"timm/{model}.{timm_tag(model, weights)}")
         return repo, f"hf download {repo}"
     settings = smp.encoders.encoders[backbone]["pretrained_settings"][weights]
     repo = settings["repo_id"]
@@ -201,13 +208,7 @@ def weights_source(backbone: str, weights: str) -> tuple[str, str]:
 
 def weights_licence(backbone: str, weights: str) -> str | None:
     """The licence timm records for a timm encoder's pretrained ``weights``, if any."""
-    model = timm_name(backbone)
-    if model is None or weights == "none":
-        return None
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(f"{model}.{timm_tag(model, weights)}")
-    return getattr(cfg, "license", None)
+    return getattr(_timm_cfg(backbone, weights), "license", None)
 
 
 def create_smp(arch: str, backbone: str, *, num_classes: int, weights: str,
