@@ -74,16 +74,23 @@ def refuse_overlay_first(argv: list[str]) -> None:
                           f"own; use: desertmind {sub} -c configs/phase1.yaml -c {files[0]}")
 
 
+#: the evaluation options an evaluation from a checkpoint takes from it unless given
+ADAPTATION_KEYS = ("adapt_bn", "class_priors")
+
+
 def checkpoint_defaults(settings: TrainedSettings) -> dict[str, object]:
     """What a checkpoint decides or suggests for an evaluation (see
     :mod:`desertmind.inference.trained`), as defaults of the subcommand's parser: the network's
-    layout and the evaluation-side data settings. Pretrained weights are never fetched: the
-    checkpoint holds every weight."""
+    layout, its test-time adaptation and the evaluation-side data settings. Pretrained
+    weights are never fetched: the checkpoint holds every weight."""
     network = {}
     for key, value in settings.network.items():  # a group (lora) as its dotted keys
         network.update({f"model.{key}.{k}": v for k, v in value.items()}
                        if isinstance(value, dict) else {f"model.{key}": value})
-    return {**network, "model.weights": "none",
+    # the test-time adaptation it was trained to be used with (configs/domain_generalisation)
+    adaptation = {f"model.evaluation.{k}": getattr(settings.evaluation, k)
+                  for k in ADAPTATION_KEYS}
+    return {**network, **adaptation, "model.weights": "none",
             **{f"data.{k}": v for k, v in settings.data.items()}}
 
 

@@ -166,6 +166,15 @@ class OffroadDataModule(L.LightningDataModule):
         """The unlabelled target images of ``target_dir`` (never their masks)."""
         return [s.image for s in self._images(self.hparams.target_dir)]
 
+    def target_use(self) -> str | None:
+        """How training uses the unlabelled ``target_dir`` images, in words (a run that does is
+        transductive: it has seen the images it may later be tested on), or None."""
+        hp = self.hparams
+        uses = [f"{hp.target_transfer} transfer"] if hp.target_transfer != "none" else []
+        if hp.target_batches:
+            uses.append("self-training batches")
+        return f"{' and '.join(uses)} from {hp.target_dir}" if uses else None
+
     def prepare_data(self) -> None:
         """Build the disk cache of the splits this run reads, once per node (Lightning calls
         this on one process before the others run ``setup``)."""

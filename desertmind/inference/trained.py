@@ -30,7 +30,7 @@ from desertmind.models.network import SCALINGS
 from desertmind.models.prediction import EvalOptions
 from desertmind.models.registry import ARCHITECTURES
 from desertmind.training.checkpoints import CLASS_TABLE_KEY, copy_weights, read_checkpoint
-from desertmind.training.module import SegmentationModule
+from desertmind.training.module import SegmentationModule, read_training_record
 
 #: model arguments that decide the layout of the weights, always the checkpoint's: key ->
 #: (default for checkpoints that predate it, check, what the check expects)
@@ -168,6 +168,7 @@ def load_trained(path: str | Path,
     module = SegmentationModule(**settings.network, weights="none",
                                 evaluation=evaluation or EvalOptions())
     copy_weights(module.model, ckpt["state_dict"], path)
+    read_training_record(module, ckpt)
     return module.eval(), settings
 
 

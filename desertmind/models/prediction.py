@@ -18,7 +18,12 @@ import torch.nn.functional as F
 
 from desertmind.data.classes import CLASS_NAMES
 from desertmind.errors import ConfigError
+from desertmind.models.adaptation import shift_scores
 from desertmind.models.network import SegmentationNetwork
+
+#: ``model.evaluation.class_priors``: the posteriors as trained, or re-weighted by the target
+#: images' class priors estimated with EM (:mod:`desertmind.models.adaptation`)
+CLASS_PRIORS = ("train", "em")
 
 #: the smallest sliding window: below it a 960x540 image needs thousands of forward passes
 MIN_WINDOW = 16
@@ -46,12 +51,23 @@ class EvalOptions:
             None: whole images.
         predict_classes: restrict the argmax to these class names (others are never
             predicted); None allows all.
+        adapt_bn: test and predict first recompute the network's BatchNorm statistics from
+            the images they are given (AdaBN), and put the trained ones back afterwards.
+        class_priors: ``train`` (the posteriors as trained) or ``em``: test and predict first
+            estimate the class priors of the images they are given (Saerens et al.'s EM)
+            and re-weight every posterior by them, so classes absent there fade without a
+            list of them.
+
+    ``adapt_bn`` and ``class_priors: em`` use the evaluated images (never their masks): such
+    an evaluation is transductive and says so. Validation during ``fit`` uses neither.
     """
 
     tta_scales: list[float] | None = None
     tta_flip: bool = False
     sliding_window: int | None = None
     predict_classes: list[str] | None = None
+    adapt_bn: bool = False
+    class_priors: str = "train"
 
     def __post_init__(self) -> None:
         scales = self.tta_scales
@@ -63,6 +79,9 @@ class EvalOptions:
         if classes is not None and not classes:
             raise ConfigError("model.evaluation.predict_classes: [] would allow no class; "
                               "list the classes to keep, or null for all")
+        if self.class_priors not in CLASS_PRIORS:
+            raise ConfigError(f"model.evaluation.class_priors={self.class_priors!r}: one of "
+                              f"{', '.join(CLASS_PRIORS)}")
         unknown = sorted(set(classes or []) - set(CLASS_NAMES))
         if unknown:
             raise ConfigError(f"predict_classes: unknown class(es) {unknown}; choose from "
@@ -73,6 +92,11 @@ class EvalOptions:
         """Whether scores are TTA probabilities rather than the network's logits."""
         return bool(self.tta_flip or self.sliding_window
                     or (self.tta_scales and list(self.tta_scales) != [1.0]))
+
+    @property
+    def adapts(self) -> bool:
+        """Whether test and predict adapt to the evaluated images first (transductive)."""
+        return self.adapt_bn or self.class_priors == "em"
 
     @property
     def allowed(self) -> list[int] | None:
@@ -143,13 +167,15 @@ def tta_probs(network: SegmentationNetwork, images: torch.Tensor,
 
 
 def predict_scores(network: SegmentationNetwork, images: torch.Tensor,
-                   options: EvalOptions) -> torch.Tensor:
+                   options: EvalOptions, shift: torch.Tensor | None = None) -> torch.Tensor:
     """Class scores (N, C, H, W) for RGB 0-255 images: TTA probabilities when ``options``
-    ask for TTA, else the logits (same argmax, one forward pass)."""
+    ask for TTA, else the logits (same argmax, one forward pass); re-weighted by the class
+    prior ratio ``exp(shift)`` when given (:func:`~desertmind.models.adaptation.prior_shift`)."""
     if not options.uses_tta:
-        return network(images)
-    return tta_probs(network, images, options.tta_scales or [1.0], options.tta_flip,
-                     options.sliding_window)
+        return shift_scores(network(images), shift, probabilities=False)
+    probs = tta_probs(network, images, options.tta_scales or [1.0], options.tta_flip,
+                      options.sliding_window)
+    return shift_scores(probs, shift, probabilities=True)
 
 
 def restrict(scores: torch.Tensor, classes: Sequence[int] | None) -> torch.Tensor:
@@ -168,20 +194,21 @@ def labels_of(scores: torch.Tensor, options: EvalOptions) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_labels(network: SegmentationNetwork, images: torch.Tensor,
-                   options: EvalOptions) -> torch.Tensor:
+                   options: EvalOptions, shift: torch.Tensor | None = None) -> torch.Tensor:
     """Train ids (N, H, W) at the input's size, as ``validate`` scores them."""
-    return labels_of(predict_scores(network, images, options), options)
+    return labels_of(predict_scores(network, images, options, shift), options)
 
 
 @torch.no_grad()
 def predict_maps(network: SegmentationNetwork, images: torch.Tensor,
-                 sizes: Sequence[tuple[int, int]], options: EvalOptions) -> list[torch.Tensor]:
+                 sizes: Sequence[tuple[int, int]], options: EvalOptions,
+                 shift: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Class-id maps (uint8, on the CPU), one per image at its size in ``sizes``.
 
     Scores are resized first and restricted after: restricting first would put -inf into the
     bilinear resize, whose NaNs argmax would pick.
     """
-    scores = predict_scores(network, images, options)
+    scores = predict_scores(network, images, options, shift)
     maps = []
     for i, (h, w) in enumerate(sizes):
         s = scores[i:i + 1]

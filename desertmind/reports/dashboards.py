@@ -139,6 +139,8 @@ def key_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
         "image_size": data.get("image_size"),
         "max_epochs": trainer.max_epochs,
         "precision": str(trainer.precision),
+        # trained with the unlabelled target images (transfer or self-training)
+        "transductive": getattr(pl_module, "target_use", None) is not None,
     }
     return {f"{group}/{k}": _scalar(v) for group, values in (("change", change),
                                                               ("setup", setup))

@@ -137,9 +137,12 @@ class EvaluationWriter(_PerImageConfusion):
             return
         confmat = cms.sum(0)
         metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items())}
+        module = trainer.lightning_module
         write_json(self.out_dir / METRICS_FILE, {
             **metrics, "images": len(names),
-            "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None})
+            "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+            **getattr(module, "transductive", {}),
+            "adaptation": getattr(module, "adaptation", {})})
         write_text(self.out_dir / PER_IMAGE_FILE, per_image_csv(names, cms))
         write_text(self.out_dir / CONFUSION_CSV, confusion_csv(confmat))
         save(confusion_matrix_figure(confmat.numpy(), f"confusion matrix ({len(names)} images)"),

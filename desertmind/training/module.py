@@ -12,18 +12,25 @@ from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from desertmind.data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, class_table
+from desertmind.data.datamodule import OffroadDataModule
 from desertmind.data.sampling import StepSeed
 from desertmind.errors import ConfigError
 from desertmind.models.adapters import LoRA
 from desertmind.models.network import Scaling, set_bn_momentum
 from desertmind.models.prediction import EvalOptions, labels_of, predict_maps, predict_scores
 from desertmind.models.registry import DEFAULT_ARCH, Arch, build_network
-from desertmind.training.checkpoints import CLASS_TABLE_KEY, load_weights
+from desertmind.training.checkpoints import (
+    CLASS_TABLE_KEY,
+    LABEL_COUNTS_KEY,
+    TARGET_USE_KEY,
+    load_weights,
+)
 from desertmind.training.guards import FiniteGuard, HalfPrecisionGuard
 from desertmind.training.losses import build_loss, needs_class_weights, parse_loss
 from desertmind.training.metrics import SegmentationMetrics, followed_monitor
 from desertmind.training.schedulers import PolyLR
 from desertmind.training.self_training import PseudoLabeler, SelfTraining, pseudo_label_loss
+from desertmind.training.test_time import TestTimeAdaptation
 
 
 class SegmentationModule(L.LightningModule):
@@ -34,19 +41,22 @@ class SegmentationModule(L.LightningModule):
     and owns its input scaling and its frozen parts. Evaluation goes through the one
     prediction path (:mod:`desertmind.models.prediction`). What every fit needs besides the
     task sits in callbacks this module adds (``configure_callbacks``): the NaN/inf and float16
-    guards (:mod:`desertmind.training.guards`) and the per-step seed
-    (:class:`~desertmind.data.sampling.StepSeed`).
+    guards (:mod:`desertmind.training.guards`), the per-step seed
+    (:class:`~desertmind.data.sampling.StepSeed`) and test-time adaptation.
 
     ``setup`` (fit only) builds the loss and loads ``init_from``'s weights (a ``--ckpt_path``
-    resume is restored after it and wins); evaluating outside ``fit`` logs the cross-entropy
-    as ``<stage>/loss``. Each stage's step is one ``model_step``. Checkpoints carry the class
-    table, so one alone says what its outputs mean. Validation and test log ``<stage>/mIoU``
-    (dataset level, the headline), ``<stage>/mIoU_per_image`` (the seed's definition),
-    ``pixel_acc``, ``mean_acc`` and ``iou/<class>``. ``configure_optimizers`` builds the
-    param groups ``backbone`` (LR x ``backbone_lr_mult``), ``head`` and ``aux`` for the
-    injected optimizer (with ``layer_decay`` < 1, one ``backbone.<k>`` group per encoder
-    layer instead); a poly scheduler steps per batch, others per epoch, reduce-on-plateau on
-    the metric the checkpoint callback follows.
+    resume is restored after it and wins); evaluating outside ``fit`` logs the cross-entropy as
+    ``<stage>/loss``. Each stage's step is one ``model_step``. Checkpoints carry the class
+    table, so one alone says what its outputs mean, the label frequencies the network was
+    trained on (``label_counts``: what EM class priors start from) and whether training saw the
+    target images (``target_use``). ``test`` and ``predict`` adapt to the evaluated images first
+    when ``evaluation`` asks (:mod:`desertmind.training.test_time`). Validation and test log
+    ``<stage>/mIoU`` (dataset level, the headline), ``<stage>/mIoU_per_image`` (the seed's
+    definition), ``pixel_acc``, ``mean_acc`` and ``iou/<class>``. ``configure_optimizers``
+    builds the param groups ``backbone`` (LR x ``backbone_lr_mult``), ``head`` and ``aux`` for
+    the injected optimizer (with ``layer_decay`` < 1, one ``backbone.<k>`` group per encoder
+    layer instead); a poly scheduler steps per batch, others per epoch, reduce-on-plateau on the
+    metric the checkpoint callback follows.
 
     Args:
         arch: ``deeplabv3`` (torchvision) or an SMP architecture (``deeplabv3plus``, ``unet``,
@@ -152,9 +162,28 @@ class SegmentationModule(L.LightningModule):
         self.last_eval: dict[str, dict[str, torch.Tensor]] = {}
         #: the self-training teacher, built in setup from init_from's network
         self.pseudo: PseudoLabeler | None = None
+        #: pixels per class in the labelled training batches (saved in checkpoints)
+        self.register_buffer("label_counts", torch.zeros(NUM_CLASSES, dtype=torch.long),
+                             persistent=False)
+        #: how training used the unlabelled target images (None: it did not)
+        self.target_use: str | None = None
+        #: set by test-time adaptation for one test / predict run: the class prior log-ratio
+        #: added to every score, and what was done (see training.test_time)
+        self.prior_shift: Tensor | None = None
+        self.adaptation: dict = {}
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [FiniteGuard(), HalfPrecisionGuard(), StepSeed()]
+        return [FiniteGuard(), HalfPrecisionGuard(), StepSeed(), TestTimeAdaptation()]
+
+    @property
+    def transductive(self) -> dict[str, object]:
+        """Whether (and how) the last evaluation's scores used the target images: through
+        training (``target_use``) or through test-time adaptation."""
+        adapted = {k: v for k, v in self.adaptation.items() if k in ("batchnorm", "class_priors")
+                   and not str(v).startswith("none")}
+        return {"transductive": bool(self.target_use or adapted),
+                "training": self.target_use,
+                "test_time": sorted(adapted)}
 
     def setup(self, stage: str) -> None:
         if stage != "fit":
@@ -169,6 +198,9 @@ class SegmentationModule(L.LightningModule):
             self.criterion = build_loss(hp.loss, weights)
         if hp.init_from:
             load_weights(self.model, hp.init_from)
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if isinstance(datamodule, OffroadDataModule):
+            self.target_use = datamodule.target_use()
         if self.self_training.enabled and self.pseudo is None:
             if not hp.init_from:
                 raise ConfigError("model.self_training needs a teacher: set model.init_from to "
@@ -188,6 +220,11 @@ class SegmentationModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CLASS_TABLE_KEY] = class_table()
+        checkpoint[LABEL_COUNTS_KEY] = self.label_counts.tolist()
+        checkpoint[TARGET_USE_KEY] = self.target_use
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        read_training_record(self, checkpoint)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """RGB 0-255 float images (N, 3, H, W) -> logits (N, C, H, W)."""
@@ -198,13 +235,14 @@ class SegmentationModule(L.LightningModule):
         aux head's), also for validation so the two are comparable; outside it, or with TTA,
         the cross-entropy of the evaluation scores."""
         images, masks = batch["image"], batch["mask"]
-        if self.criterion is not None and (self.training or not self.evaluation.uses_tta):
+        plain = not self.evaluation.uses_tta and self.prior_shift is None
+        if self.criterion is not None and (self.training or plain):
             logits, aux = self.model.forward_with_aux(images)
             loss = self.criterion(logits, masks)
             if aux is not None:
                 loss = loss + self.hparams.aux_weight * self.criterion(aux, masks)
             return loss, logits
-        scores = predict_scores(self.model, images, self.evaluation)
+        scores = predict_scores(self.model, images, self.evaluation, self.prior_shift)
         if self.evaluation.uses_tta:  # averaged probabilities, not logits
             loss = F.nll_loss(scores.clamp_min(1e-8).log(), masks, ignore_index=IGNORE_INDEX)
         else:
@@ -217,6 +255,9 @@ class SegmentationModule(L.LightningModule):
         target = batch.get("target")
         if target is not None:
             batch = batch["source"]
+        # the ignore index (and any id past the classes) counts in one extra bin, dropped
+        ids = batch["mask"].flatten().clamp(0, NUM_CLASSES)
+        self.label_counts += torch.bincount(ids, minlength=NUM_CLASSES + 1)[:NUM_CLASSES]
         loss, _ = self.model_step(batch)
         if target is not None and self.pseudo is not None:
             labels = self.pseudo.label(target["image"])
@@ -249,7 +290,8 @@ class SegmentationModule(L.LightningModule):
         """Class-id maps (uint8, on the CPU) at each image's original size."""
         sizes = [tuple(s) for s in batch["size"].tolist()]
         return {"name": batch["name"], "path": batch["path"],
-                "pred": predict_maps(self.model, batch["image"], sizes, self.evaluation)}
+                "pred": predict_maps(self.model, batch["image"], sizes, self.evaluation,
+                                     self.prior_shift)}
 
     def _log_metrics(self, stage: str) -> None:
         metrics = getattr(self, f"{stage}_metrics")
@@ -308,6 +350,16 @@ class SegmentationModule(L.LightningModule):
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": interval,
                                  "monitor": monitor}}
+
+
+def read_training_record(module: SegmentationModule, checkpoint: dict) -> None:
+    """Take a checkpoint's label counts and target use into ``module`` (checkpoints from
+    before they were kept have neither: zero counts, no target use)."""
+    counts = checkpoint.get(LABEL_COUNTS_KEY)
+    if isinstance(counts, list) and len(counts) == NUM_CLASSES:
+        module.label_counts.copy_(torch.tensor(counts, dtype=torch.long))
+    use = checkpoint.get(TARGET_USE_KEY)
+    module.target_use = use if isinstance(use, str) else None
 
 
 def _as(cls: type, value: object) -> object:

@@ -1,0 +1,116 @@
+"""What ``model.evaluation.adapt_bn`` and ``class_priors: em`` do around a test or predict run
+(the module adds this callback in ``configure_callbacks``): one pass over the images to be
+evaluated before the first batch is scored, the trained network put back after the last.
+
+The source class priors EM starts from are the label frequencies the network was trained on,
+which the module counts during ``fit`` and keeps in its checkpoints
+(:attr:`~desertmind.training.module.SegmentationModule.label_counts`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import lightning as L
+import torch
+
+from desertmind.data.classes import CLASS_NAMES
+from desertmind.errors import ConfigError
+from desertmind.models.adaptation import (
+    BatchNormState,
+    adapt_batchnorm,
+    batchnorm_layers,
+    estimate_priors,
+    prior_shift,
+    restore_batchnorm,
+)
+from desertmind.models.prediction import predict_scores
+
+
+def _images(trainer: L.Trainer, pl_module: L.LightningModule,
+            stage: str) -> Iterator[torch.Tensor]:
+    for loader in _loaders(trainer, stage):
+        for batch in loader:
+            # the device and dtype a step would get (the data module casts images to float)
+            yield pl_module._apply_batch_transfer_handler(batch, pl_module.device)["image"]
+
+
+class TestTimeAdaptation(L.Callback):
+    """AdaBN and EM class priors on the images of a ``test`` or ``predict`` run (see the module
+    doc). What was done lands in ``pl_module.adaptation`` (a dict: ``images``, ``batchnorm``,
+    ``class_priors``, ``source_priors``), which ``metrics.json`` records; the estimated
+    priors are also printed."""
+
+    def __init__(self) -> None:
+        self._saved: BatchNormState | None = None
+
+    def _start(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        options = pl_module.evaluation
+        pl_module.prior_shift = None
+        pl_module.adaptation = {}
+        if not options.adapts:
+            return
+        network = pl_module.model
+        report: dict = {"images": _image_count(trainer, stage)}
+        if options.adapt_bn:
+            if not batchnorm_layers(network):
+                report["batchnorm"] = "none: the network has no BatchNorm layer"
+            else:
+                self._saved = adapt_batchnorm(network, _images(trainer, pl_module, stage))
+                report["batchnorm"] = "recomputed from the evaluated images (AdaBN)"
+        if options.class_priors == "em":
+            counts = pl_module.label_counts
+            if int(counts.sum()) == 0:
+                raise ConfigError(
+                    "model.evaluation.class_priors=em needs the label frequencies the network "
+                    "was trained on, and this model holds none (a checkpoint from before they "
+                    "were kept, or a module that was never fitted): fit it again, or use "
+                    "class_priors: train")
+            source = counts.double() / counts.sum()
+
+            def probabilities(images: torch.Tensor) -> torch.Tensor:
+                scores = predict_scores(network, images, options).float()
+                return scores if options.uses_tta else scores.softmax(1)
+
+            target, seen = estimate_priors(probabilities, _images(trainer, pl_module, stage),
+                                           source)
+            pl_module.prior_shift = prior_shift(target, source.float()).to(pl_module.device)
+            report["source_priors"] = dict(zip(CLASS_NAMES, _rounded(source), strict=True))
+            report["class_priors"] = dict(zip(CLASS_NAMES, _rounded(target), strict=True))
+            if trainer.is_global_zero:
+                shares = ", ".join(f"{n} {v:.3f}" for n, v in report["class_priors"].items())
+                print(f"desertmind {stage}: class priors estimated by EM on {seen} images: "
+                      f"{shares}", file=sys.stderr)
+        pl_module.adaptation = report
+
+    def _end(self, pl_module: L.LightningModule) -> None:
+        if self._saved is not None:
+            restore_batchnorm(pl_module.model, self._saved)
+            self._saved = None
+        pl_module.prior_shift = None
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start(trainer, pl_module, "test")
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start(trainer, pl_module, "predict")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._end(pl_module)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._end(pl_module)
+
+
+def _loaders(trainer: L.Trainer, stage: str) -> list:
+    loaders = getattr(trainer, f"{stage}_dataloaders")
+    return list(loaders) if isinstance(loaders, list | tuple) else [loaders]
+
+
+def _image_count(trainer: L.Trainer, stage: str) -> int:
+    return sum(len(loader.dataset) for loader in _loaders(trainer, stage))
+
+
+def _rounded(values: torch.Tensor) -> list[float]:
+    return [round(float(v), 5) for v in values]
