@@ -1,22 +1,24 @@
-"""The gap between the source desert and a shifted one, and what each label-free tool does.
+"""What each label-free tool does on two shifted deserts, over training seeds, with intervals.
 
-On synthetic data (``desertmind synth``: source train / val and a labelled ``test_shifted``
-split of the shifted domain), trains MobileNetV3 DeepLabV3 from random weights with the same
-budget for each variant, then scores it on val (source) and on the shifted split:
+On synthetic data (``desertmind synth``: source train / val and two labelled shifted deserts,
+``test_shifted`` and ``test_dusk``, see :mod:`desertmind.data.synth`), for each seed: a
+fresh dataset and training order, MobileNetV3 DeepLabV3 from random weights, the same budget
+for every training arm. Each arm is scored on val (source) and on each desert, with the
+same tool applied to both (a test-time tool adapts to whichever images it is given):
 
-- ``baseline``: no augmentation;
-- ``domain_random``: the photometric domain-randomisation preset;
-- ``transfer_fda`` / ``transfer_histogram``: appearance transfer toward the shifted split's
-  images (``data.target_dir``; their masks are never read);
-- ``tta_class_prior``: the baseline model evaluated with flip TTA and the classes known to be
-  absent from the target (Ground Clutter, Flowers, Logs) excluded;
-- ``self_training``: the baseline continued for ``--extra-epochs`` with pseudo-labels on the
-  shifted images, next to ``baseline_continued``, the same continuation without them (the
-  same budget);
-- ``domain_generalisation``: the tools of ``configs/domain_generalisation.yaml`` together.
+- ``baseline``: no augmentation, no adaptation;
+- test-time, on the baseline's weights: ``adabn`` (BatchNorm statistics of the evaluated
+  images), ``em_priors`` (class priors by EM), ``adabn_em`` (both), and ``known_classes``
+  (the argmax restricted to the classes truly present in the evaluated desert: what a user
+  who knew them could do; the ceiling ``em_priors`` is compared with);
+- training-time: ``domain_random`` (the photometric preset) and ``histogram`` (histogram
+  matching toward that desert's images, ``data.target_dir``; one fit per desert);
+- ``overlay``: what ``configs/domain_generalisation.yaml`` turns on, training and test time.
 
-Prints one JSON object: per variant, val mIoU, shifted mIoU and the gap (val - shifted), with
-the machine.
+Per desert and tool: the mean and standard deviation over seeds of val and shifted mIoU, and
+the change against the baseline with a 95% interval over seeds and images
+(:func:`~desertmind.reports.uncertainty.paired_change_over_seeds`). One JSON object.
+``--full`` is the size for a GPU.
 """
 
 from __future__ import annotations
@@ -25,113 +27,178 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 import yaml
 from _common import machine
 
-from desertmind.data.classes import CLASS_NAMES
+from desertmind.data.classes import CLASS_NAMES, NUM_CLASSES
 from desertmind.data.datamodule import OffroadDataModule
-from desertmind.data.synth import SHIFTED_ABSENT, SHIFTED_SPLIT, generate
+from desertmind.data.synth import ABSENT, DUSK_SPLIT, SHIFTED_SPLIT, generate
+from desertmind.models.prediction import EvalOptions
+from desertmind.reports.uncertainty import dataset_miou, paired_change_over_seeds
+from desertmind.training.metrics import batched_confusion
 from desertmind.training.module import SegmentationModule
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "domain_generalisation.yaml"
-TARGET = f"{SHIFTED_SPLIT}/Color_Images"
+DESERTS = {SHIFTED_SPLIT: "shifted", DUSK_SPLIT: "dusk"}
+TEST_TIME = {"adabn": {"adapt_bn": True}, "em_priors": {"class_priors": "em"},
+             "adabn_em": {"adapt_bn": True, "class_priors": "em"}}
 
 
-def _trainer(epochs: int) -> L.Trainer:
-    return L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
+class _Confusions(L.Callback):
+    """Per-image confusion matrices of a test run."""
+
+    def __init__(self) -> None:
+        self.cms: list[torch.Tensor] = []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                          dataloader_idx=0) -> None:
+        self.cms.append(batched_confusion(outputs["preds"], batch["mask"], NUM_CLASSES).cpu())
+
+
+def _trainer(epochs: int, callbacks: list | None = None) -> L.Trainer:
+    return L.Trainer(max_epochs=epochs, accelerator="auto", devices=1, logger=False,
                      enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False, num_sanity_val_steps=0)
+                     enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks,
+                     limit_val_batches=0)
 
 
-def _data(root: Path, args, **extra) -> OffroadDataModule:
-    return OffroadDataModule(str(root), batch_size=args.batch, num_workers=0,
-                             test_dir=SHIFTED_SPLIT, **extra)
+def _score(module: SegmentationModule, root: Path, split: str, batch: int,
+           options: EvalOptions) -> np.ndarray:
+    """(images, C, C) confusion matrices of ``module`` on ``split`` under ``options``."""
+    module.evaluation = options
+    collect = _Confusions()
+    dm = OffroadDataModule(str(root), batch_size=batch, num_workers=0, test_dir=split)
+    _trainer(1, [collect]).test(module, dm, verbose=False)
+    return torch.cat(collect.cms).numpy()
 
 
-def _module(**extra) -> SegmentationModule:
-    return SegmentationModule(weights="none", bn_momentum=0.1,
-                              optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3), **extra)
-
-
-def _score(module: SegmentationModule, dm: OffroadDataModule) -> dict[str, float]:
-    trainer = _trainer(1)
-    val = trainer.validate(module, dm, verbose=False)[0]["val/mIoU"]
-    shifted = trainer.test(module, dm, verbose=False)[0]["test/mIoU"]
-    return {"val_mIoU": round(val, 4), "shifted_mIoU": round(shifted, 4),
-            "gap": round(val - shifted, 4)}
-
-
-def _fit(root: Path, args, epochs: int, data: dict, model: dict,
-         start: Path | None = None) -> SegmentationModule:
-    L.seed_everything(args.seed, verbose=False)
-    module = _module(init_from=str(start) if start else None, **model)
-    _trainer(epochs).fit(module, _data(root, args, **data))
+def _fit(root: Path, args, seed: int, data: dict, model: dict) -> SegmentationModule:
+    L.seed_everything(seed, verbose=False)
+    module = SegmentationModule(weights="none", bn_momentum=0.1,
+                                optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3), **model)
+    dm = OffroadDataModule(str(root), batch_size=args.batch, num_workers=0, **data)
+    _trainer(args.epochs).fit(module, dm)
     return module
 
 
-def _overlay() -> tuple[dict, dict]:
-    """The data and model values that configs/domain_generalisation.yaml sets."""
+def _overlay() -> tuple[dict, dict, dict]:
+    """The data, model and test-time values configs/domain_generalisation.yaml sets."""
     values = yaml.safe_load(CONFIG.read_text())
     data = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("data.")}
-    model = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("model.")}
-    if data.get("target_transfer", "none") != "none" or model.get("self_training.weight"):
-        data["target_dir"] = TARGET  # the overlay leaves it to the command line
-    return data, model
+    evaluation = {k.rsplit(".", 1)[1]: v for k, v in values.items()
+                  if k.startswith("model.evaluation.")}
+    model = {k.split(".", 1)[1]: v for k, v in values.items()
+             if k.startswith("model.") and not k.startswith("model.evaluation.")}
+    return data, model, evaluation
+
+
+def _needs_target(data: dict, model: dict) -> bool:
+    return data.get("target_transfer", "none") != "none" or bool(model.get("self_training"))
+
+
+def _miou(cms: np.ndarray) -> float:
+    return float(dataset_miou(cms.sum(0)))
+
+
+def run_seed(args, seed: int, tmp: Path) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """Per desert, per tool: {"val": cms, "shifted": cms} for one seed."""
+    root = generate(tmp / f"data{seed}", args.n_train, args.n_val, args.height, args.width,
+                    seed, n_shifted=args.n_shifted, n_dusk=args.n_shifted)
+    batch = args.batch
+    plain = EvalOptions()
+    results: dict[str, dict[str, dict[str, np.ndarray]]] = {d: {} for d in DESERTS}
+
+    def both(module: SegmentationModule, desert: str, options: EvalOptions) -> dict:
+        return {"val": _score(module, root, "val", batch, options),
+                "shifted": _score(module, root, desert, batch, options)}
+
+    baseline = _fit(root, args, seed, {}, {})
+    randomised = _fit(root, args, seed, {"train_preset": "domain_random"}, {})
+    o_data, o_model, o_eval = _overlay()
+    for desert, domain in DESERTS.items():
+        target = f"{desert}/Color_Images"
+        arms = results[desert]
+        arms["baseline"] = both(baseline, desert, plain)
+        for name, options in TEST_TIME.items():
+            arms[name] = both(baseline, desert, EvalOptions(**options))
+        present = [n for i, n in enumerate(CLASS_NAMES) if i not in ABSENT[domain]]
+        arms["known_classes"] = {
+            "val": arms["baseline"]["val"],  # every class is present in val: no restriction
+            "shifted": _score(baseline, root, desert, batch,
+                              EvalOptions(predict_classes=present))}
+        arms["domain_random"] = both(randomised, desert, plain)
+        hist = _fit(root, args, seed, {"target_dir": target, "target_transfer": "histogram"},
+                    {})
+        arms["histogram"] = both(hist, desert, plain)
+        data = {**o_data, "target_dir": target} if _needs_target(o_data, o_model) else o_data
+        overlay = (baseline if not o_data and not o_model
+                   else _fit(root, args, seed, data, o_model))
+        arms["overlay"] = both(overlay, desert, replace(plain, **o_eval))
+    return results
+
+
+def summarise(per_seed: list[dict]) -> dict:
+    """Means, spreads and intervals over seeds, per desert and tool."""
+    table: dict[str, dict] = {}
+    for desert in DESERTS:
+        table[desert] = {}
+        for tool in per_seed[0][desert]:
+            row: dict[str, object] = {}
+            for split in ("val", "shifted"):
+                values = [_miou(seed[desert][tool][split]) for seed in per_seed]
+                row[f"{split}_mIoU"] = [round(v, 4) for v in values]
+                row[f"{split}_mean"] = round(float(np.mean(values)), 4)
+                row[f"{split}_sd"] = round(float(np.std(values, ddof=1)) if len(values) > 1
+                                           else 0.0, 4)
+                if tool != "baseline":
+                    change = paired_change_over_seeds(
+                        [(seed[desert][tool][split], seed[desert]["baseline"][split])
+                         for seed in per_seed])
+                    row[f"{split}_change"] = round(change.value, 4)
+                    row[f"{split}_interval"] = [round(change.low, 4), round(change.high, 4)]
+                    row[f"{split}_verdict"] = change.verdict
+            table[desert][tool] = row
+    return table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-train", type=int, default=96)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--n-train", type=int, default=64)
     parser.add_argument("--n-val", type=int, default=16)
-    parser.add_argument("--n-shifted", type=int, default=24)
-    parser.add_argument("--height", type=int, default=96)
-    parser.add_argument("--width", type=int, default=160)
-    parser.add_argument("--epochs", type=int, default=16)
-    parser.add_argument("--extra-epochs", type=int, default=4)
+    parser.add_argument("--n-shifted", type=int, default=16, help="images per shifted desert")
+    parser.add_argument("--height", type=int, default=72)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--full", action="store_true",
+                        help="the GPU size: 5 seeds, 384 train / 64 val / 64 per desert at "
+                        "270x480, 30 epochs, batch 8")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.full:
+        args.seeds, args.n_train, args.n_val, args.n_shifted = [0, 1, 2, 3, 4], 384, 64, 64
+        args.height, args.width, args.epochs, args.batch = 270, 480, 30, 8
     start = time.perf_counter()
-    results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        root = generate(Path(tmp) / "data", args.n_train, args.n_val, args.height, args.width,
-                        args.seed, n_shifted=args.n_shifted)
-        variants = {"baseline": ({}, {}),
-                    "domain_random": ({"train_preset": "domain_random"}, {}),
-                    "transfer_fda": ({"target_dir": TARGET, "target_transfer": "fda"}, {}),
-                    "transfer_histogram": ({"target_dir": TARGET,
-                                            "target_transfer": "histogram"}, {}),
-                    "domain_generalisation": _overlay()}
-        baseline_ckpt = Path(tmp) / "baseline.ckpt"
-        for name, (data, model) in variants.items():
-            module = _fit(root, args, args.epochs, data, model)
-            results[name] = _score(module, _data(root, args))
-            if name == "baseline":
-                torch.save({"state_dict": module.state_dict()}, baseline_ckpt)
-                allowed = [n for i, n in enumerate(CLASS_NAMES) if i not in SHIFTED_ABSENT]
-                prior = _module(evaluation={"tta_flip": True, "predict_classes": allowed})
-                prior.load_state_dict(module.state_dict())
-                results["tta_class_prior"] = _score(prior, _data(root, args))
-        for name, data, model in (
-                ("baseline_continued", {}, {}),
-                ("self_training", {"target_dir": TARGET, "target_batches": True},
-                 {"self_training": {"weight": 1.0, "teacher_ema": 0.99}})):
-            module = _fit(root, args, args.extra_epochs, data, model, start=baseline_ckpt)
-            results[name] = _score(module, _data(root, args))
+        per_seed = [run_seed(args, seed, Path(tmp)) for seed in args.seeds]
+    data, model, evaluation = _overlay()
     print(json.dumps({
         "benchmark": "domain_gap",
         "machine": machine(),
         "setup": f"mobilenet_v3_large deeplabv3 from random weights, {args.width}x"
                  f"{args.height}, {args.n_train} train / {args.n_val} val / {args.n_shifted} "
-                 f"shifted images, {args.epochs} epochs (+{args.extra_epochs} for the "
-                 f"continued variants), batch {args.batch}, seed {args.seed}",
+                 f"per shifted desert, {args.epochs} epochs, batch {args.batch}, seeds "
+                 f"{args.seeds} (each its own data and training order)",
+        "overlay": {"data": data, "model": model, "evaluation": evaluation},
+        "interval": "95%, two-level bootstrap over seeds and images, paired with the baseline",
         "seconds": round(time.perf_counter() - start, 1),
-        "results": results,
+        "results": summarise(per_seed),
     }, indent=1))
 
 

@@ -156,3 +156,6 @@ def test_the_domain_generalisation_overlay_trains_and_a_shifted_split_is_scored(
                  "[Trees, Lush Bushes, Dry Grass, Dry Bushes, Rocks, Landscape, Sky]"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["images"] == 4 and 0 <= metrics["test/mIoU"] <= 1
+    # trained with the target images: the evaluation says so
+    assert metrics["transductive"] is True
+    assert metrics["training"].startswith("histogram transfer from ")

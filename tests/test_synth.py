@@ -87,3 +87,28 @@ def test_the_shifted_domain_is_darker_rocky_and_lacks_three_classes(tmp_path: Pa
     again = generate(tmp_path / "again", n_train=0, n_val=0, height=72, width=128, seed=1,
                      n_shifted=16)
     assert _same_tree(root / "test_shifted", again / "test_shifted")
+
+
+def test_the_dusk_desert_is_a_second_shift_with_other_absent_classes(tmp_path: Path):
+    root = generate(tmp_path / "d", n_train=16, n_val=0, height=72, width=128, seed=2,
+                    n_shifted=0, n_dusk=16)
+    assert not (root / "test_shifted").exists()
+
+    def stats(split: str) -> tuple[np.ndarray, np.ndarray]:
+        means, counts = [], np.zeros(10)
+        for p in sorted((root / split / "Color_Images").glob("*.png")):
+            means.append(read_image(p).reshape(-1, 3).mean(0))
+            mask = remap(read_mask(root / split / "Segmentation" / p.name))
+            counts += np.bincount(mask.ravel(), minlength=10)[:10]
+        return np.mean(means, axis=0), counts / counts.sum()
+
+    (src_rgb, src_share), (dusk_rgb, dusk_share) = stats("train"), stats("test_dusk")
+    assert dusk_rgb.sum() < 0.8 * src_rgb.sum()  # dim
+    assert dusk_rgb[0] / dusk_rgb[2] > 1.3 * src_rgb[0] / src_rgb[2]  # warm: red over blue
+    # Trees, Lush Bushes and Flowers never; Ground Clutter and Logs (absent from test_shifted)
+    # still there
+    assert dusk_share[[0, 1, 5]].sum() == 0 and src_share[[0, 1, 5]].min() > 0
+    assert dusk_share[4] > 0 and dusk_share[6] > 0
+    assert main(["synth", str(tmp_path / "cli"), "--n-train", "0", "--n-val", "0",
+                 "--n-dusk", "2", "--height", "32", "--width", "48"]) == 0
+    assert len(list((tmp_path / "cli" / "test_dusk" / "Color_Images").glob("*.png"))) == 2

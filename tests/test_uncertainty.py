@@ -14,6 +14,7 @@ from desertmind.reports.uncertainty import (
     dataset_miou,
     miou_interval,
     paired_change,
+    paired_change_over_seeds,
 )
 from desertmind.training.metrics import SegmentationMetrics, batched_confusion
 
@@ -112,3 +113,23 @@ def test_paired_change_needs_the_same_images():
         paired_change(_images(10), _images(12))
     with pytest.raises(ReportError, match="images >= 2"):
         miou_interval(_images(1))
+
+
+def test_over_seeds_a_change_that_depends_on_the_seed_is_not_significant():
+    """Three seeds whose images agree within each seed, but one seed gains and two lose:
+    within every seed the change is clear; over seeds it is not, and the mean is theirs."""
+    seeds = [_images(40, seed=s) for s in range(3)]
+    shifts = [150, -60, -60]
+    pairs = [(_moved(cms, np.full(len(cms), k)), cms) for cms, k in zip(seeds, shifts,
+                                                                       strict=True)]
+    singles = [paired_change(a, b) for a, b in pairs]
+    assert [c.verdict for c in singles] == [GAIN, REGRESSION, REGRESSION]
+    over = paired_change_over_seeds(pairs)
+    assert over.value == pytest.approx(np.mean([c.value for c in singles]))
+    assert over.low < 0 < over.high and over.verdict == SAME
+    # the same gain in every seed stays significant, and one seed is the plain paired change
+    steady = [(_moved(cms, np.full(len(cms), 60)), cms) for cms in seeds]
+    assert paired_change_over_seeds(steady).verdict == GAIN
+    assert paired_change_over_seeds(steady[:1]) == paired_change(*steady[0])
+    with pytest.raises(ReportError, match="same images"):
+        paired_change_over_seeds([(_images(10), _images(12))])

@@ -300,6 +300,7 @@ class DesertMindCLI(LightningCLI):
         self.datamodule.check_fit()
         self._drop_logger_callbacks()
         hp = self.model.hparams
+        self.model.target_use = self.datamodule.target_use()  # kept in its checkpoints
         if needs_class_weights(hp.loss) and hp.class_weights is None:
             weights = self.datamodule.class_weights()  # None: class_weighting none, refused
             hp.class_weights = None if weights is None else weights.tolist()

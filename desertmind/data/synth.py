@@ -4,7 +4,7 @@ Each scene has a wavy horizon, sky above and landscape below, and objects of the
 classes, each with its own colour and texture so that a model can learn them. Output is
 deterministic for a seed: sample ``i`` of a split draws from ``SeedSequence([seed, split, i])``.
 
-Two domains, like the real train and test deserts:
+Three domains, like the real train and test deserts:
 
 - ``source`` (train / val): every class, daylight.
 - ``shifted`` (the ``test_shifted`` split): what is known of the real test desert. Darker, with
@@ -12,6 +12,10 @@ Two domains, like the real train and test deserts:
   Clutter, Flowers or Logs and almost no Lush Bushes; rocks everywhere, larger and of another
   stone; coarser ground texture, redder sand and a hazy sky. Same shapes, so the classes stay
   learnable: what changes is appearance and class balance.
+- ``dusk`` (the ``test_dusk`` split): a second, different shift, so that no label-free tool
+  is judged on one desert only. A barren grey-soil desert at dusk: warm, dim light, haze that
+  thickens toward the horizon, a pale grey-brown soil and paler grass; no Trees, Lush Bushes or
+  Flowers (another set of absent classes than ``shifted``'s), Ground Clutter and Logs kept.
 """
 
 from __future__ import annotations
@@ -50,22 +54,32 @@ _TEXTURE = np.array([
 ], dtype=np.float32)
 
 
-DOMAINS = ("source", "shifted")
+DOMAINS = ("source", "shifted", "dusk")
 SHIFTED_ABSENT = (CLUTTER, FLOWERS, LOGS)
+DUSK_ABSENT = (TREES, LUSH, FLOWERS)
+#: the classes each domain never draws
+ABSENT = {"source": (), "shifted": SHIFTED_ABSENT, "dusk": DUSK_ABSENT}
 # the shifted desert's own appearance: colours that change, texture, light
 _SHIFTED_BASE = {ROCKS: (150, 112, 92), LANDSCAPE: (185, 130, 95), DRY_GRASS: (176, 160, 100),
                  SKY: (160, 152, 142)}  # a hazy sky
 _SHIFTED_TEXTURE = {LANDSCAPE: (30, 0, 0), ROCKS: (24, 0, 0)}
 _SHIFTED_LIGHT = np.array([0.83, 0.81, 0.88], dtype=np.float32)
+# the dusk desert's: grey soil, pale grass, dull rocks; warm dim light and a haze colour
+_DUSK_BASE = {LANDSCAPE: (150, 140, 128), DRY_GRASS: (214, 204, 160), ROCKS: (104, 98, 92),
+              DRY_BUSH: (110, 84, 62), SKY: (236, 150, 96)}
+_DUSK_TEXTURE = {LANDSCAPE: (20, 0, 10)}
+_DUSK_LIGHT = np.array([1.0, 0.8, 0.62], dtype=np.float32) * 0.72
+_DUSK_HAZE = np.array([190, 150, 130], dtype=np.float32)
 
 
 def _palette(domain: str) -> tuple[np.ndarray, np.ndarray]:
     base, texture = _BASE.copy(), _TEXTURE.copy()
-    if domain == "shifted":
-        for c, rgb in _SHIFTED_BASE.items():
-            base[c] = rgb
-        for c, tex in _SHIFTED_TEXTURE.items():
-            texture[c] = tex
+    colours, textures = {"shifted": (_SHIFTED_BASE, _SHIFTED_TEXTURE),
+                         "dusk": (_DUSK_BASE, _DUSK_TEXTURE)}.get(domain, ({}, {}))
+    for c, rgb in colours.items():
+        base[c] = rgb
+    for c, tex in textures.items():
+        texture[c] = tex
     return base, texture
 
 
@@ -75,7 +89,8 @@ def _object_classes(rng: np.random.Generator, force: int | None, domain: str) ->
         classes = [c for c in OBJECT_CLASSES if c != force and c not in SHIFTED_ABSENT
                    and (c == ROCKS or rng.random() < (0.02 if c == LUSH else 0.7))]
     else:
-        classes = [c for c in OBJECT_CLASSES if c != force and rng.random() < 0.7]
+        classes = [c for c in OBJECT_CLASSES if c != force and c not in ABSENT[domain]
+                   and rng.random() < 0.7]
     return classes if force is None else [*classes, force]
 
 
@@ -113,6 +128,11 @@ def render_scene(rng: np.random.Generator, height: int, width: int,
     image *= rng.uniform(0.85, 1.15)
     if domain == "shifted":
         image *= _SHIFTED_LIGHT * rng.uniform(0.92, 1.05)
+    elif domain == "dusk":  # dim warm light, and haze thickening toward the horizon
+        image *= _DUSK_LIGHT * rng.uniform(0.9, 1.1)
+        near = np.clip((ys - horizon[None, :]) / np.maximum(height - horizon[None, :], 1), 0, 1)
+        haze = np.where(sky, 0.55, 0.5 * (1.0 - near))[..., None]
+        image = image * (1 - haze) + _DUSK_HAZE * 0.72 * haze
     image = np.clip(image, 0, 255).astype(np.uint8)
     return image, TRAIN_TO_RAW[label]
 
@@ -151,14 +171,16 @@ def _draw(label: np.ndarray, c: int, rng: np.random.Generator, x: int, y: int,
 
 
 SHIFTED_SPLIT = "test_shifted"
+DUSK_SPLIT = "test_dusk"
 
 
 def generate(out: str | Path, n_train: int = 40, n_val: int = 10, height: int = 540,
              width: int = 960, seed: int = 0, overwrite: bool = False, n_shifted: int = 0,
-             domain: str = "source") -> Path:
+             domain: str = "source", n_dusk: int = 0) -> Path:
     """Write ``OUT/{train,val}/{Color_Images,Segmentation}/NAME.png`` in ``domain``, and
-    ``n_shifted`` scenes of the shifted domain, with masks, in ``OUT/test_shifted``; return
-    ``OUT``. A split asked for 0 scenes is neither written nor checked.
+    ``n_shifted`` scenes of the shifted domain, with masks, in ``OUT/test_shifted`` (and
+    ``n_dusk`` of the dusk domain in ``OUT/test_dusk``); return ``OUT``. A split asked for 0
+    scenes is neither written nor checked.
 
     Within a split, image ``i`` always contains class ``i mod 8`` among the object classes (in
     the shifted domain, among those it has), so any split of at least 8 images uses every class
@@ -169,14 +191,14 @@ def generate(out: str | Path, n_train: int = 40, n_val: int = 10, height: int = 
     out = Path(out)
     splits = [(split, n, dom, split_id) for split_id, (split, n, dom) in enumerate(
         (("train", n_train, domain), ("val", n_val, domain),
-         (SHIFTED_SPLIT, n_shifted, "shifted"))) if n > 0]
+         (SHIFTED_SPLIT, n_shifted, "shifted"), (DUSK_SPLIT, n_dusk, "dusk"))) if n > 0]
     for split, *_ in splits:
         if (out / split).exists() and not overwrite:
             raise DatasetError(f"{out / split} already exists; pass --overwrite to replace it")
     for split, *_ in splits:  # replace, not add to: old files of another size would remain
         shutil.rmtree(out / split, ignore_errors=True)
     for split, n, dom, split_id in splits:
-        present = [c for c in OBJECT_CLASSES if dom == "source" or c not in SHIFTED_ABSENT]
+        present = [c for c in OBJECT_CLASSES if c not in ABSENT[dom]]
         for i in tqdm(range(n), desc=f"writing {split}", unit="img", leave=False,
                       disable=None):  # a bar on a terminal only
             rng = np.random.default_rng(np.random.SeedSequence([seed, split_id, i]))

@@ -8,6 +8,9 @@ resampled sum gives its 95% interval. Two runs scored on the same images are com
 is hard for both) cancels, and the interval of the difference is much narrower than the two
 intervals side by side would suggest. A change is a significant gain when that interval lies
 above zero, a significant regression when it lies below, and no significant change otherwise.
+
+One training run per arm says nothing of how much a change depends on the training seed:
+with several seeds per arm, :func:`paired_change_over_seeds` resamples the seeds as well.
 """
 
 from __future__ import annotations
@@ -79,6 +82,41 @@ def paired_change(cms: np.ndarray, parent: np.ndarray) -> Interval:
 
     low, high = _bootstrap(diff, len(cms))
     return Interval(float(dataset_miou(cms.sum(0)) - dataset_miou(parent.sum(0))), low, high)
+
+
+def paired_change_over_seeds(pairs: list[tuple[np.ndarray, np.ndarray]]) -> Interval:
+    """The mean over training seeds of a change's paired mIoU difference, with a two-level
+    bootstrap interval: each resample draws seeds with replacement, then, within each drawn
+    seed, its images with replacement (the same images for both arms). It covers which seeds
+    were run as well as which images were drawn; with one seed it is :func:`paired_change`'s.
+
+    ``pairs``: per seed, (changed, baseline) per-image confusion matrices of the same images.
+    """
+    pairs = [(_per_image(a), _per_image(b)) for a, b in pairs]
+    if not pairs:
+        raise ReportError("a change over seeds needs at least one seed's pair of evaluations")
+    for a, b in pairs:
+        if a.shape != b.shape:
+            raise ReportError(f"paired comparison needs the same images: {len(a)} against "
+                              f"{len(b)}")
+    if len(pairs) == 1:
+        return paired_change(*pairs[0])
+
+    def diff(a: np.ndarray, b: np.ndarray) -> float:
+        return float(dataset_miou(a.sum(0)) - dataset_miou(b.sum(0)))
+
+    rng = np.random.default_rng(SEED)
+    draws = np.empty(RESAMPLES)
+    for r in range(RESAMPLES):
+        total = 0.0
+        for s in rng.integers(len(pairs), size=len(pairs)):
+            a, b = pairs[s]
+            idx = rng.integers(len(a), size=len(a))
+            total += diff(a[idx], b[idx])
+        draws[r] = total / len(pairs)
+    alpha = (1 - LEVEL) / 2
+    low, high = np.quantile(draws, [alpha, 1 - alpha])
+    return Interval(float(np.mean([diff(a, b) for a, b in pairs])), float(low), float(high))
 
 
 def _per_image(cms: np.ndarray) -> np.ndarray:

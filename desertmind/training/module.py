@@ -12,7 +12,6 @@ from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from desertmind.data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, class_table
-from desertmind.data.datamodule import OffroadDataModule
 from desertmind.data.sampling import StepSeed
 from desertmind.errors import ConfigError
 from desertmind.models.adapters import LoRA
@@ -165,7 +164,8 @@ class SegmentationModule(L.LightningModule):
         #: pixels per class in the labelled training batches (saved in checkpoints)
         self.register_buffer("label_counts", torch.zeros(NUM_CLASSES, dtype=torch.long),
                              persistent=False)
-        #: how training used the unlabelled target images (None: it did not)
+        #: how training used the unlabelled target images (None: it did not); the CLI sets it
+        #: from the data module before fit (OffroadDataModule.target_use)
         self.target_use: str | None = None
         #: set by test-time adaptation for one test / predict run: the class prior log-ratio
         #: added to every score, and what was done (see training.test_time)
@@ -198,9 +198,6 @@ class SegmentationModule(L.LightningModule):
             self.criterion = build_loss(hp.loss, weights)
         if hp.init_from:
             load_weights(self.model, hp.init_from)
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        if isinstance(datamodule, OffroadDataModule):
-            self.target_use = datamodule.target_use()
         if self.self_training.enabled and self.pseudo is None:
             if not hp.init_from:
                 raise ConfigError("model.self_training needs a teacher: set model.init_from to "
