@@ -227,6 +227,36 @@ def test_runs_repeated_with_random_seeds_are_summarised_per_phase():
     row = next(line for line in markdown(runs, []).splitlines() if line.startswith("| phase1 |"))
     values = np.array([0.40, 0.44, 0.45])
     assert f"| 3 | {values.mean():.4f} | {values.std(ddof=1):.4f} | 0.4000 | 0.4500 |" in row
+    assert row.endswith("| - | - |")  # no paired changes kept: no verdict over seeds
+
+
+def test_a_change_judged_over_seeds_resamples_seeds_and_images():
+    from desertmind.reports.report import RunSummary, markdown
+    from desertmind.reports.uncertainty import paired_change, paired_change_over_seeds
+
+    rng = np.random.default_rng(0)
+
+    def cms(boost: int) -> np.ndarray:
+        m = rng.integers(0, 50, (12, 10, 10))
+        m[:, np.arange(10), np.arange(10)] += 400 + boost
+        return m
+
+    runs = []
+    for seed, boost in ((1, 300), (2, -150), (3, -150)):
+        parent, child = cms(0), cms(boost)
+        run = RunSummary(run=f"random_seed_{seed}/phase3", path=Path("."), best_miou=0.5,
+                         best_epoch=1, pixel_acc=None, miou_per_image=None, epochs_run=2,
+                         early_stopped=False, phase=f"random_seed_{seed}/phase3",
+                         delta=0.0, image_cms=child, parent_cms=parent,
+                         images=[f"{i}.png" for i in range(len(child))],
+                         change=paired_change(child, parent))
+        runs.append(run)
+    row = next(line for line in markdown(runs, []).splitlines() if line.startswith("| phase3 |"))
+    over = paired_change_over_seeds([(r.image_cms, r.parent_cms) for r in runs])
+    assert f"[{over.low:+.4f}, {over.high:+.4f}] | {over.verdict} |" in row
+    # one seed gains, two lose: each seed's verdict is clear, the one over seeds is not
+    assert "significant gain" in row and "significant regression" in row
+    assert over.verdict == "no significant change"
 
 
 def test_chained_phases_are_drawn_end_to_end_with_their_losses(tiny_logs: Path):

@@ -30,6 +30,7 @@ from desertmind.reports.uncertainty import (
     dataset_miou,
     miou_interval,
     paired_change,
+    paired_change_over_seeds,
 )
 from desertmind.runs import (
     CONFIG_FILE,
@@ -83,6 +84,7 @@ class RunSummary:
     image_cms: np.ndarray | None = None
     interval: Interval | None = None  # of best_miou, over the validation images
     change: Interval | None = None  # paired, against the run it started from
+    parent_cms: np.ndarray | None = None  # that run's, the same images (for seed verdicts)
     change_note: str = ""  # why there is no paired change, when there is none
     # the latest `desertmind test` of this phase's model (its eval/test runs), if any
     test_split: str | None = None
@@ -291,6 +293,7 @@ def _compare(run: RunSummary, parent: RunSummary) -> None:
         run.change_note = "not scored on the same validation images"
     else:
         run.change = paired_change(run.image_cms, parent.image_cms)
+        run.parent_cms = parent.image_cms
 
 
 COLUMNS = ("run", "best_val_mIoU", "ci_low", "ci_high", "best_epoch", "pixel_acc",
@@ -352,20 +355,29 @@ def across_seeds(runs: list[RunSummary]) -> dict[str, list[RunSummary]]:
 
 
 def _seed_lines(groups: dict[str, list[RunSummary]]) -> list[str]:
+    pct = f"{LEVEL:.0%}"
     lines = ["", "## Across random seeds", "",
-             "| phase | seeds | mean val mIoU | std | min | max | mean change | verdicts |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| phase | seeds | mean val mIoU | std | min | max | mean change | verdicts "
+             f"(one seed each) | change over seeds [{pct}] | verdict over seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
     for phase, group in groups.items():
         best = np.array([r.best_miou for r in group])
         deltas = [r.delta for r in group if r.delta is not None]
         verdicts = Counter(r.change.verdict for r in group if r.change is not None)
+        pairs = [(r.image_cms, r.parent_cms) for r in group
+                 if r.change is not None and r.parent_cms is not None]
+        over = paired_change_over_seeds(pairs) if len(pairs) >= 2 else None
         lines.append(
             f"| {phase} | {len(group)} | {best.mean():.4f} | {best.std(ddof=1):.4f} | "
             f"{best.min():.4f} | {best.max():.4f} | "
             f"{_fmt(float(np.mean(deltas)), signed=True) if deltas else '-'} | "
-            f"{', '.join(f'{n} x {v}' for v, n in verdicts.items()) or '-'} |")
+            f"{', '.join(f'{n} x {v}' for v, n in verdicts.items()) or '-'} | "
+            f"{_interval(over, signed=True)} | {over.verdict if over else '-'} |")
     lines += ["", "std is the sample standard deviation over seeds: the spread that retraining "
-              "alone produces, which a change between phases has to exceed to be trusted."]
+              "alone produces, which a change between phases has to exceed to be trusted. "
+              "Each seed's own verdict covers the sampling of validation images only; the "
+              "verdict over seeds resamples the seeds and, within each, the images (a "
+              "two-level bootstrap of the mean paired change), so it also covers retraining."]
     return lines
 
 
