@@ -62,10 +62,11 @@ class _Confusions(L.Callback):
 
 
 def _trainer(epochs: int, callbacks: list | None = None) -> L.Trainer:
+    # one validation, after the last epoch: the source priors EM starts from
     return L.Trainer(max_epochs=epochs, accelerator="auto", devices=1, logger=False,
                      enable_checkpointing=False, enable_progress_bar=False,
                      enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks,
-                     limit_val_batches=0)
+                     check_val_every_n_epoch=epochs)
 
 
 def _score(module: SegmentationModule, root: Path, split: str, batch: int,
@@ -170,11 +171,11 @@ def summarise(per_seed: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--n-train", type=int, default=64)
+    parser.add_argument("--n-train", type=int, default=96)
     parser.add_argument("--n-val", type=int, default=16)
     parser.add_argument("--n-shifted", type=int, default=16, help="images per shifted desert")
-    parser.add_argument("--height", type=int, default=72)
-    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--height", type=int, default=128)
+    parser.add_argument("--width", type=int, default=224)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--full", action="store_true",

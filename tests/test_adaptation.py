@@ -22,7 +22,7 @@ from desertmind.models.adaptation import (
     restore_batchnorm,
     shift_scores,
 )
-from desertmind.training.checkpoints import LABEL_COUNTS_KEY, read_checkpoint
+from desertmind.training.checkpoints import SOURCE_PRIORS_KEY, read_checkpoint
 from desertmind.training.module import SegmentationModule
 
 
@@ -124,21 +124,21 @@ def _trainer() -> L.Trainer:
                      num_sanity_val_steps=0, limit_train_batches=3)
 
 
-def test_training_counts_labels_and_test_time_tools_leave_the_network_as_trained(
+def test_validation_keeps_the_source_priors_and_test_time_tools_leave_the_network_as_trained(
         shifted_root: Path):
     dm = OffroadDataModule(str(shifted_root), batch_size=2, num_workers=0,
                            test_dir="test_shifted")
     module = SegmentationModule(evaluation={"adapt_bn": True, "class_priors": "em"})
-    with pytest.raises(ConfigError, match="label frequencies"):
-        _trainer().test(module, dm, verbose=False)  # never fitted: no source priors
+    with pytest.raises(ConfigError, match="class priors the network implies"):
+        _trainer().test(module, dm, verbose=False)  # never validated: no source priors
     _trainer().fit(module, dm)
-    counts = module.label_counts.clone()
-    # 3 batches of 2 images of 48x80, every pixel labelled in the synthetic masks
-    assert int(counts.sum()) == 3 * 2 * 48 * 80 and counts.min() >= 0
+    priors = module.source_priors.clone()
+    # the mean softmax over the val pixels: a distribution over the ten classes
+    assert priors.min() > 0 and abs(float(priors.sum()) - 1) < 1e-4
     state = {k: v.clone() for k, v in module.state_dict().items()}
     _trainer().test(module, dm, verbose=False)
     assert all(torch.equal(v, state[k]) for k, v in module.state_dict().items())
-    assert torch.equal(module.label_counts, counts)  # evaluation counts nothing
+    assert torch.equal(module.source_priors, priors)  # a test changes nothing of them
     report = module.adaptation
     assert report["images"] == 6 and "AdaBN" in report["batchnorm"]
     priors = report["class_priors"]
@@ -148,32 +148,76 @@ def test_training_counts_labels_and_test_time_tools_leave_the_network_as_trained
     assert module.prior_shift is None  # only for the run that estimated it
 
 
-def test_test_uses_the_checkpoints_adaptation_and_records_it(shifted_root: Path, tmp_path: Path,
-                                                            phase_args):
+@pytest.fixture(scope="module")
+def adapted_ckpt(shifted_root: Path, tmp_path_factory, phase_args) -> Path:
+    """A phase-1 checkpoint trained to be evaluated with AdaBN and EM class priors."""
     from desertmind.cli.main import main
 
-    logs = tmp_path / "logs"
+    logs = tmp_path_factory.mktemp("adapted") / "logs"
     assert main(["fit", *phase_args("phase1", shifted_root, logs),
                  "--model.evaluation.adapt_bn", "true",
                  "--model.evaluation.class_priors", "em"]) == 0
-    best = logs / "phase1" / "checkpoints" / "best.ckpt"
-    counts = read_checkpoint(best)[LABEL_COUNTS_KEY]
-    assert len(counts) == len(CLASS_NAMES) and sum(counts) > 0
+    return logs / "phase1" / "checkpoints" / "best.ckpt"
+
+
+def test_test_uses_the_checkpoints_adaptation_and_records_it(shifted_root: Path, tmp_path: Path,
+                                                            adapted_ckpt: Path):
+    from desertmind.cli.main import main
+
+    priors = read_checkpoint(adapted_ckpt)[SOURCE_PRIORS_KEY]
+    assert len(priors) == len(CLASS_NAMES) and sum(priors) == pytest.approx(1, abs=1e-4)
     out = tmp_path / "adapted"
-    assert main(["test", "--ckpt_path", str(best), "--data.root", str(shifted_root),
+    assert main(["test", "--ckpt_path", str(adapted_ckpt), "--data.root", str(shifted_root),
                  "--data.test_dir", "test_shifted", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["transductive"] is True
+    assert metrics["transductive"] is True and metrics["training"] is None
     assert metrics["test_time"] == ["batchnorm", "class_priors"]
     assert set(metrics["adaptation"]["class_priors"]) == set(CLASS_NAMES)
     # the user's option wins over the checkpoint's
     plain = tmp_path / "plain"
-    assert main(["test", "--ckpt_path", str(best), "--data.root", str(shifted_root),
+    assert main(["test", "--ckpt_path", str(adapted_ckpt), "--data.root", str(shifted_root),
                  "--data.test_dir", "test_shifted", "--out", str(plain),
                  "--model.evaluation.adapt_bn", "false",
                  "--model.evaluation.class_priors", "train"]) == 0
     metrics = json.loads((plain / "metrics.json").read_text())
     assert metrics["transductive"] is False and metrics["adaptation"] == {}
+
+
+def test_predict_adapts_to_the_folder_it_predicts_and_prints_the_priors(
+        shifted_root: Path, tmp_path: Path, adapted_ckpt: Path, capsys):
+    from desertmind.cli.main import main
+
+    out = tmp_path / "pred"
+    assert main(["predict", "--ckpt_path", str(adapted_ckpt), "--data.root", str(shifted_root),
+                 "--data.predict_dir", str(shifted_root / "test_shifted" / "Color_Images"),
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "desertmind predict: class priors estimated by EM on 6 images: Trees " in err
+    assert len(list((out / "raw").glob("*.png"))) == 6
+
+
+def test_a_predictor_adapts_when_given_images_and_the_callers_options_win(
+        shifted_root: Path, adapted_ckpt: Path):
+    from desertmind.data.imageio import read_image
+    from desertmind.inference.predictor import Predictor
+    from desertmind.models.adaptation import batchnorm_layers
+    from desertmind.models.prediction import EvalOptions
+
+    images = [read_image(p) for p in
+              sorted((shifted_root / "test_shifted" / "Color_Images").glob("*.png"))]
+    predictor = Predictor(adapted_ckpt)
+    assert predictor.evaluation.adapt_bn and predictor.evaluation.class_priors == "em"
+    before = {n: m.running_mean.clone() for n, m in batchnorm_layers(predictor.network).items()}
+    as_trained = predictor.predict(images[0])
+    assert predictor.shift is None and predictor.adapted_to == 0
+    predictor.adapt(images, "test_shifted")
+    assert predictor.adapted_to == 6 and predictor.shift is not None
+    after = batchnorm_layers(predictor.network)
+    assert any(not torch.equal(after[n].running_mean, v) for n, v in before.items())
+    assert predictor.predict(images[0]).shape == as_trained.shape
+    own = Predictor(adapted_ckpt, evaluation=EvalOptions())
+    own.adapt(images)  # the caller's options adapt nothing
+    assert own.shift is None and own.adapted_to == 0
 
 
 def test_an_unknown_class_prior_mode_is_refused():

@@ -67,20 +67,23 @@ def test_synth_rejects_nonsense_arguments(tmp_path: Path, bad, capsys):
     assert not (tmp_path / "d").exists()
 
 
+def _split_stats(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A split's mean RGB over its images and its class shares over its pixels."""
+    means, counts = [], np.zeros(10)
+    for p in sorted((root / split / "Color_Images").glob("*.png")):
+        means.append(read_image(p).reshape(-1, 3).mean(0))
+        mask = remap(read_mask(root / split / "Segmentation" / p.name))
+        counts += np.bincount(mask.ravel(), minlength=10)[:10]
+    return np.mean(means, axis=0), counts / counts.sum()
+
+
 def test_the_shifted_domain_is_darker_rocky_and_lacks_three_classes(tmp_path: Path):
     root = generate(tmp_path / "d", n_train=16, n_val=0, height=72, width=128, seed=1,
                     n_shifted=16)
     assert not (root / "val").exists()  # 0 scenes: not written
 
-    def stats(split: str) -> tuple[np.ndarray, np.ndarray]:
-        means, counts = [], np.zeros(10)
-        for p in sorted((root / split / "Color_Images").glob("*.png")):
-            means.append(read_image(p).reshape(-1, 3).mean(0))
-            mask = remap(read_mask(root / split / "Segmentation" / p.name))
-            counts += np.bincount(mask.ravel(), minlength=10)[:10]
-        return np.mean(means, axis=0), counts / counts.sum()
-
-    (src_rgb, src_share), (dst_rgb, dst_share) = stats("train"), stats("test_shifted")
+    (src_rgb, src_share), (dst_rgb, dst_share) = (_split_stats(root, "train"),
+                                                  _split_stats(root, "test_shifted"))
     assert (dst_rgb < 0.92 * src_rgb).all()  # darker in every channel
     assert dst_share[[4, 5, 6]].sum() == 0 and src_share[[4, 5, 6]].min() > 0
     assert dst_share[7] > 3 * src_share[7]  # rocks
@@ -94,15 +97,8 @@ def test_the_dusk_desert_is_a_second_shift_with_other_absent_classes(tmp_path: P
                     n_shifted=0, n_dusk=16)
     assert not (root / "test_shifted").exists()
 
-    def stats(split: str) -> tuple[np.ndarray, np.ndarray]:
-        means, counts = [], np.zeros(10)
-        for p in sorted((root / split / "Color_Images").glob("*.png")):
-            means.append(read_image(p).reshape(-1, 3).mean(0))
-            mask = remap(read_mask(root / split / "Segmentation" / p.name))
-            counts += np.bincount(mask.ravel(), minlength=10)[:10]
-        return np.mean(means, axis=0), counts / counts.sum()
-
-    (src_rgb, src_share), (dusk_rgb, dusk_share) = stats("train"), stats("test_dusk")
+    (src_rgb, src_share), (dusk_rgb, dusk_share) = (_split_stats(root, "train"),
+                                                    _split_stats(root, "test_dusk"))
     assert dusk_rgb.sum() < 0.8 * src_rgb.sum()  # dim
     assert dusk_rgb[0] / dusk_rgb[2] > 1.3 * src_rgb[0] / src_rgb[2]  # warm: red over blue
     # Trees, Lush Bushes and Flowers never; Ground Clutter and Logs (absent from test_shifted)

@@ -59,6 +59,8 @@ MAX_WINDOWS = 256
 MAX_FORWARD_PIXELS = 32_000_000
 #: the largest upload Gradio accepts (a 25 MP PNG is at most about 75 MB)
 MAX_FILE_SIZE = "100mb"
+#: the most images of the shown split a checkpoint's test-time adaptation reads at start-up
+ADAPT_IMAGES = 64
 
 
 def legend_html(shares: dict[str, float] | None = None,
@@ -105,6 +107,11 @@ class Viewer:
         if self.root is not None:
             folder = self.root / self.split / "Color_Images"
             self.samples = list_images(folder)  # names the folder when it is missing or empty
+        if self.predictor.evaluation.adapts and self.samples:
+            # the checkpoint's test-time adaptation, to the split shown (a bounded sample)
+            step = max(1, len(self.samples) // ADAPT_IMAGES)
+            chosen = self.samples[::step][:ADAPT_IMAGES]
+            self.predictor.adapt([read_image(s.image) for s in chosen], self.split)
         self.ranking: SplitRanking | None = None
         self.page: gr.Blocks | None = None  # set by build: its upload_file_set
         # the PNGs handed to Gradio (see png), removed when the process ends
@@ -236,6 +243,7 @@ class Viewer:
             raise _error(_message(e)) from e
         self.ranking = SplitRanking(
             self.predictor.network, dm.datasets["val"], evaluation=self.predictor.evaluation,
+            shift=self.predictor.shift,
             progress=lambda done, total: progress(done / total, desc="scoring images"))
         return self._ranking_rows()
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +15,8 @@ from desertmind.data.classes import CLASS_NAMES, NUM_CLASSES
 from desertmind.data.transforms import build_transform
 from desertmind.errors import DatasetError
 from desertmind.inference.trained import TrainedSettings, load_trained
-from desertmind.models.prediction import EvalOptions, predict_maps
+from desertmind.models.adaptation import adapt_batchnorm, estimate_priors, prior_shift
+from desertmind.models.prediction import EvalOptions, class_probabilities, predict_maps
 
 #: the largest image accepted, in pixels (a 960x540 frame is 0.5 MP): beyond this a single
 #: forward pass would take minutes and gigabytes on a CPU
@@ -42,10 +45,12 @@ class Predictor:
     with (the checkpoint's ``data.image_size``; None: full size), predicting one image at a
     time through the one prediction path (:mod:`desertmind.models.prediction`).
 
-    ``evaluation`` are the default options of every call: ``EvalOptions()`` (whole images, all
-    classes: what ``validate`` does unless told otherwise), or ``"checkpoint"`` for the TTA and
-    class restriction the checkpoint was trained to be evaluated with. A call may pass its own.
-    Calls are serialised, so one Predictor can serve many threads.
+    ``evaluation`` are the default options of every call: by default whole images and all
+    classes (what ``validate`` does unless told otherwise) with the checkpoint's test-time
+    adaptation; ``"checkpoint"`` for all of the checkpoint's evaluation options (TTA and class
+    restriction too); or an :class:`EvalOptions` of the caller's. A call may pass its own.
+    Test-time adaptation needs the images to adapt to: :meth:`adapt` (until then the network
+    predicts as trained). Calls are serialised, so one Predictor can serve many threads.
     """
 
     def __init__(self, ckpt: str | Path, device: str = "cpu", *,
@@ -55,11 +60,50 @@ class Predictor:
         self.network = module.model.to(device).eval()
         self.device = torch.device(device)
         self.image_size = settings.data.get("image_size")
+        saved = settings.evaluation
         if evaluation == "checkpoint":
-            evaluation = settings.evaluation
-        self.evaluation: EvalOptions = evaluation or EvalOptions()
+            evaluation = saved
+        self.evaluation: EvalOptions = evaluation or EvalOptions(
+            adapt_bn=saved.adapt_bn, class_priors=saved.class_priors)
+        self.source_priors = module.source_priors
+        #: the class prior log-ratio of the images :meth:`adapt` was given (None: not adapted)
+        self.shift: torch.Tensor | None = None
+        #: how many images the network was adapted to (0: predicts as trained)
+        self.adapted_to = 0
         self._transform = build_transform("none", self.image_size)
         self._lock = threading.Lock()
+
+    def adapt(self, images: Sequence[np.ndarray], source: str = "images") -> None:
+        """Adapt this predictor's network to ``images`` (RGB uint8) as ``test`` does with
+        ``evaluation``'s ``adapt_bn`` and ``class_priors: em``: its BatchNorm statistics and
+        the class priors of these images, for every later call. The checkpoint is untouched."""
+        options = self.evaluation
+        if not options.adapts or not images:
+            return
+        priors = self.source_priors.double()
+        if options.class_priors == "em" and float(priors.sum()) == 0:
+            raise DatasetError(f"{source}: the checkpoint holds no source class priors, "
+                               "which EM class priors need; use class_priors: train")
+
+        def batches():
+            for i, image in enumerate(images):
+                check_image(image, f"{source} image {i}")
+                yield self._transform(image=image)["image"][None].to(self.device).float()
+
+        with self._lock, torch.no_grad():
+            if options.adapt_bn:
+                adapt_batchnorm(self.network, batches())
+            if options.class_priors == "em":
+                source_priors = priors / priors.sum()
+                target, _ = estimate_priors(
+                    lambda x: class_probabilities(self.network, x, options), batches(),
+                    source_priors)
+                self.shift = prior_shift(target, source_priors.float())
+            self.adapted_to = len(images)
+        what = [w for w, on in (("BatchNorm statistics", options.adapt_bn),
+                                ("class priors", self.shift is not None)) if on]
+        print(f"desertmind: adapted to {len(images)} {source} images ({' and '.join(what)})",
+              file=sys.stderr)
 
     def options(self, **changes: object) -> EvalOptions:
         """This predictor's default options with ``changes`` (checked)."""
@@ -71,7 +115,7 @@ class Predictor:
         x = self._transform(image=image)["image"][None].to(self.device).float()
         with self._lock:
             return predict_maps(self.network, x, [image.shape[:2]],
-                                options or self.evaluation)[0].numpy()
+                                options or self.evaluation, self.shift)[0].numpy()
 
 
 def class_shares(pred: np.ndarray) -> dict[str, float]:

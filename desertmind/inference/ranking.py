@@ -33,13 +33,16 @@ class ImageScore:
 class SplitRanking:
     """A labelled split scored by ``network``, lowest mean IoU first (``scores``).
 
-    ``progress(done, total)`` is called after each batch while scoring.
+    ``progress(done, total)`` is called after each batch while scoring; ``shift`` is the class
+    prior log-ratio of test-time adaptation, if any.
     """
 
     def __init__(self, network: SegmentationNetwork, dataset: OffroadDataset, *,
                  evaluation: EvalOptions | None = None, batch_size: int = 8,
-                 progress: Callable[[int, int], None] | None = None) -> None:
+                 progress: Callable[[int, int], None] | None = None,
+                 shift: torch.Tensor | None = None) -> None:
         self.network = network.eval()
+        self.shift = shift  # a class prior log-ratio (test-time adaptation), if any
         self.dataset = dataset
         self.evaluation = evaluation or EvalOptions()
         found: list[ImageScore] = []
@@ -58,7 +61,8 @@ class SplitRanking:
 
     def _predict(self, images: torch.Tensor) -> torch.Tensor:
         device = self.network.mean.device
-        return predict_labels(self.network, images.to(device).float(), self.evaluation).cpu()
+        return predict_labels(self.network, images.to(device).float(), self.evaluation,
+                              self.shift).cpu()
 
     def render(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Image (H, W, 3), ground truth and prediction (H, W train ids) of dataset item

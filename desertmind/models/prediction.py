@@ -178,6 +178,14 @@ def predict_scores(network: SegmentationNetwork, images: torch.Tensor,
     return shift_scores(probs, shift, probabilities=True)
 
 
+def class_probabilities(network: SegmentationNetwork, images: torch.Tensor,
+                        options: EvalOptions) -> torch.Tensor:
+    """Class probabilities (N, C, H, W) under ``options``: TTA's averaged probabilities, or
+    the softmax of the logits (what EM class priors are estimated from)."""
+    scores = predict_scores(network, images, options).float()
+    return scores if options.uses_tta else scores.softmax(1)
+
+
 def restrict(scores: torch.Tensor, classes: Sequence[int] | None) -> torch.Tensor:
     """Scores with every class outside ``classes`` set to -inf, so argmax never picks one."""
     if classes is None:

@@ -1,7 +1,11 @@
 """The files of one evaluation: what ``validate`` / ``test --out DIR`` leaves to act on.
 
 - ``metrics.json``: every metric the run logged, by its name (``test/mIoU``,
-  ``test/iou/Rocks``, ...), plus ``images`` (how many were scored) and ``checkpoint``;
+  ``test/iou/Rocks``, ...), plus ``images`` (how many were scored) and ``checkpoint``; whether
+  the scores used the evaluated images themselves (``transductive``, with ``training`` and
+  ``test_time`` saying how, and ``adaptation``: what test-time adaptation did, the estimated
+  class priors included); and ``predict_classes``: with a class list, ``<stage>/mIoU`` is
+  over the restricted argmax and ``<stage>/mIoU_all_classes`` beside it is not;
 - ``per_image.csv``: per image, its mean IoU (over the classes present in it), pixel accuracy
   and the IoU of each class present in it (blank where absent), worst image first;
 - ``confusion.csv`` and ``confusion.png``: the dataset's confusion matrix (rows: ground truth,
@@ -142,7 +146,10 @@ class EvaluationWriter(_PerImageConfusion):
             **metrics, "images": len(names),
             "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
             **getattr(module, "transductive", {}),
-            "adaptation": getattr(module, "adaptation", {})})
+            "adaptation": getattr(module, "adaptation", {}),
+            # <stage>/mIoU is over these classes' argmax when set; mIoU_all_classes is not
+            "predict_classes": getattr(getattr(module, "evaluation", None), "predict_classes",
+                                       None)})
         write_text(self.out_dir / PER_IMAGE_FILE, per_image_csv(names, cms))
         write_text(self.out_dir / CONFUSION_CSV, confusion_csv(confmat))
         save(confusion_matrix_figure(confmat.numpy(), f"confusion matrix ({len(names)} images)"),

@@ -33,8 +33,9 @@ from desertmind.training.chain_logger import STEP_OFFSET_KEY, step_offset
 _SHOW = 8
 #: where every checkpoint stores the class table it was trained with
 CLASS_TABLE_KEY = "desertmind_classes"
-#: pixels per class the network was trained on (EM class priors start from their shares)
-LABEL_COUNTS_KEY = "desertmind_label_counts"
+#: the network's mean predicted class probabilities on the source val split (what EM class
+#: priors start from)
+SOURCE_PRIORS_KEY = "desertmind_source_priors"
 #: how training used unlabelled target images, in words, or None
 TARGET_USE_KEY = "desertmind_target_use"
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from desertmind.data.classes import IGNORE_INDEX, NUM_CLASSES
@@ -119,3 +120,25 @@ class SegmentationMetrics(MulticlassJaccardIndex):
             if in_target.any() else nan,
             "confmat": self.confmat.clone(),
         }
+
+
+class ClassShares(Metric):
+    """The mean predicted probability of each class over every pixel seen (summed across
+    processes): on the source validation split, the class priors the network's posteriors
+    imply, which EM class priors start from (:mod:`desertmind.models.adaptation`)."""
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        self.add_state("sums", torch.zeros(num_classes, dtype=torch.float64),
+                       dist_reduce_fx="sum")
+        self.add_state("pixels", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, probs: Tensor) -> None:
+        """``probs``: (N, C, H, W) class probabilities."""
+        self.sums += probs.detach().double().sum((0, 2, 3))
+        self.pixels += probs.shape[0] * probs.shape[2] * probs.shape[3]
+
+    def compute(self) -> Tensor:
+        return (self.sums / self.pixels.clamp_min(1)).float()

@@ -20,13 +20,13 @@ from desertmind.models.prediction import EvalOptions, labels_of, predict_maps, p
 from desertmind.models.registry import DEFAULT_ARCH, Arch, build_network
 from desertmind.training.checkpoints import (
     CLASS_TABLE_KEY,
-    LABEL_COUNTS_KEY,
+    SOURCE_PRIORS_KEY,
     TARGET_USE_KEY,
     load_weights,
 )
 from desertmind.training.guards import FiniteGuard, HalfPrecisionGuard
 from desertmind.training.losses import build_loss, needs_class_weights, parse_loss
-from desertmind.training.metrics import SegmentationMetrics, followed_monitor
+from desertmind.training.metrics import ClassShares, SegmentationMetrics, followed_monitor
 from desertmind.training.schedulers import PolyLR
 from desertmind.training.self_training import PseudoLabeler, SelfTraining, pseudo_label_loss
 from desertmind.training.test_time import TestTimeAdaptation
@@ -46,16 +46,16 @@ class SegmentationModule(L.LightningModule):
     ``setup`` (fit only) builds the loss and loads ``init_from``'s weights (a ``--ckpt_path``
     resume is restored after it and wins); evaluating outside ``fit`` logs the cross-entropy as
     ``<stage>/loss``. Each stage's step is one ``model_step``. Checkpoints carry the class
-    table, so one alone says what its outputs mean, the label frequencies the network was
-    trained on (``label_counts``: what EM class priors start from) and whether training saw the
-    target images (``target_use``). ``test`` and ``predict`` adapt to the evaluated images first
-    when ``evaluation`` asks (:mod:`desertmind.training.test_time`). Validation and test log
-    ``<stage>/mIoU`` (dataset level, the headline), ``<stage>/mIoU_per_image`` (the seed's
-    definition), ``pixel_acc``, ``mean_acc`` and ``iou/<class>``. ``configure_optimizers``
-    builds the param groups ``backbone`` (LR x ``backbone_lr_mult``), ``head`` and ``aux`` for
-    the injected optimizer (with ``layer_decay`` < 1, one ``backbone.<k>`` group per encoder
-    layer instead); a poly scheduler steps per batch, others per epoch, reduce-on-plateau on the
-    metric the checkpoint callback follows.
+    table, so one alone says what its outputs mean, the class priors the network's posteriors
+    imply on the source (``source_priors``: what EM class priors start from) and whether
+    training saw the target images (``target_use``). ``test`` and ``predict`` adapt to the
+    evaluated images first when ``evaluation`` asks (:mod:`desertmind.training.test_time`).
+    Validation and test log ``<stage>/mIoU`` (dataset level, the headline),
+    ``<stage>/mIoU_per_image`` (the seed's definition), ``pixel_acc``, ``mean_acc`` and
+    ``iou/<class>``. ``configure_optimizers`` builds the param groups ``backbone`` (LR x
+    ``backbone_lr_mult``), ``head`` and ``aux`` for the injected optimizer (with ``layer_decay``
+    < 1, one ``backbone.<k>`` group per encoder layer instead); a poly scheduler steps per
+    batch, others per epoch, reduce-on-plateau on the metric the checkpoint callback follows.
 
     Args:
         arch: ``deeplabv3`` (torchvision) or an SMP architecture (``deeplabv3plus``, ``unet``,
@@ -157,13 +157,18 @@ class SegmentationModule(L.LightningModule):
         self.criterion: torch.nn.Module | None = None
         self.val_metrics = SegmentationMetrics(NUM_CLASSES)
         self.test_metrics = SegmentationMetrics(NUM_CLASSES)
+        #: with predict_classes, the same scores' argmax over all ten classes, logged beside
+        #: the restricted figure (<stage>/mIoU_all_classes) so neither is read for the other
+        self.val_all_classes = SegmentationMetrics(NUM_CLASSES)
+        self.test_all_classes = SegmentationMetrics(NUM_CLASSES)
         #: the last epoch's computed metrics per stage (on the CPU), for dashboard callbacks
         self.last_eval: dict[str, dict[str, torch.Tensor]] = {}
         #: the self-training teacher, built in setup from init_from's network
         self.pseudo: PseudoLabeler | None = None
-        #: pixels per class in the labelled training batches (saved in checkpoints)
-        self.register_buffer("label_counts", torch.zeros(NUM_CLASSES, dtype=torch.long),
-                             persistent=False)
+        #: the mean predicted class probabilities on the source val split at the last
+        #: validation (zeros before one): what EM class priors start from; in checkpoints
+        self.val_shares = ClassShares(NUM_CLASSES)
+        self.register_buffer("source_priors", torch.zeros(NUM_CLASSES), persistent=False)
         #: how training used the unlabelled target images (None: it did not); the CLI sets it
         #: from the data module before fit (OffroadDataModule.target_use)
         self.target_use: str | None = None
@@ -217,7 +222,7 @@ class SegmentationModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CLASS_TABLE_KEY] = class_table()
-        checkpoint[LABEL_COUNTS_KEY] = self.label_counts.tolist()
+        checkpoint[SOURCE_PRIORS_KEY] = self.source_priors.tolist()
         checkpoint[TARGET_USE_KEY] = self.target_use
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -252,9 +257,6 @@ class SegmentationModule(L.LightningModule):
         target = batch.get("target")
         if target is not None:
             batch = batch["source"]
-        # the ignore index (and any id past the classes) counts in one extra bin, dropped
-        ids = batch["mask"].flatten().clamp(0, NUM_CLASSES)
-        self.label_counts += torch.bincount(ids, minlength=NUM_CLASSES + 1)[:NUM_CLASSES]
         loss, _ = self.model_step(batch)
         if target is not None and self.pseudo is not None:
             labels = self.pseudo.label(target["image"])
@@ -273,6 +275,11 @@ class SegmentationModule(L.LightningModule):
         loss, scores = self.model_step(batch)
         preds = labels_of(scores, self.evaluation)
         getattr(self, f"{stage}_metrics").update(preds, batch["mask"])
+        if self.evaluation.allowed is not None:
+            getattr(self, f"{stage}_all_classes").update(scores.argmax(1), batch["mask"])
+        if stage == "val":
+            self.val_shares.update(scores.float() if self.evaluation.uses_tta
+                                   else scores.float().softmax(1))
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True,
                  batch_size=batch["image"].shape[0])
         return {"preds": preds}
@@ -300,11 +307,17 @@ class SegmentationModule(L.LightningModule):
             if not torch.isnan(iou):  # absent from target and prediction: no IoU to log
                 values[f"{stage}/iou/{name}"] = iou
         self.log(f"{stage}/mIoU", m["mIoU"], prog_bar=True)
+        if self.evaluation.allowed is not None:
+            unrestricted = getattr(self, f"{stage}_all_classes")
+            values[f"{stage}/mIoU_all_classes"] = unrestricted.compute()["mIoU"]
+            unrestricted.reset()
         self.log_dict(values)
         metrics.reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
+        self.source_priors.copy_(self.val_shares.compute())
+        self.val_shares.reset()
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
@@ -350,11 +363,11 @@ class SegmentationModule(L.LightningModule):
 
 
 def read_training_record(module: SegmentationModule, checkpoint: dict) -> None:
-    """Take a checkpoint's label counts and target use into ``module`` (checkpoints from
-    before they were kept have neither: zero counts, no target use)."""
-    counts = checkpoint.get(LABEL_COUNTS_KEY)
-    if isinstance(counts, list) and len(counts) == NUM_CLASSES:
-        module.label_counts.copy_(torch.tensor(counts, dtype=torch.long))
+    """Take a checkpoint's source priors and target use into ``module`` (checkpoints from
+    before they were kept have neither: zero priors, no target use)."""
+    priors = checkpoint.get(SOURCE_PRIORS_KEY)
+    if isinstance(priors, list) and len(priors) == NUM_CLASSES:
+        module.source_priors.copy_(torch.tensor(priors, dtype=torch.float32))
     use = checkpoint.get(TARGET_USE_KEY)
     module.target_use = use if isinstance(use, str) else None
 

@@ -2,9 +2,13 @@
 (the module adds this callback in ``configure_callbacks``): one pass over the images to be
 evaluated before the first batch is scored, the trained network put back after the last.
 
-The source class priors EM starts from are the label frequencies the network was trained on,
-which the module counts during ``fit`` and keeps in its checkpoints
-(:attr:`~desertmind.training.module.SegmentationModule.label_counts`).
+The source class priors EM starts from are the ones the network's own posteriors imply on the
+source: its mean predicted class probabilities over the val split at the last validation,
+which the module keeps in its checkpoints
+(:attr:`~desertmind.training.module.SegmentationModule.source_priors`). With them, EM on
+source images leaves the posteriors nearly as they are; with the training label frequencies,
+a network whose posteriors are not calibrated to them would be shifted even on its own
+domain (measured: val mIoU 0.427 -> 0.399 with label frequencies, 0.425 with these).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Iterator
 
 import lightning as L
 import torch
+from torch.utils.data import DataLoader
 
 from desertmind.data.classes import CLASS_NAMES
 from desertmind.errors import ConfigError
@@ -25,13 +30,18 @@ from desertmind.models.adaptation import (
     prior_shift,
     restore_batchnorm,
 )
-from desertmind.models.prediction import predict_scores
+from desertmind.models.prediction import class_probabilities
 
 
 def _images(trainer: L.Trainer, pl_module: L.LightningModule,
             stage: str) -> Iterator[torch.Tensor]:
     for loader in _loaders(trainer, stage):
-        for batch in loader:
+        # a loader of its own over the same images: iterating the run's own loader would
+        # restart its persistent workers' iterator, which the run has already taken
+        own = DataLoader(loader.dataset, batch_sampler=loader.batch_sampler,
+                         num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                         pin_memory=loader.pin_memory)
+        for batch in own:
             # the device and dtype a step would get (the data module casts images to float)
             yield pl_module._apply_batch_transfer_handler(batch, pl_module.device)["image"]
 
@@ -60,21 +70,18 @@ class TestTimeAdaptation(L.Callback):
                 self._saved = adapt_batchnorm(network, _images(trainer, pl_module, stage))
                 report["batchnorm"] = "recomputed from the evaluated images (AdaBN)"
         if options.class_priors == "em":
-            counts = pl_module.label_counts
-            if int(counts.sum()) == 0:
+            source = pl_module.source_priors.double()
+            if float(source.sum()) == 0:
                 raise ConfigError(
-                    "model.evaluation.class_priors=em needs the label frequencies the network "
-                    "was trained on, and this model holds none (a checkpoint from before they "
-                    "were kept, or a module that was never fitted): fit it again, or use "
-                    "class_priors: train")
-            source = counts.double() / counts.sum()
+                    "model.evaluation.class_priors=em needs the class priors the network "
+                    "implies on its source val split, and this model holds none (a checkpoint "
+                    "from before they were kept, or a module never validated): fit it again, "
+                    "or use class_priors: train")
+            source = source / source.sum()
 
-            def probabilities(images: torch.Tensor) -> torch.Tensor:
-                scores = predict_scores(network, images, options).float()
-                return scores if options.uses_tta else scores.softmax(1)
-
-            target, seen = estimate_priors(probabilities, _images(trainer, pl_module, stage),
-                                           source)
+            target, seen = estimate_priors(
+                lambda images: class_probabilities(network, images, options),
+                _images(trainer, pl_module, stage), source)
             pl_module.prior_shift = prior_shift(target, source.float()).to(pl_module.device)
             report["source_priors"] = dict(zip(CLASS_NAMES, _rounded(source), strict=True))
             report["class_priors"] = dict(zip(CLASS_NAMES, _rounded(target), strict=True))
