@@ -29,7 +29,7 @@ from desertmind.training.losses import build_loss, needs_class_weights, parse_lo
 from desertmind.training.metrics import ClassShares, SegmentationMetrics, followed_monitor
 from desertmind.training.schedulers import PolyLR
 from desertmind.training.self_training import PseudoLabeler, SelfTraining, pseudo_label_loss
-from desertmind.training.test_time import TestTimeAdaptation
+from desertmind.training.target_adaptation import TestTimeAdaptation
 
 
 class SegmentationModule(L.LightningModule):
@@ -49,7 +49,7 @@ class SegmentationModule(L.LightningModule):
     table, so one alone says what its outputs mean, the class priors the network's posteriors
     imply on the source (``source_priors``: what EM class priors start from) and whether
     training saw the target images (``target_use``). ``test`` and ``predict`` adapt to the
-    evaluated images first when ``evaluation`` asks (:mod:`desertmind.training.test_time`).
+    evaluated images first when ``evaluation`` asks (:mod:`desertmind.training.target_adaptation`).
     Validation and test log ``<stage>/mIoU`` (dataset level, the headline),
     ``<stage>/mIoU_per_image`` (the seed's definition), ``pixel_acc``, ``mean_acc`` and
     ``iou/<class>``. ``configure_optimizers`` builds the param groups ``backbone`` (LR x
@@ -173,7 +173,7 @@ class SegmentationModule(L.LightningModule):
         #: from the data module before fit (OffroadDataModule.target_use)
         self.target_use: str | None = None
         #: set by test-time adaptation for one test / predict run: the class prior log-ratio
-        #: added to every score, and what was done (see training.test_time)
+        #: added to every score, and what was done (see training.target_adaptation)
         self.prior_shift: Tensor | None = None
         self.adaptation: dict = {}
 
