@@ -68,7 +68,7 @@ def test_transfer_without_target_images_is_refused():
 
 def test_self_training_never_reads_target_masks(tmp_path: Path, phase_args):
     from desertmind.cli.main import main
-    from desertmind.training.checkpoints import read_checkpoint
+    from desertmind.training.checkpoints import TARGET_USE_KEY, read_checkpoint
 
     root = generate(tmp_path / "d", n_train=8, n_val=4, height=48, width=80, seed=2, n_shifted=6)
     for mask in (root / "test_shifted" / "Segmentation").glob("*.png"):
@@ -83,6 +83,8 @@ def test_self_training_never_reads_target_masks(tmp_path: Path, phase_args):
     assert main(args) == 0
     ckpt = read_checkpoint(logs / "self_training" / "checkpoints" / "best.ckpt")
     assert not any(k.startswith("pseudo") or "teacher" in k for k in ckpt["state_dict"])
+    # the checkpoint remembers that training saw the target images (a later test says so)
+    assert ckpt[TARGET_USE_KEY] == "self-training batches from test_shifted"
     events = _scalars(next((logs / "self_training").glob("version_*")))
     assert "train/pseudo_loss_epoch" in events and 0 < events["train/pseudo_kept"] <= 1
     # the best checkpoint is chosen on the source validation split

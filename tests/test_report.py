@@ -126,6 +126,9 @@ def test_dashboard_images_come_at_the_configured_interval_only(tiny_logs: Path):
     assert session["setup/backbone"].string_value == "mobilenet_v3_large"
     assert session["setup/freeze_bn"].WhichOneof("kind") == "bool_value"  # a boolean, not 0.0
     assert session["setup/max_epochs"].string_value == "3"  # not 3.0000
+    # trained without target images: not transductive (a boolean, for filtering)
+    assert session["setup/transductive"].WhichOneof("kind") == "bool_value"
+    assert session["setup/transductive"].bool_value is False
     assert session["change/lr_head"].number_value > 0
     layout = Layout.FromString(
         ea.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
