@@ -33,12 +33,16 @@ def trained(synth_root: Path, tmp_path_factory, phase_args) -> tuple[Path, list[
     return logs / "phase1" / "checkpoints" / "best.ckpt", args
 
 
-def test_predict_writes_three_pngs_per_image_at_original_size(synth_root, trained, tmp_path):
+def test_predict_writes_three_pngs_per_image_at_original_size(synth_root, trained, tmp_path,
+                                                              capsys, caplog):
     ckpt, args = trained
     out = tmp_path / "out"
     folder = synth_root / "val" / "Color_Images"  # a plain image folder, no masks needed
     assert main(["predict", *args, "--ckpt_path", str(ckpt), "--data.predict_dir", str(folder),
                  "--out", str(out)]) == 0
+    assert "wrote 4 images" in capsys.readouterr().out
+    # Lightning's advertisement for a cloud logger is not among what the run logs
+    assert not [r for r in caplog.records if "litlogger" in r.getMessage()]
     names = sorted(p.name for p in folder.iterdir())
     for sub in ("raw", "color", "overlay"):
         assert sorted(p.name for p in (out / sub).iterdir()) == names  # no temp files left

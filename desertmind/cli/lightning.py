@@ -3,6 +3,7 @@ evaluation from a checkpoint alone."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -33,6 +34,17 @@ from desertmind.training.metrics import MONITOR
 from desertmind.training.module import SegmentationModule
 from desertmind.training.provenance import Provenance
 from desertmind.training.speed import Speedups
+
+
+class _NoAdvertisement(logging.Filter):
+    """Drops the tip Lightning logs at every Trainer's creation to advertise a cloud logging
+    service: desertmind logs to TensorBoard, and an evaluation's output should be its results."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvertisement())
 
 
 def resolve_precision(accelerator: str | None = "auto") -> str:
