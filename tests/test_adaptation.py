@@ -184,7 +184,7 @@ def test_test_uses_the_checkpoints_adaptation_and_records_it(shifted_root: Path,
 
 
 def test_predict_adapts_to_the_folder_it_predicts_and_prints_the_priors(
-        shifted_root: Path, tmp_path: Path, adapted_ckpt: Path, capsys):
+        shifted_root: Path, tmp_path: Path, adapted_ckpt: Path, capsys, caplog, recwarn):
     from desertmind.cli.main import main
 
     out = tmp_path / "pred"
@@ -194,6 +194,9 @@ def test_predict_adapts_to_the_folder_it_predicts_and_prints_the_priors(
     err = capsys.readouterr().err
     assert "desertmind predict: class priors estimated by EM on 6 images: Trees " in err
     assert len(list((out / "raw").glob("*.png"))) == 6
+    # from a checkpoint alone, an evaluation draws nothing at random: no seed lines
+    said = [r.getMessage() for r in caplog.records] + [str(w.message) for w in recwarn]
+    assert not [line for line in said if "Seed set to" in line or "No seed found" in line]
 
 
 def test_a_predictor_adapts_when_given_images_and_the_callers_options_win(

@@ -45,6 +45,9 @@ class _NoAdvertisement(logging.Filter):
 
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvertisement())
+# Lightning 2.6 on torch >= 2.10 warns about its own use of torch's pytree API at every batch
+# transfer: the user can do nothing about it
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def resolve_precision(accelerator: str | None = "auto") -> str:
@@ -247,7 +250,10 @@ class DesertMindCLI(LightningCLI):
         ckpt = self._checkpoint_of(sub)
         if sub in EVALUATION and ckpt and ckpt not in ("hpc", "registry"):
             settings = read_settings(ckpt)  # one read of the file, without running code
-            self._subcommand_parsers[sub].set_defaults(checkpoint_defaults(settings))
+            # an evaluation draws nothing at random: no seed (and no "seed set" lines) unless
+            # a config or the command line asks for one
+            self._subcommand_parsers[sub].set_defaults({**checkpoint_defaults(settings),
+                                                        "seed_everything": False})
             super().parse_arguments(parser, args)
             self.config[sub].ckpt_path = ckpt
             refuse_other_network(self.config[sub], settings)
