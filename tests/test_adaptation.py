@@ -226,3 +226,12 @@ def test_a_predictor_adapts_when_given_images_and_the_callers_options_win(
 def test_an_unknown_class_prior_mode_is_refused():
     with pytest.raises(ConfigError, match="class_priors='oracle'"):
         SegmentationModule(evaluation={"class_priors": "oracle"})
+
+
+def test_the_viewer_adapts_to_the_split_it_shows(shifted_root: Path, adapted_ckpt: Path):
+    from desertmind.app.viewer import Viewer
+
+    viewer = Viewer(adapted_ckpt, str(shifted_root), "test_shifted")
+    assert viewer.predictor.adapted_to == 6 and viewer.predictor.shift is not None
+    plain = Viewer(adapted_ckpt)  # no images to adapt to: predicts as trained
+    assert plain.predictor.adapted_to == 0 and plain.predictor.shift is None
