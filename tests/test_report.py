@@ -315,3 +315,25 @@ def test_val_and_test_side_by_side(tiny_logs: Path, tmp_path: Path):
     row = next(line for line in text.splitlines()
                if line.startswith("| phase2_1_head |") and "| val |" in line)
     assert f"{head.test_miou:.4f}" in row and f"{head.best_miou - head.test_miou:+.4f}" in row
+
+
+def test_the_curves_mark_each_phase_and_where_the_loss_definition_changes():
+    from desertmind.reports.report import TRAIN_LOSS, RunSummary, curves_figure
+
+    def run(phase: str, loss: str, offset: int, parent: str | None) -> RunSummary:
+        return RunSummary(run=phase, path=Path("."), best_miou=0.4, best_epoch=1,
+                          pixel_acc=None, miou_per_image=None, epochs_run=3,
+                          early_stopped=False, phase=phase, started_from=parent,
+                          epoch_offset=offset, curve=[(0, 0.3), (1, 0.4), (2, 0.4)],
+                          loss_curves={TRAIN_LOSS: [(0, 0.5), (1, 0.3), (2, 0.2)]},
+                          config={"model": {"loss": loss}})
+
+    chain = [run("phase2_2_backbone", "ce", 0, None),
+             run("phase3", "weighted_ce + 0.5 dice", 3, "phase2_2_backbone")]
+    ax_miou, ax_loss = curves_figure(chain).get_axes()
+    assert [t.get_text() for t in ax_miou.texts] == ["phase2_2_backbone", "phase3"]
+    assert len(ax_miou.patches) == len(ax_loss.patches) == 2  # one shaded span per phase
+    assert [t.get_text() for t in ax_loss.texts] == [
+        "loss changes: ce -> weighted_ce + 0.5 dice"]
+    same = [run("phase1", "ce", 0, None), run("phase2_1_head", "ce", 3, "phase1")]
+    assert not curves_figure(same).get_axes()[1].texts  # the same loss: nothing to mark

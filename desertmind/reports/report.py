@@ -484,13 +484,30 @@ def csv_text(runs: list[RunSummary]) -> str:
     return buf.getvalue()
 
 
+def loss_of(run: RunSummary) -> str | None:
+    """The loss spec a run trained with (its config's ``model.loss``)."""
+    model = run.config.get("model") if isinstance(run.config, dict) else None
+    return model.get("loss") if isinstance(model, dict) else None
+
+
 def curves_figure(runs: list[RunSummary]) -> Figure:
     """val/mIoU (left) and the train and val losses (right) per epoch, one colour per run, a
-    chained phase drawn after the phases it started from (one epoch axis for the chain)."""
+    chained phase drawn after the phases it started from (one epoch axis for the chain).
+
+    Each run's epochs are shaded in its colour and named. Where a chained phase trains with
+    another loss than the phase it started from (phase 3's weighted CE + Dice after plain
+    CE), a line marks it on the loss plot: its loss values are not on the same scale, and a
+    jump there is the definition changing, not the model getting worse."""
     fig = Figure(figsize=(13, 4.5), dpi=100)
     ax_miou, ax_loss = fig.subplots(1, 2)
+    by_phase = {r.phase: r for r in runs}
     for i, r in enumerate(runs):
         colour = f"C{i % 10}"
+        start, end = r.epoch_offset - 0.5, r.epoch_offset + r.epochs_run - 0.5
+        for ax in (ax_miou, ax_loss):
+            ax.axvspan(start, end, color=colour, alpha=0.07, lw=0)
+        ax_miou.annotate(r.run, (start, 1.0), xycoords=("data", "axes fraction"),
+                         xytext=(2, -10), textcoords="offset points", fontsize=7, color=colour)
         epochs, values = zip(*r.curve, strict=True)
         ax_miou.plot(np.add(epochs, r.epoch_offset), values, marker="o", markersize=3,
                      color=colour, label=r.run)
@@ -499,8 +516,16 @@ def curves_figure(runs: list[RunSummary]) -> Figure:
                 e, v = zip(*r.loss_curves[tag], strict=True)
                 ax_loss.plot(np.add(e, r.epoch_offset), v, style, color=colour,
                              label=f"{r.run} {'train' if tag == TRAIN_LOSS else 'val'}")
+        parent = by_phase.get(r.started_from or "")
+        if parent is not None and loss_of(parent) != loss_of(r):
+            ax_loss.axvline(start, color=colour, linestyle=":", linewidth=1.5)
+            ax_loss.annotate(f"loss changes: {loss_of(parent)} -> {loss_of(r)}",
+                             (start, 0.97), xycoords=("data", "axes fraction"),
+                             xytext=(3, 0), textcoords="offset points", fontsize=7,
+                             color=colour, rotation=90, va="top")
     for ax, ylabel, title in ((ax_miou, "val mIoU (dataset level)", "Validation mIoU"),
-                              (ax_loss, "loss", "Train (solid) and validation (dashed) loss")):
+                              (ax_loss, "loss (each run's own definition)",
+                               "Train (solid) and validation (dashed) loss")):
         ax.set_xlabel("epoch, phases end to end")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
