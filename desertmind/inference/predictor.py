@@ -15,7 +15,7 @@ from desertmind.data.classes import CLASS_NAMES, NUM_CLASSES
 from desertmind.data.transforms import build_transform
 from desertmind.errors import DatasetError
 from desertmind.inference.trained import TrainedSettings, load_trained
-from desertmind.models.adaptation import adapt_batchnorm, estimate_priors, prior_shift
+from desertmind.models.adaptation import adapt
 from desertmind.models.prediction import EvalOptions, class_probabilities, predict_maps
 
 #: the largest image accepted, in pixels (a 960x540 frame is 0.5 MP): beyond this a single
@@ -80,28 +80,22 @@ class Predictor:
         options = self.evaluation
         if not options.adapts or not images:
             return
-        priors = self.source_priors.double()
-        if options.class_priors == "em" and float(priors.sum()) == 0:
-            raise DatasetError(f"{source}: the checkpoint holds no source class priors, "
-                               "which EM class priors need; use class_priors: train")
 
         def batches():
             for i, image in enumerate(images):
                 check_image(image, f"{source} image {i}")
                 yield self._transform(image=image)["image"][None].to(self.device).float()
 
-        with self._lock, torch.no_grad():
-            if options.adapt_bn:
-                adapt_batchnorm(self.network, batches())
-            if options.class_priors == "em":
-                source_priors = priors / priors.sum()
-                target, _ = estimate_priors(
-                    lambda x: class_probabilities(self.network, x, options), batches(),
-                    source_priors)
-                self.shift = prior_shift(target, source_priors.float())
+        with self._lock:
+            done = adapt(self.network, batches,
+                         lambda x: class_probabilities(self.network, x, options),
+                         batchnorm=options.adapt_bn,
+                         source_priors=(self.source_priors
+                                        if options.class_priors == "em" else None))
+            self.shift = done.shift
             self.adapted_to = len(images)
-        what = [w for w, on in (("BatchNorm statistics", options.adapt_bn),
-                                ("class priors", self.shift is not None)) if on]
+        what = [w for w, on in (("BatchNorm statistics", done.saved is not None),
+                                ("class priors", done.shift is not None)) if on]
         print(f"desertmind: adapted to {len(images)} {source} images ({' and '.join(what)})",
               file=sys.stderr)
 

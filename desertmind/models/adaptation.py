@@ -22,9 +22,12 @@ Both read images only, never masks: an evaluation that uses them is transductive
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from desertmind.errors import ConfigError
 
 #: pixels drawn from each target image for the EM estimate (a fixed-size sample: the memory
 #: needed grows with the number of images, not with their size)
@@ -157,3 +160,38 @@ def estimate_priors(probabilities: Callable[[Tensor], Tensor], batches: Iterable
     if not samples:
         return source.clone(), 0
     return em_priors(torch.cat(samples), source), images
+
+
+@dataclass
+class Adapted:
+    """What :func:`adapt` did: the BatchNorm statistics it replaced (None: none), and the
+    source and estimated target class priors with their logit shift (None: no EM)."""
+
+    saved: BatchNormState | None = None
+    source: Tensor | None = None
+    priors: Tensor | None = None
+    shift: Tensor | None = None
+    images: int = 0
+
+
+def adapt(network: nn.Module, batches: Callable[[], Iterable[Tensor]],
+          probabilities: Callable[[Tensor], Tensor], *, batchnorm: bool,
+          source_priors: Tensor | None) -> Adapted:
+    """AdaBN when ``batchnorm`` (and the network has BatchNorm), then EM class priors when
+    ``source_priors`` are given, over the images ``batches()`` yields (called once per pass):
+    what ``test``, ``predict`` and the viewer's Predictor all do. The caller puts the
+    statistics back (:func:`restore_batchnorm`) or keeps them."""
+    if source_priors is not None and float(source_priors.sum()) == 0:  # before any change
+        raise ConfigError(
+            "model.evaluation.class_priors=em needs the class priors the network implies on "
+            "its source val split, and this model holds none (a checkpoint from before they "
+            "were kept, or a module never validated): fit it again, or use class_priors: "
+            "train")
+    done = Adapted()
+    if batchnorm and batchnorm_layers(network):
+        done.saved = adapt_batchnorm(network, batches())
+    if source_priors is not None:
+        done.source = source_priors.double() / source_priors.double().sum()
+        done.priors, done.images = estimate_priors(probabilities, batches(), done.source)
+        done.shift = prior_shift(done.priors, done.source.float())
+    return done

@@ -21,15 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from desertmind.data.classes import CLASS_NAMES
-from desertmind.errors import ConfigError
-from desertmind.models.adaptation import (
-    BatchNormState,
-    adapt_batchnorm,
-    batchnorm_layers,
-    estimate_priors,
-    prior_shift,
-    restore_batchnorm,
-)
+from desertmind.models.adaptation import BatchNormState, adapt, restore_batchnorm
 from desertmind.models.prediction import class_probabilities
 
 
@@ -62,33 +54,25 @@ class TestTimeAdaptation(L.Callback):
         if not options.adapts:
             return
         network = pl_module.model
+        done = adapt(network, lambda: _images(trainer, pl_module, stage),
+                     lambda images: class_probabilities(network, images, options),
+                     batchnorm=options.adapt_bn,
+                     source_priors=(pl_module.source_priors
+                                    if options.class_priors == "em" else None))
+        self._saved = done.saved
         report: dict = {"images": _image_count(trainer, stage)}
         if options.adapt_bn:
-            if not batchnorm_layers(network):
-                report["batchnorm"] = "none: the network has no BatchNorm layer"
-            else:
-                self._saved = adapt_batchnorm(network, _images(trainer, pl_module, stage))
-                report["batchnorm"] = "recomputed from the evaluated images (AdaBN)"
-        if options.class_priors == "em":
-            source = pl_module.source_priors.double()
-            if float(source.sum()) == 0:
-                raise ConfigError(
-                    "model.evaluation.class_priors=em needs the class priors the network "
-                    "implies on its source val split, and this model holds none (a checkpoint "
-                    "from before they were kept, or a module never validated): fit it again, "
-                    "or use class_priors: train")
-            source = source / source.sum()
-
-            target, seen = estimate_priors(
-                lambda images: class_probabilities(network, images, options),
-                _images(trainer, pl_module, stage), source)
-            pl_module.prior_shift = prior_shift(target, source.float()).to(pl_module.device)
-            report["source_priors"] = dict(zip(CLASS_NAMES, _rounded(source), strict=True))
-            report["class_priors"] = dict(zip(CLASS_NAMES, _rounded(target), strict=True))
+            report["batchnorm"] = ("recomputed from the evaluated images (AdaBN)"
+                                   if done.saved is not None
+                                   else "none: the network has no BatchNorm layer")
+        if done.shift is not None:
+            pl_module.prior_shift = done.shift.to(pl_module.device)
+            report["source_priors"] = dict(zip(CLASS_NAMES, _rounded(done.source), strict=True))
+            report["class_priors"] = dict(zip(CLASS_NAMES, _rounded(done.priors), strict=True))
             if trainer.is_global_zero:
                 shares = ", ".join(f"{n} {v:.3f}" for n, v in report["class_priors"].items())
-                print(f"desertmind {stage}: class priors estimated by EM on {seen} images: "
-                      f"{shares}", file=sys.stderr)
+                print(f"desertmind {stage}: class priors estimated by EM on {done.images} "
+                      f"images: {shares}", file=sys.stderr)
         pl_module.adaptation = report
 
     def _end(self, pl_module: L.LightningModule) -> None:
