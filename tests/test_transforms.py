@@ -33,7 +33,8 @@ def test_presets_keep_image_and_mask_aligned(preset: str):
     image, mask = _blocks()
     tf = build_transform(preset, image_size=(96, 160), crop_size=64)
     scores = []
-    for _ in range(8):  # eight random draws of the preset's parameters
+    for draw in range(8):  # eight draws of the preset's parameters, the same ones every run
+        tf.set_random_seed(draw)
         out = tf(image=image, mask=mask)
         scores.append(_alignment(out["image"].numpy(), out["mask"].numpy()))
     # colour jitter and down-scaling blur colours a little; a misaligned pair scores < 0.5
