@@ -54,6 +54,18 @@ def test_predict_writes_three_pngs_per_image_at_original_size(synth_root, traine
         assert read_image(out / "overlay" / name).shape == (48, 80, 3)
 
 
+def test_predicts_progress_counts_images_not_batches(synth_root, trained, tmp_path, capsys):
+    ckpt, args = trained
+    args = [a if a != "false" or args[i - 1] != "--trainer.enable_progress_bar" else "true"
+            for i, a in enumerate(args)]
+    assert main(["predict", *args, "--ckpt_path", str(ckpt), "--data.predict_dir",
+                 str(synth_root / "val"), "--data.eval_batch_size", "3",
+                 "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "4/4" in out and "img" in out  # four images in two batches: not "2/2"
+    assert "2/2" not in out
+
+
 def test_predict_without_out_is_refused(synth_root, trained, capsys):
     ckpt, args = trained
     assert main(["predict", *args, "--ckpt_path", str(ckpt), "--data.predict_dir",

@@ -4,6 +4,7 @@ evaluation from a checkpoint alone."""
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -15,6 +16,7 @@ from jsonargparse import ActionYesNo
 from lightning.pytorch.callbacks import (
     EarlyStopping,
     LearningRateMonitor,
+    ProgressBar,
     WeightAveraging,
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -24,6 +26,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from desertmind import runs
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.errors import ConfigError
+from desertmind.inference.progress import ImageProgressBar
 from desertmind.inference.trained import TrainedSettings, read_settings, same_layout
 from desertmind.inference.writer import OUTPUT_DIRS, PredictionWriter
 from desertmind.reports.evaluation import BestValidationImages, EvaluationWriter
@@ -156,9 +159,24 @@ EMA_HINT = ("ema is off until a class is given: --ema EMAWeightAveraging --ema.d
             "init_args: {decay: 0.999}})")
 
 
+# reStructuredText roles and literals in the docstrings the help text comes from
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def plain_help(text: str) -> str:
+    """Help text without the docstrings' markup: ``:mod:`~a.b``` -> ``a.b``, double back
+    quotes dropped."""
+    return _LITERAL.sub(r"\1", _ROLE.sub(r"\1", text))
+
+
 class _Parser(LightningArgumentParser):
     """Adds the valid choices to jsonargparse's message for a scheduler it cannot import, and
-    how to switch EMA on to its message for an ``ema.*`` value given without a class."""
+    how to switch EMA on to its message for an ``ema.*`` value given without a class; prints
+    help without reStructuredText markup."""
+
+    def format_help(self) -> str:
+        return plain_help(super().format_help())
 
     def error(self, message: str, *args, **kwargs):
         if "lr_scheduler" in message or "scheduler" in message.lower():
@@ -312,6 +330,10 @@ class DesertMindCLI(LightningCLI):
                  if (callback := self._get(self.config_init, key)) is not None]
         trainer_config = {**self._get(self.config_init, "trainer", default={}),
                           "plugins": plugins, **kwargs}
+        if (self.subcommand == "predict" and trainer_config.get("enable_progress_bar") is not False
+                and not any(isinstance(c, ProgressBar)
+                            for c in [*extra, *(trainer_config.get("callbacks") or [])])):
+            extra.append(ImageProgressBar())  # counts images; a user's own bar wins
         return self._instantiate_trainer(trainer_config, extra)
 
     def before_fit(self) -> None:

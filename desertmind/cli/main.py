@@ -12,9 +12,11 @@ import json
 import sys
 
 from desertmind import __version__, runs
+from desertmind.cli import evaluation_help
 from desertmind.errors import DesertMindError
 
 LIGHTNING = ("fit", "validate", "test", "predict")
+EVALUATION = ("validate", "test", "predict")  # their --help is the short one
 USAGE = """usage: desertmind [--version] COMMAND ...
 
   fit         train a phase:            desertmind fit -c configs/phase1.yaml
@@ -28,7 +30,8 @@ USAGE = """usage: desertmind [--version] COMMAND ...
   export      a checkpoint to ONNX (RGB 0-255 in; dynamic batch, height, width)
   app         a local web page to look at a model's predictions (Gradio)
 
-'desertmind COMMAND --help' shows a command's options; Lightning commands also take
+'desertmind COMMAND --help' shows a command's options (validate, test and predict: the
+ones an evaluation needs; --help-all: every option); Lightning commands also take
 --print_config.
 """
 
@@ -234,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] == "--version":
         print(f"desertmind {__version__}")
         return 0
+    if argv[0] in EVALUATION and {"-h", "--help"} & set(argv[1:]):
+        print(evaluation_help.text(argv[0]))  # no Lightning import: the short help is instant
+        return 0
+    if "--help-all" in argv[1:]:
+        argv = [("--help" if a == "--help-all" else a) for a in argv]
+        from_shell = False
     try:
         if argv[0] in LIGHTNING:
             from desertmind.cli.lightning import DesertMindCLI

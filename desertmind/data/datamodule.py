@@ -63,9 +63,13 @@ class OffroadDataModule(L.LightningDataModule):
 
     Args:
         root: dataset root holding the split folders.
-        train_dir, val_dir, test_dir, predict_dir: split folders under ``root``;
-            ``predict_dir`` may also be any folder of images (absolute or relative).
+        train_dir: the training split's folder under ``root``.
+        val_dir: the validation split's folder under ``root`` (validate scores it).
+        test_dir: a labelled split under ``root`` that ``test`` scores (e.g. testImages).
+        predict_dir: images ``predict`` writes class maps for: a split folder under ``root``
+            or any folder of images (absolute or relative).
         batch_size: training batch size; ``eval_batch_size`` defaults to it.
+        eval_batch_size: images per batch of validate, test and predict.
         num_workers: DataLoader worker processes (persistent when > 0).
         image_size: (height, width) every image is resized to; None keeps the full size.
         train_preset: augmentation preset, one of :data:`~desertmind.data.transforms.PRESETS`.
@@ -87,6 +91,7 @@ class OffroadDataModule(L.LightningDataModule):
         target_transfer: ``fda`` or ``histogram``: move training images' appearance toward a
             random target image with probability ``target_transfer_p`` (albumentations' FDA
             and HistogramMatching).
+        target_transfer_p: the probability that a training image's appearance is moved.
     """
 
     def __init__(

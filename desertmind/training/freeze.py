@@ -29,6 +29,11 @@ class BackboneFreeze(L.Callback):
     The module must expose its :class:`~desertmind.models.SegmentationNetwork` as
     ``pl_module.model``.
 
+    Args:
+        unfreeze_at_epoch: the first epoch the encoder trains; 0 never freezes it, None
+            freezes it for the whole run (head-only fine-tuning).
+        train_bn: a frozen encoder's BatchNorm layers still update their running statistics.
+
     Hooks:
         setup (fit): applies the state of epoch 0 before the optimizer is built.
         on_train_epoch_start: applies the state of the epoch about to run.

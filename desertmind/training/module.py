@@ -74,7 +74,10 @@ class SegmentationModule(L.LightningModule):
             :mod:`desertmind.training.losses`).
         class_weights: the ten per-class weights of ``weighted_ce``; the CLI fills them in for
             ``fit`` from the train split (``data.class_weighting``).
-        optimizer, scheduler: injected by LightningCLI (``class_path`` / ``init_args``).
+        optimizer: the optimizer class and its arguments (``class_path`` / ``init_args``);
+            the module builds its param groups (head, backbone, layer decay).
+        scheduler: an optional LR scheduler class and its arguments (poly: per batch;
+            others per epoch; reduce-on-plateau follows the checkpoint's monitor).
         backbone_lr_mult: the backbone's LR relative to the head's.
         layer_decay: layer-wise LR decay of the encoder (BEiT; MMSeg's
             ``LayerDecayOptimizerConstructor``): of an encoder of ``n`` layers in depth order

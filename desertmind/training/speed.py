@@ -8,14 +8,20 @@ import torch
 
 
 class Speedups(L.Callback):
-    """``channels_last``: NHWC memory format for the network and its input (faster
-    convolutions on recent GPUs); ``compile``: ``torch.compile`` the network in place (its
-    ``state_dict`` keys stay the same, so checkpoints are unchanged); ``grad_checkpointing``:
-    the encoder's activations are recomputed in the backward pass instead of kept (timm's
-    ``set_grad_checkpointing``), so a ViT-B or -L at 540x960 needs far less memory per step:
+    """Speed and memory switches, applied in ``setup`` for every stage; all off by default.
+
+    Gradient checkpointing lets a ViT-B or -L at 540x960 train in far less memory per step:
     ``benchmarks/foundation.py`` measured a quarter of the step's memory for 1.2-1.3x its time
     (ViT-B + DPT, CPU; docs/foundation.md), and ``make gpu-check`` measures it on a GPU.
-    Applied in ``setup``, for every stage. All are off by default."""
+
+    Args:
+        channels_last: NHWC memory format for the network and its input (faster
+            convolutions on recent GPUs).
+        compile: ``torch.compile`` the network in place (its ``state_dict`` keys stay the
+            same, so checkpoints are unchanged).
+        grad_checkpointing: recompute the encoder's activations in the backward pass instead
+            of keeping them (timm's ``set_grad_checkpointing``).
+    """
 
     def __init__(self, channels_last: bool = False, compile: bool = False,
                  grad_checkpointing: bool = False) -> None:

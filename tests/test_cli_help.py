@@ -1,0 +1,59 @@
+"""The command line's help: short and instant for evaluations, complete with --help-all,
+and free of docstring markup."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from desertmind.cli import evaluation_help
+from desertmind.cli.lightning import plain_help
+from desertmind.cli.main import EVALUATION, main
+
+
+@pytest.mark.parametrize("command", EVALUATION)
+def test_evaluation_help_is_short_and_needs_no_lightning(command: str):
+    code = (f"import sys; from desertmind.cli.main import main; main(['{command}', '--help']); "
+            "print('LOADED' if 'lightning' in sys.modules or 'torch' in sys.modules else 'LEAN')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.rstrip().endswith("LEAN")  # neither Lightning nor torch was imported
+    assert len(out.splitlines()) < 150
+    assert "--ckpt_path" in out and f"desertmind {command} --help-all" in out
+    assert "``" not in out and ":mod:" not in out
+
+
+def test_every_option_the_short_help_names_is_one_the_full_parser_takes(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help-all"])  # the full LightningCLI help
+    full = capsys.readouterr().out
+    accepted = set(re.findall(r"(--?[\w.]+)", full))
+    for command in EVALUATION:
+        named = evaluation_help.options(command)
+        assert "--ckpt_path" in named
+        assert not set(named) - accepted, f"{command}: {set(named) - accepted}"
+    assert len(full.splitlines()) > 300  # --help-all is the whole list, not the short one
+    assert "``" not in full and ":class:`" not in full and ":mod:`" not in full
+
+
+def test_plain_help_drops_roles_and_literals():
+    text = "see :mod:`desertmind.data.cache` and :class:`~a.B`; ``train`` or ``em``"
+    assert plain_help(text) == "see desertmind.data.cache and a.B; train or em"
+
+
+def test_every_desertmind_option_of_fit_has_help_text(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    bare = []
+    for i, line in enumerate(lines):  # "  --name VALUE   text" or the text on the next line
+        m = re.match(r"  (--(?:model|data|freeze|checkpoint|early_stopping|speed)\.[\w.]+)"
+                     r"( [A-Z_{},a-z]+)?\s*(.*)", line)
+        if m:
+            text = m.group(3) or lines[i + 1].strip()
+            if text.startswith(("(type", "(default")):
+                bare.append(m.group(1))
+    assert not bare, f"options without help text: {bare}"
