@@ -43,7 +43,7 @@ P3_INIT := $(if $(filter seed,$(RECIPE)),,--model.init_from $(P22))
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-full test-lowest test-browser app lint demo check-data bench gpu-check gpu-wheels clean phase1 phase2 phase3 phases \
-	scores report resume tensorboard clean-logs
+	scores report resume tensorboard tensorboard-eval clean-logs docs screenshots
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -85,6 +85,15 @@ test-browser: $(STAMP) ## the viewer in a real browser (Playwright + Debian chro
 
 app: $(STAMP) ## the viewer for CKPT (default: the demo's phase 3) on DEMO_DATA, port 7860
 	$(DM) app --ckpt_path $(or $(CKPT),$(LOGS)/demo/phase3/checkpoints/best.ckpt) --data.root $(DEMO_DATA)
+
+DOCS_SITE ?= .docs-site
+$(VENV)/.docs-installed: $(STAMP)
+	$(BIN)/pip install -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.docs-installed ## build the docs site (docs/, mkdocs-material, strict) into DOCS_SITE
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -f docs/mkdocs.yml -d $(abspath $(DOCS_SITE))
+	@echo "docs built: open $(DOCS_SITE)/index.html"
 
 lint: $(STAMP) ## ruff check
 	$(BIN)/ruff check desertmind tests benchmarks
@@ -147,6 +156,11 @@ scores: $(STAMP) ## best val/mIoU of each phase under LOGS
 tensorboard: $(STAMP) ## TensorBoard on the training runs under LOGS (port 6006)
 	$(BIN)/tensorboard --port 6006 --logdir_spec "$$(find $(LOGS) -type d -name 'version_*' \
 		-not -path '*/eval/*' | sort | sed 's|^$(LOGS)/||' | \
+		awk '{printf "%s%s:$(LOGS)/%s", (NR > 1 ? "," : ""), $$0, $$0}')"
+
+tensorboard-eval: $(STAMP) ## TensorBoard on the validate/test/predict runs under LOGS (port 6007)
+	$(BIN)/tensorboard --port 6007 --logdir_spec "$$(find $(LOGS) -type d -name 'version_*' \
+		-path '*/eval/*' | sort | sed 's|^$(LOGS)/||' | \
 		awk '{printf "%s%s:$(LOGS)/%s", (NR > 1 ? "," : ""), $$0, $$0}')"
 
 check-data: $(STAMP) ## check the dataset at DATA=path (default data/offroad)

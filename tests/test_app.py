@@ -36,28 +36,34 @@ def served(synth_root: Path, tmp_path_factory, phase_args):
     page.close()
 
 
-def _shares(legend: str) -> dict[str, float]:
-    rows = re.findall(r"<td>([^<]+)</td><td[^>]*>([\d.]+)%</td>", legend)
-    return {html.unescape(name): float(share) for name, share in rows}
+def _shares(legend: dict) -> dict[str, float]:
+    """The legend's classes in the order shown, with their pixel shares (the labels of the
+    class toggles: "Sky · 41.2%")."""
+    rows = [re.fullmatch(r"(.+) · ([\d.]+)%", label) for label, _ in legend["choices"]]
+    return {html.unescape(m[1]): float(m[2]) for m in rows}
 
 
-def test_predict_draws_the_overlay_with_a_legend(served, synth_root):
+def test_predict_shows_image_and_overlay_with_one_legend_by_share(served, synth_root):
     client, _ = served
     path = next((synth_root / "val" / "Color_Images").iterdir())
     image = read_image(path)
-    overlay, legend, = client.predict(handle_file(str(path)), False, 0, 0.5, list(CLASS_NAMES),
-                                      api_name="/predict")
+    original, overlay, legend = client.predict(handle_file(str(path)), False, 0, 0.5,
+                                               list(CLASS_NAMES), api_name="/predict")
+    np.testing.assert_array_equal(read_image(original), image)  # the image beside it
     drawn = read_image(overlay)
     assert drawn.shape == image.shape  # at the image's own size
     assert not np.array_equal(drawn, image)
     shares = _shares(legend)
-    assert list(shares) == list(CLASS_NAMES)
+    assert sorted(shares) == sorted(CLASS_NAMES)  # one legend: every class, with its toggle
+    assert list(shares.values()) == sorted(shares.values(), reverse=True)  # most pixels first
     assert sum(shares.values()) == pytest.approx(100, abs=0.1)
+    assert legend["value"] == list(CLASS_NAMES)  # the toggles keep what the user chose
     # opacity 0 is the image itself; hiding every class leaves it untouched too
     for opacity, shown in ((0.0, list(CLASS_NAMES)), (1.0, [])):
-        plain, _ = client.predict(handle_file(str(path)), False, 0, opacity, shown,
-                                  api_name="/predict")
+        _, plain, legend = client.predict(handle_file(str(path)), False, 0, opacity, shown,
+                                          api_name="/predict")
         np.testing.assert_array_equal(read_image(plain), image)
+    assert legend["value"] == []
 
 
 def test_tta_and_window_switches_reach_the_model(served, synth_root, monkeypatch):
@@ -106,13 +112,19 @@ def test_browse_ranks_the_split_worst_first_and_shows_any_image(served, synth_ro
     client, _ = served
     table, chosen = client.predict(api_name="/score")
     rows = table["data"]
+    assert table["headers"] == ["rank", "image", "mIoU", *CLASS_NAMES]
     names = {p.stem for p in (synth_root / "val" / "Color_Images").iterdir()}
     assert {r[1] for r in rows} == names and [r[0] for r in rows] == [1, 2, 3, 4]
     scores = [r[2] for r in rows]
     assert scores == sorted(scores)
+    for row in rows:  # 3 decimals throughout; the mean of the per-class IoUs shown
+        values = [v for v in row[2:] if v is not None and not np.isnan(v)]
+        assert all(round(v, 3) == v for v in values)
+        assert np.mean(values[1:]) == pytest.approx(row[2], abs=2e-3)
     *views, caption = client.predict(rows[-1][1], api_name="/show")
     assert len(views) == 4 and rows[-1][1] in caption
-    assert float(caption.rsplit(" ", 1)[1]) == pytest.approx(scores[-1], abs=1e-3)
+    shown = float(re.search(r"mean IoU ([\d.]+)", caption)[1])
+    assert shown == pytest.approx(scores[-1], abs=1e-3)
     image, truth = read_image(views[0]), read_image(views[1])
     assert image.shape == truth.shape == (32, 48, 3)  # the checkpoint's evaluation size
 
@@ -152,11 +164,11 @@ def test_a_server_file_that_was_never_uploaded_is_refused(served, synth_root, tm
     finally:
         shutil.rmtree(cached.parent)
     # the same image uploaded is answered; the split's own are picked by name
-    plain, _ = client.predict(handle_file(str(secret)), False, 0, 0.0, list(CLASS_NAMES),
-                              api_name="/predict")
+    _, plain, _ = client.predict(handle_file(str(secret)), False, 0, 0.0, list(CLASS_NAMES),
+                                 api_name="/predict")
     np.testing.assert_array_equal(read_image(plain), read_image(secret))
-    picked, _, cleared = client.predict(sample.stem, False, 0, 0.0, list(CLASS_NAMES),
-                                        api_name="/predict_sample")
+    _, picked, _, cleared = client.predict(sample.stem, False, 0, 0.0, list(CLASS_NAMES),
+                                           api_name="/predict_sample")
     np.testing.assert_array_equal(read_image(picked), read_image(sample))
     assert cleared is None
     with pytest.raises(AppError, match="not in the list of choices|not an image of val"):
@@ -204,7 +216,7 @@ def test_twenty_concurrent_requests_are_all_answered(served, synth_root, same):
                           not same and i % 2 == 0, 0, 0.5, list(CLASS_NAMES),
                           api_name="/predict") for i in range(20)]
     results = [job.result(timeout=120) for job in jobs]
-    for i, (overlay, legend) in enumerate(results):
+    for i, (_, overlay, legend) in enumerate(results):
         expected = read_image(paths[0 if same else i % len(paths)]).shape
         assert read_image(overlay).shape == expected  # a whole PNG, never an empty file
         assert sum(_shares(legend).values()) == pytest.approx(100, abs=0.1)

@@ -2,12 +2,14 @@
 
 Two tabs, built from the checkpoint alone:
 
-- **Predict**: upload an image (or pick one of the split's) and see the prediction over it,
-  with a legend of class colours and pixel shares, an opacity slider, per-class toggles, and
-  TTA (horizontal flip) and sliding-window switches. Opacity and toggles re-draw the overlay
+- **Predict**: upload an image (or pick one of the split's: picking predicts) and see the
+  image and the prediction over it side by side, small images drawn large; one legend that is
+  also the class toggles (colour, pixel share, most first), an opacity slider, and TTA
+  (horizontal flip) and sliding-window switches. Opacity and toggles re-draw the overlay
   without predicting again.
 - **Browse** (with ``--data.root``): every image of a labelled split scored by the model,
-  worst mean IoU first; choosing one shows image, ground truth, prediction and error map.
+  worst mean IoU first, with each class's IoU; clicking a row (or choosing a name) shows
+  image, ground truth, prediction and error map under a colour key.
 
 A bad upload (not an image, too large, too small) is answered with a message in the page;
 the server keeps running. Gradio's analytics are switched off, and nothing is fetched from the
@@ -63,21 +65,40 @@ MAX_FILE_SIZE = "100mb"
 ADAPT_IMAGES = 64
 
 
-def legend_html(shares: dict[str, float] | None = None,
-                shown: list[str] | None = None) -> str:
-    """The class legend: colour swatch, name and (after a prediction) pixel share."""
-    rows = []
+def legend_html() -> str:
+    """The class colours as a row of swatches (the Browse tab's key to its colour maps)."""
+    items = []
     for c in CLASSES:
         r, g, b = c.color
-        share = "" if shares is None else f"{shares[c.name] * 100:.1f}%"
-        faded = "" if shown is None or c.name in shown else "opacity:0.35;"
-        rows.append(
-            f'<tr class="dm-legend-row" style="{faded}"><td><span style="display:inline-block;'
-            f'width:1.2em;height:1.2em;background:rgb({r},{g},{b});border:1px solid #444">'
-            f'</span></td><td>{html.escape(c.name)}</td><td style="text-align:right">{share}'
-            "</td></tr>")
-    return ('<table id="dm-legend"><thead><tr><th></th><th>class</th><th>pixels</th></tr>'
-            f"</thead><tbody>{''.join(rows)}</tbody></table>")
+        items.append(f'<span class="dm-key"><span class="dm-swatch" style="background:rgb('
+                     f'{r},{g},{b})"></span>{html.escape(c.name)}</span>')
+    return f'<div id="dm-key">{"".join(items)}</div>'
+
+
+def class_choices(shares: dict[str, float] | None = None) -> list[tuple[str, str]]:
+    """The legend and its toggles in one: (label, class name) per class, the label with the
+    class's pixel share after a prediction, most pixels first."""
+    if shares is None:
+        return [(name, name) for name in CLASS_NAMES]
+    ranked = sorted(CLASS_NAMES, key=lambda n: (-shares[n], CLASS_NAMES.index(n)))
+    return [(f"{name} · {shares[name] * 100:.1f}%", name) for name in ranked]
+
+
+#: each class's colour as a swatch before its toggle (Gradio names a checkbox by its value),
+#: and small images drawn large, pixels kept sharp
+CSS = "\n".join(
+    [f'#dm-classes label:has(input[name="{c.name}"]) span::before {{content:"";'
+     f"display:inline-block;width:1em;height:1em;margin-right:0.4em;vertical-align:-0.15em;"
+     f"border:1px solid #444;background:rgb{c.color}}}" for c in CLASSES]
+    + [".dm-view img {width:100%;height:100%;object-fit:contain;image-rendering:pixelated}",
+       ".dm-key {display:inline-block;margin:0 0.9em 0.3em 0;white-space:nowrap}",
+       ".dm-swatch {display:inline-block;width:1em;height:1em;margin-right:0.35em;"
+       "vertical-align:-0.15em;border:1px solid #444}"])
+
+
+def _score(value: float) -> float | None:
+    """A score as the page shows it: 3 decimals; None (an empty cell) where there is none."""
+    return None if np.isnan(value) else round(float(value), 3)
 
 
 def _message(error: Exception) -> str:
@@ -176,8 +197,8 @@ class Viewer:
         except DesertMindError as e:
             raise _error(_message(e)) from e
         state = {"image": image, "pred": pred}
-        return (self.draw(state, opacity, shown),
-                legend_html(class_shares(pred), shown), state)
+        legend = gr.update(choices=class_choices(class_shares(pred)), value=shown)
+        return self.png(image), self.draw(state, opacity, shown), legend, state
 
     def predict(self, path: str | None, tta_flip: bool, window: float | None,
                 opacity: float, shown: list[str]):
@@ -228,8 +249,7 @@ class Viewer:
         return self.png(overlay(state["image"], state["pred"], alpha, classes))
 
     def redraw(self, state: dict | None, opacity: float, shown: list[str]):
-        shares = class_shares(state["pred"]) if state else None
-        return self.draw(state, opacity, shown), legend_html(shares, shown)
+        return self.draw(state, opacity, shown)
 
     # Browse tab --------------------------------------------------------------------------
     def score_split(self, progress=gr.Progress()):  # noqa: B008 - Gradio's own convention
@@ -248,10 +268,17 @@ class Viewer:
         return self._ranking_rows()
 
     def _ranking_rows(self):
-        rows = [[i + 1, s.name, None if np.isnan(s.miou) else round(s.miou, 4)]
+        rows = [[i + 1, s.name, *(_score(v) for v in (s.miou, *s.iou))]
                 for i, s in enumerate(self.ranking.scores)]
         choices = [s.name for s in self.ranking.scores]
         return rows, gr.update(choices=choices, value=choices[0] if choices else None)
+
+    def pick_row(self, event: gr.SelectData):
+        """A click on a row of the ranking shows that image (its name is the second column)."""
+        row = event.index[0] if isinstance(event.index, list | tuple) else event.index
+        if self.ranking is None or not 0 <= int(row) < len(self.ranking.scores):
+            raise _error("score the split first, then pick a row")
+        return self.ranking.scores[int(row)].name
 
     def show(self, name: str | None):
         if self.ranking is None or not name:
@@ -261,25 +288,37 @@ class Viewer:
             raise _error(f"{name!r}: not an image of {self.split}; pick one from the list")
         image, target, pred = self.ranking.render(score.index)
         views = (image, colorize(target), colorize(pred), error_map(pred, target))
+        present = [f"{n} {v:.3f}" for n, v in zip(CLASS_NAMES, score.iou, strict=True)
+                   if not np.isnan(v)]
         return (*(self.png(v) for v in views),
-                f"**{html.escape(name)}**: mean IoU {score.miou:.3f}")
+                f"**{html.escape(name)}**: mean IoU {score.miou:.3f} · " + ", ".join(present))
 
     # Page ------------------------------------------------------------------------------------
-    def build(self) -> gr.Blocks:
+    def header(self) -> str:
+        """What the page shows: the checkpoint, its network, the size it evaluates at (width x
+        height, as everywhere else) and the best validation score of its training run."""
         s = self.predictor.settings
         size = self.predictor.image_size
-        about = (f"`{self.ckpt}`: {s.network['arch']} {s.network['backbone']}, evaluated at "
-                 f"{'full size' if size is None else f'{size[0]}x{size[1]}'}")
+        at = "full size" if size is None else f"{size[1]}x{size[0]} (width x height)"
+        monitor, score, epoch = s.best
+        best = ("no validation score saved" if score is None else
+                f"{monitor or 'val score'} {score:.3f}"
+                + ("" if epoch is None else f" (epoch {epoch})"))
+        return (f"## {TITLE}\n**{html.escape(s.network['arch'])}** / "
+                f"{html.escape(s.network['backbone'])} · evaluated at {at} · {best}  \n"
+                f"`{html.escape(str(self.ckpt))}`")
+
+    def build(self) -> gr.Blocks:
         with gr.Blocks(title=TITLE, analytics_enabled=False) as page:
-            gr.Markdown(f"## {TITLE}\n{about}")
+            gr.Markdown(self.header(), elem_id="dm-header")
             with gr.Tab("Predict"):
                 with gr.Row():
-                    with gr.Column(scale=1):
+                    with gr.Column(scale=1, min_width=260):
                         # a File, not an Image: Gradio's Image decodes uploads itself and
                         # answers a bad file with an internal message; here the package's
                         # reader says what is wrong with it
                         upload = gr.File(label="image file", file_types=["image"],
-                                         type="filepath", elem_id="dm-input")
+                                         type="filepath", elem_id="dm-input", height=120)
                         picker = gr.Dropdown([x.name for x in self.samples], value=None,
                                              label=f"or pick an image of {self.split}",
                                              visible=bool(self.samples), elem_id="dm-pick")
@@ -287,39 +326,48 @@ class Viewer:
                         window = gr.Number(0, minimum=0, precision=0,
                                            label="sliding window (pixels; 0: off)")
                         run = gr.Button("Predict", variant="primary", elem_id="dm-predict")
-                    with gr.Column(scale=2):
-                        shown_img = gr.Image(label="prediction overlay", interactive=False,
-                                             elem_id="dm-overlay", format="png", height=480)
                         opacity = gr.Slider(0, 1, 0.5, step=0.05, label="opacity")
-                        shown = gr.CheckboxGroup(list(CLASS_NAMES), value=list(CLASS_NAMES),
-                                                 label="classes shown")
-                        legend = gr.HTML(legend_html(), elem_id="dm-legend-box")
+                        shown = gr.CheckboxGroup(
+                            class_choices(), value=list(CLASS_NAMES), elem_id="dm-classes",
+                            label="classes: colour, pixel share (most first); untick to hide")
+                    with gr.Column(scale=3):
+                        with gr.Row():
+                            original = gr.Image(label="image", interactive=False,
+                                                elem_id="dm-original", format="png",
+                                                height=520, elem_classes="dm-view")
+                            shown_img = gr.Image(label="prediction", interactive=False,
+                                                 elem_id="dm-overlay", format="png",
+                                                 height=520, elem_classes="dm-view")
                 state = gr.State(None)
                 options = [tta, window, opacity, shown]
-                drawn = [shown_img, legend, state]
+                drawn = [original, shown_img, shown, state]
                 upload.upload(self.predict, [upload, *options], drawn, api_name="predict")
                 picker.input(self.predict_sample, [picker, *options], [*drawn, upload],
                              api_name="predict_sample")
                 run.click(self.predict_current, [upload, picker, *options], drawn,
                           api_name=False)
-                for control in (opacity, shown):
-                    control.change(self.redraw, [state, opacity, shown], [shown_img, legend],
-                                   api_name=False)
+                opacity.change(self.redraw, [state, opacity, shown], shown_img, api_name=False)
+                shown.input(self.redraw, [state, opacity, shown], shown_img, api_name=False)
             if self.root is not None:
                 with gr.Tab(f"Browse {self.split}"):
                     gr.Markdown("Every image of the split scored by this model, worst mean IoU "
-                                "first (the seed's per-image rule).")
+                                "first (the seed's per-image rule), with each class's IoU in it "
+                                "(empty: the class is in neither the ground truth nor the "
+                                "prediction). Click a row to see it.")
                     score = gr.Button("Score the split", elem_id="dm-score")
-                    table = gr.Dataframe(headers=["rank", "image", "mIoU"], interactive=False,
-                                         label="images, worst first")
-                    chosen = gr.Dropdown([], label="image")
-                    caption = gr.Markdown()
+                    table = gr.Dataframe(headers=["rank", "image", "mIoU", *CLASS_NAMES],
+                                         interactive=False, elem_id="dm-ranking",
+                                         label="images, worst first", max_height=360)
+                    chosen = gr.Dropdown([], label="image", elem_id="dm-chosen")
+                    caption = gr.Markdown(elem_id="dm-caption")
+                    gr.HTML(legend_html())
                     with gr.Row():
                         views = [gr.Image(label=label, interactive=False, format="png",
-                                          height=240)
+                                          height=300, elem_classes="dm-view")
                                  for label in ("image", "ground truth", "prediction",
                                                "error map (red: wrong)")]
                     score.click(self.score_split, None, [table, chosen], api_name="score")
+                    table.select(self.pick_row, None, chosen, api_name=False)
                     chosen.change(self.show, chosen, [*views, caption], api_name="show")
         # one request at a time (the model is one), and a bounded line behind it
         page.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
@@ -334,7 +382,7 @@ def launch(ckpt: str | Path, root: str | None = None, split: str | None = None,
     ``block=False`` the server runs in a thread and this returns at once (tests)."""
     page = Viewer(ckpt, root, split, device, evaluation=evaluation).build()
     _, url, _ = page.launch(server_name=host, server_port=port, prevent_thread_lock=True,
-                            show_error=True, quiet=True, footer_links=["api"],
+                            show_error=True, quiet=True, footer_links=["api"], css=CSS,
                             max_file_size=MAX_FILE_SIZE)
     print(f"desertmind app: serving {ckpt} at {url} (Ctrl+C to stop)", flush=True)
     if block:

@@ -1,8 +1,8 @@
 """Every image of a labelled split scored by a model, worst first, any one shown again.
 
-Only the scores are kept (name and mean IoU per image); an image, its ground truth and its
-prediction are recomputed when asked for, so a split of any size fits in memory. Predictions
-go through the one prediction path with the same :class:`EvalOptions` as ``validate``.
+Only the scores are kept (name, mean IoU and per-class IoU per image); an image, its ground
+truth and its prediction are recomputed when asked for, so a split of any size fits in memory.
+Predictions go through the one prediction path with the same :class:`EvalOptions` as ``validate``.
 """
 
 from __future__ import annotations
@@ -17,17 +17,19 @@ from desertmind.data.classes import NUM_CLASSES
 from desertmind.data.dataset import OffroadDataset
 from desertmind.models.network import SegmentationNetwork
 from desertmind.models.prediction import EvalOptions, predict_labels
-from desertmind.training.metrics import per_image_miou
+from desertmind.training.metrics import batched_confusion, iou_from_confusion
 
 
 @dataclass(frozen=True)
 class ImageScore:
-    """One image of the split: its index in the dataset, its name and its mean IoU (the seed's
-    per-image rule; NaN when nothing in it is labelled)."""
+    """One image of the split: its index in the dataset, its name, its mean IoU (the seed's
+    per-image rule; NaN when nothing in it is labelled) and each class's IoU in it (NaN for a
+    class neither in its ground truth nor in its prediction)."""
 
     index: int
     name: str
     miou: float
+    iou: tuple[float, ...] = ()
 
 
 class SplitRanking:
@@ -52,9 +54,10 @@ class SplitRanking:
             items = [dataset[i] for i in indices]
             preds = self._predict(torch.stack([it["image"] for it in items]))
             targets = torch.stack([it["mask"] for it in items]).long()
-            miou = per_image_miou(preds, targets, NUM_CLASSES)
-            found += [ImageScore(i, it["name"], float(m))
-                      for i, it, m in zip(indices, items, miou, strict=True)]
+            iou = iou_from_confusion(batched_confusion(preds, targets, NUM_CLASSES))
+            miou = iou.nanmean(-1)  # the seed's per-image rule (training.metrics)
+            found += [ImageScore(i, it["name"], float(m), tuple(float(v) for v in row))
+                      for i, it, m, row in zip(indices, items, miou, iou, strict=True)]
             if progress is not None:
                 progress(indices[-1] + 1, total)
         self.scores = sorted(found, key=lambda s: (np.isnan(s.miou), s.miou, s.name))

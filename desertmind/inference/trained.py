@@ -29,7 +29,12 @@ from desertmind.models.adapters import LoRA
 from desertmind.models.network import SCALINGS
 from desertmind.models.prediction import EvalOptions
 from desertmind.models.registry import ARCHITECTURES
-from desertmind.training.checkpoints import CLASS_TABLE_KEY, copy_weights, read_checkpoint
+from desertmind.training.checkpoints import (
+    CLASS_TABLE_KEY,
+    best_of,
+    copy_weights,
+    read_checkpoint,
+)
 from desertmind.training.module import SegmentationModule, read_training_record
 
 #: model arguments that decide the layout of the weights, always the checkpoint's: key ->
@@ -101,6 +106,8 @@ class TrainedSettings:
     network: dict[str, Any]
     data: dict[str, Any] = field(default_factory=dict)
     evaluation: EvalOptions = field(default_factory=EvalOptions)
+    #: the training run's monitor, its best score (the one this checkpoint holds) and epoch
+    best: tuple[str | None, float | None, int | None] = (None, None, None)
 
 
 def settings_of(path: str | Path, ckpt: dict) -> TrainedSettings:
@@ -132,7 +139,7 @@ def settings_of(path: str | Path, ckpt: dict) -> TrainedSettings:
     dm = dm if isinstance(dm, dict) else {}
     data = {key: list(dm[key]) if isinstance(dm[key], tuple) else dm[key]
             for key, ok in DATA_KEYS.items() if key in dm and ok(dm[key])}
-    return TrainedSettings(path, network, data, _saved_evaluation(hp))
+    return TrainedSettings(path, network, data, _saved_evaluation(hp), best_of(ckpt))
 
 
 def _saved_evaluation(hp: dict) -> EvalOptions:

@@ -272,9 +272,15 @@ def copy_weights(model: nn.Module, state: dict[str, Any], source: str | Path,
 
 def best_score(path: str | Path) -> tuple[float | None, int | None]:
     """The monitored best score stored by ModelCheckpoint in ``path``, and the epoch saved."""
-    ckpt = read_checkpoint(path)
-    score = None
+    _, score, epoch = best_of(read_checkpoint(path))
+    return score, epoch
+
+
+def best_of(ckpt: dict) -> tuple[str | None, float | None, int | None]:
+    """The monitor and best score ModelCheckpoint stored in a read checkpoint, and its epoch."""
+    monitor = score = None
     for state in ckpt.get("callbacks", {}).values():
-        if state.get("best_model_score") is not None:
+        if isinstance(state, dict) and state.get("best_model_score") is not None:
             score = float(state["best_model_score"])
-    return score, ckpt.get("epoch")
+            monitor = state.get("monitor") if isinstance(state.get("monitor"), str) else None
+    return monitor, score, ckpt.get("epoch")
