@@ -7,6 +7,7 @@ is used through ``executable_path`` (``DESERTMIND_CHROMIUM`` overrides where it 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from playwright import sync_api
 
 from desertmind.app.viewer import launch
 from desertmind.cli.main import main
+from desertmind.data.classes import CLASS_NAMES, CLASSES
 from desertmind.data.imageio import read_image
 
 pytestmark = pytest.mark.browser
@@ -45,28 +47,78 @@ def app_url(synth_root: Path, tmp_path_factory, phase_args):
 
 
 @pytest.fixture
-def browser_page(tmp_path):
+def browser_page(request, tmp_path):
+    """A chromium page; when the test ends, a screenshot of it goes to $DESERTMIND_SCREENSHOTS
+    (named after the test) or the test's temporary folder."""
+    shots = Path(os.environ.get("DESERTMIND_SCREENSHOTS") or tmp_path)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         yield page
-        page.screenshot(path=str(tmp_path / "viewer.png"), full_page=True)
+        shots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shots / f"{request.node.name}.png"), full_page=True)
         browser.close()
 
 
-def test_upload_shows_the_overlay_and_the_legend(app_url, browser_page, synth_root):
+def _box(locator) -> dict:
+    locator.wait_for(state="visible", timeout=60_000)
+    return locator.bounding_box()
+
+
+def _legend(page) -> list[tuple[str, float]]:
+    """The merged legend's rows as shown: (class, pixel share %)."""
+    labels = page.locator("#dm-classes label").all_inner_texts()
+    return [(name.strip(), float(share.rstrip("%"))) for name, share in
+            (label.split("·") for label in labels)]
+
+
+def test_the_header_names_the_network_its_size_and_its_score(app_url, browser_page):
+    page = browser_page
+    page.goto(app_url)
+    header = page.locator("#dm-header").inner_text(timeout=30_000)
+    assert "deeplabv3" in header and "mobilenet_v3_large" in header
+    assert "48x32 (width x height)" in header  # the checkpoint's evaluation size, W x H
+    assert re.search(r"val/mIoU \d\.\d{3} \(epoch \d+\)", header), header
+
+
+def test_upload_shows_image_and_prediction_side_by_side_drawn_large(app_url, browser_page,
+                                                                    synth_root):
     page = browser_page
     page.goto(app_url)
     image = next((synth_root / "val" / "Color_Images").iterdir())
     page.locator("#dm-input input[type=file]").set_input_files(str(image))
-    overlay = page.locator("#dm-overlay img")
-    overlay.wait_for(state="visible", timeout=60_000)
+    overlay, original = page.locator("#dm-overlay img"), page.locator("#dm-original img")
+    shown, pred = _box(original), _box(overlay)
+    assert abs(shown["y"] - pred["y"]) < 5 and shown["x"] + shown["width"] <= pred["x"] + 1
     size = overlay.evaluate("img => [img.naturalHeight, img.naturalWidth]")
-    assert tuple(size) == read_image(image).shape[:2]
-    legend = page.locator("#dm-legend")
-    sky = legend.locator("tr", has_text="Sky")
-    sky.locator("td", has_text="%").wait_for(timeout=30_000)  # shares appear after predicting
-    assert legend.locator("tr.dm-legend-row").count() == 10
+    assert tuple(size) == read_image(image).shape[:2]  # the image's own pixels...
+    drawn = overlay.evaluate("img => { const r = img.getBoundingClientRect(); "
+                             "return Math.min(r.width / img.naturalWidth, "
+                             "r.height / img.naturalHeight); }")
+    assert drawn >= 3  # ...drawn several times larger (80x48 synthetic scenes)
+
+
+def test_one_legend_sorted_by_share_is_also_the_toggles(app_url, browser_page, synth_root):
+    page = browser_page
+    page.goto(app_url)
+    image = next((synth_root / "val" / "Color_Images").iterdir())
+    page.locator("#dm-input input[type=file]").set_input_files(str(image))
+    page.locator("#dm-classes label", has_text="%").first.wait_for(timeout=60_000)
+    legend = _legend(page)
+    assert sorted(n for n, _ in legend) == sorted(CLASS_NAMES)
+    assert [s for _, s in legend] == sorted((s for _, s in legend), reverse=True)
+    assert page.locator("#dm-legend").count() == 0  # no second legend
+    # each toggle carries its class's colour
+    top = legend[0][0]
+    swatch = page.locator("#dm-classes label", has_text=top).locator("span").first.evaluate(
+        "el => getComputedStyle(el, '::before').backgroundColor")
+    assert swatch == "rgb({}, {}, {})".format(*CLASSES[CLASS_NAMES.index(top)].color)
+    # unticking the most common class re-draws the overlay without it
+    before = page.locator("#dm-overlay img").get_attribute("src")
+    page.locator("#dm-classes label", has_text=top).click()
+    page.wait_for_function(
+        "src => document.querySelector('#dm-overlay img').getAttribute('src') !== src",
+        arg=before, timeout=30_000)
 
 
 def test_a_file_that_is_not_an_image_gets_a_message_in_the_page(app_url, browser_page,
@@ -90,5 +142,24 @@ def test_picking_an_image_of_the_split_predicts_it(app_url, browser_page, synth_
     size = overlay.evaluate("img => [img.naturalHeight, img.naturalWidth]")
     image = synth_root / "val" / "Color_Images" / f"{name}.png"
     assert tuple(size) == read_image(image).shape[:2]
-    page.locator("#dm-legend tr", has_text="Sky").locator("td", has_text="%").wait_for(
-        timeout=30_000)
+    page.locator("#dm-classes label", has_text="%").first.wait_for(timeout=30_000)
+
+
+def test_browse_shows_per_class_iou_and_a_clicked_row(app_url, browser_page):
+    page = browser_page
+    page.goto(app_url)
+    page.get_by_role("tab", name="Browse val").click()
+    page.locator("#dm-score").click()
+    table = page.locator("#dm-ranking")  # Gradio's grid: cells are data-testid cell-ROW-COL
+    table.get_by_test_id("cell-3-1").wait_for(timeout=60_000)  # four images, worst first
+    headers = [h.strip() for h in table.get_by_role("columnheader").all_inner_texts()]
+    assert headers == ["rank", "image", "mIoU", *CLASS_NAMES]
+    cells = [table.get_by_test_id(f"cell-0-{c}").inner_text().strip()
+             for c in range(2, 3 + len(CLASS_NAMES))]
+    numbers = [c for c in cells if c not in ("", "NaN", "nan")]
+    assert numbers and all(re.fullmatch(r"\d(\.\d{1,3})?", n) for n in numbers), numbers
+    name = table.get_by_test_id("cell-2-1").inner_text().strip()
+    table.get_by_test_id("cell-2-1").click()
+    page.locator("#dm-caption", has_text=name).wait_for(timeout=60_000)
+    assert "mean IoU" in page.locator("#dm-caption").inner_text()
+    assert page.locator("#dm-key .dm-key").count() == len(CLASS_NAMES)  # the colour key
