@@ -49,9 +49,13 @@ help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu: CPU-only torch, without the CUDA libraries
+# that are most of the venv's 7 GB; empty: PyPI's torch, a CUDA build on Linux (runs on a CPU too)
+TORCH_INDEX ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
+	$(if $(TORCH_INDEX),$(BIN)/pip install torch torchvision --index-url $(TORCH_INDEX))
 	$(BIN)/pip install -e '.[dev]'
 	touch $(STAMP)
 
@@ -85,6 +89,11 @@ test-browser: $(STAMP) ## the viewer in a real browser (Playwright + Debian chro
 
 app: $(STAMP) ## the viewer for CKPT (default: the demo's phase 3) on DEMO_DATA, port 7860
 	$(DM) app --ckpt_path $(or $(CKPT),$(LOGS)/demo/phase3/checkpoints/best.ckpt) --data.root $(DEMO_DATA)
+
+screenshots: $(STAMP) ## refresh the README's pictures (docs/images) from the demo's phase 3 (make demo first)
+	DESERTMIND_CHROMIUM="$(or $(CHROMIUM),$$(command -v chromium))" $(BIN)/python \
+		docs/make_screenshots.py --ckpt $(LOGS)/demo/phase3/checkpoints/best.ckpt \
+		--root $(DEMO_DATA) --report $(REPORTS)
 
 DOCS_SITE ?= .docs-site
 $(VENV)/.docs-installed: $(STAMP)
