@@ -43,7 +43,7 @@ P3_INIT := $(if $(filter seed,$(RECIPE)),,--model.init_from $(P22))
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-full test-lowest test-browser app lint demo check-data bench gpu-check gpu-wheels clean phase1 phase2 phase3 phases \
-	scores report resume tensorboard tensorboard-eval clean-logs docs screenshots
+	scores report resume tensorboard tensorboard-eval clean-logs docs screenshots notebook
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -89,6 +89,10 @@ test-browser: $(STAMP) ## the viewer in a real browser (Playwright + Debian chro
 
 app: $(STAMP) ## the viewer for CKPT (default: the demo's phase 3) on DEMO_DATA, port 7860
 	$(DM) app --ckpt_path $(or $(CKPT),$(LOGS)/demo/phase3/checkpoints/best.ckpt) --data.root $(DEMO_DATA)
+
+notebook: $(STAMP) ## run notebooks/phase_analysis.ipynb on LOGS/demo (make demo first), outputs kept in it
+	cd notebooks && DESERTMIND_LOGS=../$(LOGS)/demo ../$(BIN)/jupyter nbconvert --to notebook \
+		--execute --inplace phase_analysis.ipynb
 
 screenshots: $(STAMP) ## refresh the README's pictures (docs/images) from the demo's phase 3 (make demo first)
 	DESERTMIND_CHROMIUM="$(or $(CHROMIUM),$$(command -v chromium))" $(BIN)/python \
