@@ -85,6 +85,7 @@ test-browser: $(STAMP) ## the viewer in a real browser (Playwright + Debian chro
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 		else echo "make test-browser needs chromium: sudo apt-get install chromium (or CHROMIUM=/path/to/chromium)"; exit 2; fi; \
 	fi
+	DESERTMIND_SCREENSHOTS=$(abspath $(DOCS_SITE))/screenshots \
 	DESERTMIND_CHROMIUM="$(or $(CHROMIUM),$$(command -v chromium))" $(BIN)/pytest -q -m browser tests/browser
 
 app: $(STAMP) ## the viewer for CKPT (default: the demo's phase 3) on DEMO_DATA, port 7860

@@ -121,8 +121,11 @@ def test_dashboard_images_come_at_the_configured_interval_only(tiny_logs: Path):
                             "change/lr_backbone", "change/train_preset"}
     assert sorted(names)[:len(changes)] == sorted(changes)  # TensorBoard lists them first
     assert [m.name.tag for m in experiment.metric_infos] == ["hp/best_val_mIoU"]
-    session = metadata.parse_session_start_info_plugin_data(
-        hparams["_hparams_/session_start_info"]).hparams
+    start = metadata.parse_session_start_info_plugin_data(
+        hparams["_hparams_/session_start_info"])
+    assert start.group_name == "phase1/version_0"  # HParams rows name their run
+    session = start.hparams
+    assert session["change/crop_size"].string_value == "none"  # phase 1 does not crop
     assert session["setup/backbone"].string_value == "mobilenet_v3_large"
     assert session["setup/freeze_bn"].WhichOneof("kind") == "bool_value"  # a boolean, not 0.0
     assert session["setup/max_epochs"].string_value == "3"  # not 3.0000
@@ -285,7 +288,29 @@ def test_prediction_grid_has_column_titles_row_names_and_a_class_legend():
     assert [ax.get_title() for ax in axes[:4]] == list(GRID_COLUMNS)
     assert [axes[0].get_ylabel(), axes[4].get_ylabel()] == ["a.png", "b.png"]
     (legend,) = fig.legends
-    assert [t.get_text() for t in legend.get_texts()] == [c.name for c in CLASSES]
+    assert [t.get_text() for t in legend.get_texts()][:10] == [c.name for c in CLASSES]
+    assert [t.get_text() for t in legend.get_texts()][10:] == ["error: wrong", "error: ignored"]
+
+
+@pytest.mark.parametrize("kind", ["confusion", "grid"])
+def test_dashboard_figures_stay_readable_where_tensorboard_shows_them(kind: str):
+    """TensorBoard draws an image about 480 pixels wide: no text may shrink below 7 pixels."""
+    from matplotlib.text import Text
+
+    from desertmind.reports.plots import confusion_matrix_figure, prediction_grid
+
+    rng = np.random.default_rng(0)
+    if kind == "confusion":
+        fig = confusion_matrix_figure(rng.integers(0, 50, (10, 10)), "validation, epoch 3")
+    else:
+        images = [rng.integers(0, 255, (144, 256, 3), dtype=np.uint8) for _ in range(4)]
+        masks = [rng.integers(0, 10, (144, 256), dtype=np.uint8) for _ in range(4)]
+        fig = prediction_grid(images, masks, masks[::-1], [f"{i}.png" for i in range(4)])
+    fig.canvas.draw()
+    width = fig.get_figwidth() * fig.dpi
+    sizes = [t.get_fontsize() * fig.dpi / 72 for t in fig.findobj(Text)
+             if t.get_text() and t.get_visible()]
+    assert sizes and min(sizes) * 480 / width >= 7, (width, min(sizes))
 
 
 def test_a_chained_phase_continues_the_previous_phases_tensorboard_steps(tiny_logs: Path):

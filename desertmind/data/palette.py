@@ -30,9 +30,14 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5,
     return out
 
 
+#: the error map's colours: correct pixels dark grey, wrong ones red (ignored ones black)
+CORRECT_COLOR = (60, 60, 60)
+ERROR_COLOR = (230, 30, 30)
+
+
 def error_map(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     """RGB: correct pixels dark grey, wrong ones red, ignored ones black."""
-    out = np.full((*target.shape, 3), 60, dtype=np.uint8)
-    out[pred != target] = (230, 30, 30)
+    out = np.full((*target.shape, 3), CORRECT_COLOR, dtype=np.uint8)
+    out[pred != target] = ERROR_COLOR
     out[target == IGNORE_INDEX] = 0
     return out

@@ -18,6 +18,8 @@ from desertmind.errors import check_choice
 Preset = Literal["none", "flip_color", "crop", "scale_crop", "strong", "seed_flip_color",
                  "domain_random"]
 PRESETS: tuple[str, ...] = get_args(Preset)
+#: the presets that take a random ``crop_size`` crop (the others ignore it)
+CROPPING_PRESETS: tuple[str, ...] = ("crop", "scale_crop", "strong")
 #: appearance transfer toward unlabelled target images (albumentations' domain adaptation)
 # PixelDistributionAdaptation is left out: in albumentations 2.0.8 it returns zeros on uint8
 # and saturates on float images of the synthetic scenes (an ill-conditioned PCA on flat colours)
@@ -107,7 +109,7 @@ def build_transform(
                   A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0, hue=0, p=1.0)]
     elif preset == "crop":
         steps += _random_crop(crop_size) + [A.HorizontalFlip(p=0.5)]
-    elif preset in ("scale_crop", "strong"):
+    elif preset in CROPPING_PRESETS:  # scale_crop, strong
         steps += [A.RandomScale(scale_limit=(-0.5, 1.0), p=1.0), *_random_crop(crop_size),
                   A.HorizontalFlip(p=0.5)]
         if preset == "strong":

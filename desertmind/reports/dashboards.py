@@ -16,6 +16,7 @@ from tensorboard.plugins.hparams.summary_v2 import HParam, Metric, hparams_confi
 from torch.utils.tensorboard import SummaryWriter
 
 from desertmind.data.classes import CLASS_NAMES
+from desertmind.data.transforms import CROPPING_PRESETS
 from desertmind.models.prediction import EvalOptions, predict_labels
 from desertmind.reports.plots import confusion_matrix_figure, prediction_grid
 from desertmind.training.chain_logger import logged_step
@@ -79,7 +80,8 @@ class HParamsSummary(L.Callback):
         # tensorboard's own protos: the columns in this order, the metric declared, no value
         writer.file_writer.add_summary(hparams_config_pb(
             hparams=[HParam(k) for k in params], metrics=[Metric(BEST_METRIC)]))
-        writer.file_writer.add_summary(hparams_pb(params))
+        # the run's name as TensorBoard's trial id: its HParams rows say which phase they are
+        writer.file_writer.add_summary(hparams_pb(params, trial_id=run_name(trainer)))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         monitor, mode = followed_monitor(trainer)
@@ -100,6 +102,15 @@ class HParamsSummary(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = state_dict.get("best")
         self.best_monitored = state_dict.get("best_monitored", self.best)
+
+
+def run_name(trainer: L.Trainer) -> str | None:
+    """``<phase>/version_<n>``: the TensorBoard run of this training, as its folders name it."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            version = logger.version
+            return f"{logger.name}/{version if isinstance(version, str) else f'version_{version}'}"
+    return None
 
 
 def key_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
@@ -123,7 +134,9 @@ def key_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
         "lr_backbone": groups.get("backbone"),
         "unfreeze_at_epoch": freeze.unfreeze_at_epoch if freeze is not None else None,
         "train_preset": data.get("train_preset"),
-        "crop_size": data.get("crop_size"),
+        # only the presets that crop use it
+        "crop_size": (data.get("crop_size") if data.get("train_preset") in CROPPING_PRESETS
+                      else None),
         "class_weighting": data.get("class_weighting"),
         "scheduler": type(schedulers[0].scheduler).__name__ if schedulers else "none",
     }
