@@ -115,8 +115,15 @@ def run_seed(args, seed: int, tmp: Path) -> dict[str, dict[str, dict[str, np.nda
     plain = EvalOptions()
     results: dict[str, dict[str, dict[str, np.ndarray]]] = {d: {} for d in DESERTS}
 
+    # val does not depend on the desert: each model is scored on it once per options (the
+    # model is kept with its scores, so its id cannot be reused by another one meanwhile)
+    val_scores: dict[tuple[int, str], tuple[SegmentationModule, np.ndarray]] = {}
+
     def both(module: SegmentationModule, desert: str, options: EvalOptions) -> dict:
-        return {"val": _score(module, root, "val", batch, options),
+        key = (id(module), repr(options))
+        if key not in val_scores:
+            val_scores[key] = module, _score(module, root, "val", batch, options)
+        return {"val": val_scores[key][1],
                 "shifted": _score(module, root, desert, batch, options)}
 
     baseline = _fit(root, args, seed, {}, {})

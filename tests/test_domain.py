@@ -131,12 +131,14 @@ def test_an_ema_teacher_moves_toward_the_student():
     student = torch.nn.Linear(2, 2)
     fixed = PseudoLabeler(student, ema_decay=None)
     ema = PseudoLabeler(student, ema_decay=0.9)
-    before = ema.teacher.weight.clone()
+    before = ema.teacher.module.weight.clone()
     with torch.no_grad():
         student.weight.add_(1.0)
     fixed.update(student), ema.update(student)
-    assert torch.equal(fixed.teacher.weight, before)
-    torch.testing.assert_close(ema.teacher.weight, before + 0.1)
+    assert torch.equal(fixed.teacher.module.weight, before)
+    torch.testing.assert_close(ema.teacher.module.weight, before + 0.1)
+    ema.update(student)  # the next step moves it a tenth of the remaining way again
+    torch.testing.assert_close(ema.teacher.module.weight, before + 0.19)
 
 
 def test_the_domain_generalisation_overlay_trains_and_a_shifted_split_is_scored(

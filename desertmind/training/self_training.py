@@ -9,19 +9,22 @@ half of its predicted class in the batch (class-balanced self-training, Zou et a
 rare classes keep some labels instead of the frequent ones taking them all. Every other pixel
 is ignored. Target masks are never read: the labels come from the teacher alone.
 
-The teacher lives outside the LightningModule's state, so checkpoints hold the student only
+The EMA is torch's ``AveragedModel`` with ``get_ema_multi_avg_fn``, the averaging Lightning's
+``EMAWeightAveraging`` uses; Lightning's callback itself averages the model being trained and
+exposes its average only privately, so it cannot serve as the teacher. The teacher lives
+outside the LightningModule's state, so checkpoints hold the student only
 and load anywhere a normal checkpoint does; a resumed run rebuilds the teacher from
 ``init_from`` (an EMA teacher starts again from there).
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from desertmind.data.classes import IGNORE_INDEX
 from desertmind.errors import ConfigError
@@ -60,12 +63,18 @@ class SelfTraining:
 
 
 class PseudoLabeler:
-    """A frozen copy of ``network`` that labels target images (see the module doc)."""
+    """A frozen copy of ``network`` that labels target images (see the module doc).
+
+    The copy is torch's ``AveragedModel`` (what Lightning's ``EMAWeightAveraging`` keeps too),
+    so an EMA teacher is torch's EMA of the student's parameters and buffers, started from
+    ``network`` as it is now."""
 
     def __init__(self, network: nn.Module, *, threshold: float = 0.9,
                  class_balance: bool = True, ema_decay: float | None = None) -> None:
-        self.teacher = copy.deepcopy(network).eval()
-        self.teacher.requires_grad_(False)
+        multi_avg_fn = get_ema_multi_avg_fn(ema_decay) if ema_decay is not None else None
+        self.teacher = AveragedModel(network, multi_avg_fn=multi_avg_fn, use_buffers=True)
+        self.teacher.update_parameters(network)  # the first "average" is the copy itself
+        self.teacher.eval().requires_grad_(False)
         self.threshold = threshold
         self.class_balance = class_balance
         self.ema_decay = ema_decay
@@ -88,14 +97,10 @@ class PseudoLabeler:
 
     @torch.no_grad()
     def update(self, student: nn.Module) -> None:
-        """With an EMA teacher: teacher = decay x teacher + (1 - decay) x student; buffers
-        (BatchNorm statistics) are copied."""
-        if self.ema_decay is None:
-            return
-        for t, s in zip(self.teacher.parameters(), student.parameters(), strict=True):
-            t.lerp_(s.detach().to(t.dtype), 1.0 - self.ema_decay)
-        for t, s in zip(self.teacher.buffers(), student.buffers(), strict=True):
-            t.copy_(s)
+        """With an EMA teacher: teacher = decay x teacher + (1 - decay) x student, for the
+        parameters and the floating-point buffers (BatchNorm statistics)."""
+        if self.ema_decay is not None:
+            self.teacher.update_parameters(student)
 
 
 def pseudo_label_loss(logits: Tensor, labels: Tensor) -> Tensor:
