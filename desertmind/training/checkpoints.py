@@ -191,6 +191,12 @@ class LastCheckpoint(PhaseCheckpoint):
     end of the train epoch, after this save. It saves after every validation even when a
     step-interval save fell on the same step: that save came before the validation and its
     early-stopping and best-score state.
+
+    Args:
+        every_n_train_steps: also save ``last.ckpt`` every this many optimizer steps (0: only
+            after validations).
+        overwrite: delete the folder's earlier checkpoints before the run (the CLI links it
+            to ``--overwrite``).
     """
 
     def __init__(self, every_n_train_steps: int = 0, overwrite: bool = False) -> None:
