@@ -13,10 +13,6 @@ class ImageProgressBar(TQDMProgressBar):
     """Lightning's TQDM bar, except that predict's advances by each batch's images, up to the
     number of images the run will predict (``limit_predict_batches`` included)."""
 
-    def __init__(self, refresh_rate: int = 1) -> None:
-        super().__init__(refresh_rate=refresh_rate)
-        self._images = 0
-
     def init_predict_tqdm(self):
         bar = super().init_predict_tqdm()
         bar.unit = "img"
@@ -24,10 +20,8 @@ class ImageProgressBar(TQDMProgressBar):
 
     def on_predict_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        changed = self.has_dataloader_changed(dataloader_idx)  # records the index too
-        if not changed:
+        if not self.has_dataloader_changed(dataloader_idx):  # records the index too
             return
-        self._images = 0
         bar = self.predict_progress_bar
         bar.reset(total=self._total_images(trainer, dataloader_idx))
         bar.set_description(f"{self.predict_description} images")
@@ -35,10 +29,8 @@ class ImageProgressBar(TQDMProgressBar):
     def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                              outputs: Any, batch: Any, batch_idx: int,
                              dataloader_idx: int = 0) -> None:
-        self._images += len(batch["image"])
         if self.predict_progress_bar is not None:
-            self.predict_progress_bar.n = self._images
-            self.predict_progress_bar.refresh()
+            self.predict_progress_bar.update(len(batch["image"]))
 
     def _total_images(self, trainer: L.Trainer, dataloader_idx: int) -> int | None:
         loaders = trainer.predict_dataloaders
