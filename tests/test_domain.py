@@ -53,12 +53,33 @@ def test_domain_randomisation_changes_appearance_not_labels(two_deserts: Path):
     dm.setup("fit")
     plain = OffroadDataModule(str(two_deserts), batch_size=2, num_workers=0)
     plain.setup("fit")
-    a, b = dm.datasets["train"][0], plain.datasets["train"][0]
-    flipped = not (a["mask"] == b["mask"]).all()
-    assert (a["mask"] == (b["mask"].flip(-1) if flipped else b["mask"])).all()
-    assert not (a["image"] == (b["image"].flip(-1) if flipped else b["image"])).all()
+    b = plain.datasets["train"][0]
+    changed = []
+    for seed in range(4):  # four fixed draws: each keeps the labels, light and colour change
+        a = dm.datasets["train"][(0, seed)]
+        flipped = not (a["mask"] == b["mask"]).all()
+        assert (a["mask"] == (b["mask"].flip(-1) if flipped else b["mask"])).all()
+        changed.append(not (a["image"] == (b["image"].flip(-1) if flipped else b["image"])).all())
+    assert all(changed)
     t = build_transform("domain_random", seed=0)
     assert "RandomGamma" in repr(t) and "RGBShift" in repr(t) and "GaussNoise" in repr(t)
+
+
+def test_domain_randomise_adds_the_randomisation_after_a_cropping_preset(two_deserts: Path):
+    # the overlay's switch keeps a phase's recipe (here phase 3's crops) and randomises light
+    # and colour on top: crops of the crop size, labels untouched by the colour steps
+    t = build_transform("crop", crop_size=32, seed=0, randomise=True)
+    steps = [type(s).__name__ for s in t.transforms]
+    assert steps.index("RandomCrop") < steps.index("RandomGamma")
+    assert "RGBShift" in steps and "GaussNoise" in steps
+    assert "RandomGamma" not in repr(build_transform("crop", crop_size=32))
+    assert repr(build_transform("domain_random", seed=0, randomise=True)) == repr(
+        build_transform("domain_random", seed=0))  # not added twice
+    dm = OffroadDataModule(str(two_deserts), batch_size=2, num_workers=0, train_preset="crop",
+                           crop_size=32, domain_randomise=True)
+    dm.setup("fit")
+    sample = dm.datasets["train"][0]
+    assert sample["image"].shape == (3, 32, 32) and sample["mask"].shape == (32, 32)
 
 
 def test_transfer_without_target_images_is_refused():

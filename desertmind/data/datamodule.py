@@ -73,6 +73,9 @@ class OffroadDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes (persistent when > 0).
         image_size: (height, width) every image is resized to; None keeps the full size.
         train_preset: augmentation preset, one of :data:`~desertmind.data.transforms.PRESETS`.
+        domain_randomise: also randomise light and colour (the ``domain_random`` preset's
+            photometric steps and flip) after the preset's own steps, crops included: how
+            ``configs/domain_generalisation.yaml`` adds domain randomisation to any phase.
         crop_size: square crop side for the ``crop`` and ``strong`` presets.
         class_weighting: ``none``, ``inverse_log`` or ``median_frequency``, computed from the
             train split's statistics (see ``desertmind check-data``), or ``seed_inverse_log``,
@@ -106,6 +109,7 @@ class OffroadDataModule(L.LightningDataModule):
         num_workers: int = 2,
         image_size: tuple[int, int] | None = None,
         train_preset: Preset = "none",
+        domain_randomise: bool = False,
         crop_size: int = 512,
         class_weighting: Weighting = "none",
         stats_path: str | None = None,
@@ -156,7 +160,8 @@ class OffroadDataModule(L.LightningDataModule):
         if not train:
             return OffroadDataset(samples, transform, decoded)
         transform = build_transform(hp.train_preset, hp.image_size, hp.crop_size, None,
-                                    hp.target_transfer, hp.target_transfer_p)
+                                    hp.target_transfer, hp.target_transfer_p,
+                                    randomise=hp.domain_randomise)
         references = self.target_images() if hp.target_transfer != "none" else None
         return OffroadDataset(samples, transform, decoded, references, self.seed)
 

@@ -15,7 +15,7 @@ from desertmind.data.cache import DecodedSplit
 from desertmind.data.classes import IGNORE_INDEX, unknown_values
 from desertmind.data.imageio import read_image
 from desertmind.data.layout import Sample, load_pair
-from desertmind.data.transforms import REFERENCE_KEY
+from desertmind.data.transforms import REFERENCE_KEY, seed_pipeline
 from desertmind.errors import DatasetError
 
 
@@ -66,7 +66,9 @@ class OffroadDataset(Dataset):
 
     def reseed(self, seed: int) -> None:
         """Set the random state of the augmentation pipeline and of the reference choice."""
-        if hasattr(self.transform, "set_random_seed"):
+        if isinstance(self.transform, A.BaseCompose):
+            seed_pipeline(self.transform, seed)
+        elif hasattr(self.transform, "set_random_seed"):
             self.transform.set_random_seed(seed)
         self._rng = np.random.default_rng(seed)
 

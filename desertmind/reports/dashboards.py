@@ -134,6 +134,7 @@ def key_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
         "lr_backbone": groups.get("backbone"),
         "unfreeze_at_epoch": freeze.unfreeze_at_epoch if freeze is not None else None,
         "train_preset": data.get("train_preset"),
+        "domain_randomise": data.get("domain_randomise"),
         # only the presets that crop use it
         "crop_size": (data.get("crop_size") if data.get("train_preset") in CROPPING_PRESETS
                       else None),
