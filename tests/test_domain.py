@@ -167,20 +167,25 @@ def test_the_domain_generalisation_overlay_trains_and_a_shifted_split_is_scored(
     import json
 
     from desertmind.cli.main import main
+    from desertmind.training.checkpoints import read_checkpoint
 
     root = generate(tmp_path / "d", n_train=8, n_val=4, height=48, width=80, seed=4, n_shifted=4)
     configs = Path(__file__).resolve().parents[1] / "configs"
     logs = tmp_path / "logs"
+    # the overlay, and a test-time tool given at fit: the checkpoint keeps it for test
     assert main(["fit", *phase_args("phase1", root, logs),
-                 "-c", str(configs / "domain_generalisation.yaml")]) == 0
+                 "-c", str(configs / "domain_generalisation.yaml"),
+                 "--model.evaluation.adapt_bn", "true"]) == 0
     out = tmp_path / "scored"
     best = logs / "phase1" / "checkpoints" / "best.ckpt"
+    saved = read_checkpoint(best)
+    assert saved["datamodule_hyper_parameters"]["domain_randomise"] is True
     assert main(["test", "--ckpt_path", str(best), "--data.test_dir", "test_shifted",
                  "--out", str(out), "--model.evaluation.predict_classes",
                  "[Trees, Lush Bushes, Dry Grass, Dry Bushes, Rocks, Landscape, Sky]"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["images"] == 4 and 0 <= metrics["test/mIoU"] <= 1
-    # the overlay's test-time AdaBN, stored in the checkpoint, used the shifted images
+    # the stored test-time AdaBN used the shifted images
     assert metrics["transductive"] is True and metrics["training"] is None
     assert metrics["test_time"] == ["batchnorm"]
     # the restricted figure is labelled, with the ten-class one beside it
