@@ -136,11 +136,11 @@ def seed_pipeline(pipeline: A.BaseCompose, seed: int | None) -> None:
 
     albumentations' own ``set_random_seed`` (2.0) hands the pipeline's seed to every step, so
     after a reseed all steps draw the same first numbers: whether each one fires, and its
-    parameters, move together. Reseeded per sample (as :class:`~desertmind.data.sampling.
-    EpochSampler`'s keys do), ``domain_random`` left 18% of 300 samples with no step at all
-    instead of the 0.4% its probabilities give. Each step gets its own seed from a
-    ``numpy.random.SeedSequence`` of ``seed`` instead: still one seed for the whole sample
-    (None: fresh entropy, as albumentations does)."""
+    parameters, move together. Reseeded per sample (as the keys of
+    :class:`~desertmind.data.sampling.EpochSampler` do), ``domain_random`` left 18% of 300
+    samples with no step at all instead of the 0.4% its probabilities give. Each step gets
+    its own seed from a ``numpy.random.SeedSequence`` of ``seed`` instead: still one seed for
+    the whole sample (None: fresh entropy, as albumentations does)."""
     pipeline.set_random_seed(seed)
     children = np.random.SeedSequence(seed).spawn(len(pipeline.transforms))
     for step, child in zip(pipeline.transforms, children, strict=True):
