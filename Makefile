@@ -163,7 +163,7 @@ resume: $(STAMP) ## resume PHASE (e.g. PHASE=phase1) from its last.ckpt after a 
 report: $(STAMP) ## summary.md/.csv and charts of every run under LOGS, in REPORTS
 	$(DM) report --logs $(LOGS) --out $(REPORTS) --print
 
-scores: $(STAMP) ## best val/mIoU of each phase under LOGS
+scores: $(STAMP) ## best score of each phase under LOGS, and the metric it monitored
 	$(DM) scores --logs $(LOGS)
 
 # the training runs found at start (eval/ runs left out; restart it to see runs started later)

@@ -19,8 +19,10 @@ test-time tool adapts to whichever images it is given):
   who knew them could do; the ceiling ``em_priors`` is compared with);
 - training-time (``--tools``; the default runs ``domain_random`` only, ``--tools all`` every
   one): ``domain_random`` (``data.domain_randomise``), ``histogram`` and ``fda`` (appearance
-  moved toward that desert's images, ``data.target_dir``; one fit per desert), each also
-  with AdaBN (``+adabn``) and EM priors (``+em``); ``self_training`` (pseudo-labels of that
+  moved toward that desert's images, ``data.target_dir``; one fit per desert),
+  ``domain_random_fda`` (both: randomised, then moved toward the desert), each also
+  with AdaBN (``+adabn``), EM priors (``+em``) and the true class list (``+classes``, EM's
+  ceiling on that network); ``self_training`` (pseudo-labels of that
   desert's images, an EMA teacher, ``--st-epochs`` more epochs from the baseline's best
   weights), compared with ``continued`` (the baseline trained as many more epochs on the
   source alone), not with the baseline;
@@ -66,7 +68,9 @@ TEST_TIME = {"adabn": {"adapt_bn": True}, "em_priors": {"class_priors": "em"},
 #: training-time tools: their data options (a ``target_transfer`` fit is one per desert)
 TRAINING = {"domain_random": {"domain_randomise": True},  # the domain_random preset's steps
             "histogram": {"target_transfer": "histogram"},
-            "fda": {"target_transfer": "fda"}}
+            "fda": {"target_transfer": "fda"},
+            # both: randomised light and colour, then moved toward the desert's appearance
+            "domain_random_fda": {"domain_randomise": True, "target_transfer": "fda"}}
 TOOLS = (*TRAINING, "self_training")
 #: what a tool is compared with (the baseline unless said)
 REFERENCE = {"self_training": "continued"}
@@ -194,6 +198,8 @@ def run_seed(args, seed: int, tmp: Path) -> dict[str, dict[str, dict[str, np.nda
             arms[tool] = both(module, desert, plain)
             arms[f"{tool}+adabn"] = both(module, desert, EvalOptions(adapt_bn=True))
             arms[f"{tool}+em"] = both(module, desert, EvalOptions(class_priors="em"))
+            arms[f"{tool}+classes"] = {"val": arms[tool]["val"], "shifted": _score(
+                module, root, desert, batch, EvalOptions(predict_classes=present))}
         data = {**o_data, **target} if _needs_target(o_data, o_model) else o_data
         overlay, _ = fit(data, o_model)
         arms["overlay"] = both(overlay, desert, replace(plain, **o_eval))

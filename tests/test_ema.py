@@ -42,7 +42,7 @@ def test_validation_and_best_ckpt_are_the_average(synth_root: Path, tmp_path: Pa
                  "--trainer.limit_val_batches", "2", "--trainer.accelerator", "cpu",
                  "--trainer.enable_progress_bar", "false"]) == 0
     scored = json.loads((out / "metrics.json").read_text())
-    assert scored["val/mIoU"] == pytest.approx(best_score(best)[0], abs=1e-6)
+    assert scored["val/mIoU"] == pytest.approx(best_score(best)[1], abs=1e-6)
     # a next phase starts from the average too (init_from reads state_dict)
     from desertmind.training.checkpoints import load_weights
     from desertmind.training.module import SegmentationModule

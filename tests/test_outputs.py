@@ -104,7 +104,8 @@ def test_a_copied_logs_folder_is_scored_reported_and_resumed_on_its_own(trained,
     shutil.copytree(logs, copy)
     original = {p: p.read_bytes() for p in logs.rglob("*") if p.is_file()}
     assert main(["scores", "--logs", str(copy)]) == 0
-    assert "phase1" in capsys.readouterr().out
+    (row,) = [r for r in capsys.readouterr().out.splitlines() if r.startswith("phase1 ")]
+    assert row.split()[2] == "val/mIoU"  # what the phase monitored, beside its score
     assert main(["report", "--logs", str(copy), "--out", str(tmp_path / "reports")]) == 0
     # resume the copy: it trains on in the copy, and the original is not touched
     best_before = _best_score(logs / "phase1" / "checkpoints" / "last.ckpt")

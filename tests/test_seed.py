@@ -169,7 +169,8 @@ def test_the_seed_chain_trains_end_to_end(synth_root: Path, tmp_path: Path, phas
 
 
 def test_every_best_epoch_of_a_seed_run_is_the_one_best_ckpt_holds(synth_root: Path,
-                                                                   tmp_path: Path, phase_args):
+                                                                   tmp_path: Path, phase_args,
+                                                                   capsys):
     assert main(["fit", *phase_args("seed/phase1", synth_root, tmp_path),
                  "--trainer.max_epochs", "3", "--early_stopping.patience", "5"]) == 0
     folder = tmp_path / "seed" / "phase1"
@@ -186,3 +187,6 @@ def test_every_best_epoch_of_a_seed_run_is_the_one_best_ckpt_holds(synth_root: P
     assert states["HParamsSummary"][1]["best_monitored"] == pytest.approx(score)
     (run,), _ = load_report(tmp_path)
     assert run.best_epoch == best["epoch"]
+    assert main(["scores", "--logs", str(tmp_path)]) == 0  # says which score it shows
+    (row,) = [r for r in capsys.readouterr().out.splitlines() if r.startswith("seed/phase1 ")]
+    assert row.split()[1:] == [f"{score:.4f}", PER_IMAGE, str(best["epoch"])]

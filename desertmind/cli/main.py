@@ -25,7 +25,7 @@ USAGE = """usage: desertmind [--version] COMMAND ...
   predict     predict data.predict_dir  desertmind predict --ckpt_path CKPT --out DIR
   check-data  check a dataset and write its class statistics
   synth       write a synthetic dataset in the Duality format
-  scores      best val/mIoU of every phase under a logs folder
+  scores      the best monitored score of every phase under a logs folder
   report      summary.md/.csv and charts of every run under a logs folder
   export      a checkpoint to ONNX (RGB 0-255 in; dynamic batch, height, width)
   app         a local web page to look at a model's predictions (Gradio)
@@ -107,19 +107,21 @@ def _scores(args: argparse.Namespace) -> int:
         example = runs.best_checkpoint(args.logs, "<phase>")
         print(f"no finished phase under {args.logs} (no {example})", file=sys.stderr)
         return 1
-    print(f"{'phase':<22}{'best val/mIoU':>14}{'epoch':>7}")
+    # each phase names what it monitored: the study's recipe keeps the best per-image mIoU
+    print(f"{'phase':<22}{'best':>8}  {'monitored':<20}{'epoch':>6}")
     unreadable = 0
     for path in ckpts:
         phase = runs.phase_of_checkpoint(path).relative_to(args.logs).as_posix()
         try:
-            score, epoch = best_score(path)
+            monitor, score, epoch = best_score(path)
         except DesertMindError as e:  # list the others; name this one
-            print(f"{phase:<22}{'unreadable':>14}{'-':>7}")
+            print(f"{phase:<22}{'unreadable':>8}  {'-':<20}{'-':>6}")
             print(f"desertmind scores: {e}", file=sys.stderr)
             unreadable += 1
             continue
         shown = "-" if score is None else f"{score:.4f}"
-        print(f"{phase:<22}{shown:>14}{epoch if epoch is not None else '-':>7}")
+        saved = "-" if epoch is None else epoch
+        print(f"{phase:<22}{shown:>8}  {monitor or '-':<20}{saved:>6}")
     return 1 if unreadable else 0
 
 
@@ -180,9 +182,12 @@ def _tool_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing split folders")
     p.set_defaults(func=_synth)
 
-    p = sub.add_parser("scores", help="best val/mIoU of every phase under a logs folder",
+    p = sub.add_parser("scores",
+                       help="the best monitored score of every phase under a logs folder",
                        description="Read <logs>/<phase>/checkpoints/best.ckpt of every phase "
-                       "(oldest first) and print its best val/mIoU and the epoch it was saved at.")
+                       "(oldest first) and print its best score, the metric it monitored "
+                       "(val/mIoU, or val/mIoU_per_image for the study's recipe) and the epoch "
+                       "it was saved at.")
     p.add_argument("--logs", default="lightning_logs", help="logs folder (default: %(default)s)")
     p.set_defaults(func=_scores)
 

@@ -276,10 +276,9 @@ def copy_weights(model: nn.Module, state: dict[str, Any], source: str | Path,
     model.load_state_dict(weights)
 
 
-def best_score(path: str | Path) -> tuple[float | None, int | None]:
-    """The monitored best score stored by ModelCheckpoint in ``path``, and the epoch saved."""
-    _, score, epoch = best_of(read_checkpoint(path))
-    return score, epoch
+def best_score(path: str | Path) -> tuple[str | None, float | None, int | None]:
+    """The monitor and best score ModelCheckpoint stored in ``path``, and the epoch saved."""
+    return best_of(read_checkpoint(path))
 
 
 def best_of(ckpt: dict) -> tuple[str | None, float | None, int | None]:
