@@ -113,6 +113,36 @@ def test_self_training_never_reads_target_masks(tmp_path: Path, phase_args):
     assert best["monitor"] == "val/mIoU"
 
 
+@pytest.mark.slow
+@pytest.mark.real_network
+def test_self_training_teaches_a_lora_adapted_foundation_backbone(tmp_path: Path, phase_args):
+    """The teacher is an EMA copy of a ViT whose LoRA adapters train and whose base is frozen
+    (no BatchNorm to average): the pseudo-labels train the adapters, never the frozen base."""
+    from desertmind.cli.main import main
+    from desertmind.training.checkpoints import read_checkpoint
+
+    root = generate(tmp_path / "d", n_train=8, n_val=4, height=48, width=80, seed=4, n_shifted=4)
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    logs = tmp_path / "logs"
+    small = ["--model.backbone", "tu-vit_small_patch16_dinov3", "--model.weights", "none",
+             "--trainer.precision", "32-true"]
+    recipe = ["-c", str(configs / "recipes" / "dinov3_vitb_dpt_lora.yaml"),
+              *phase_args("phase1", root, logs)[4:], *small]
+    assert main(["fit", *recipe]) == 0
+    (teacher,) = logs.glob("recipes/*/checkpoints/best.ckpt")
+    assert main(["fit", *recipe, "-c", str(configs / "self_training.yaml"),
+                 "--model.init_from", str(teacher), "--data.target_dir", "test_shifted",
+                 "--trainer.logger.init_args.name", "taught"]) == 0
+    before = read_checkpoint(teacher)["state_dict"]
+    # the weights trained, not their EMA (an EMA of an unchanged weight drifts by rounding)
+    after = read_checkpoint(logs / "taught" / "checkpoints" / "last.ckpt")["current_model_state"]
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    encoder = {k for k in moved if ".encoder." in k}
+    assert encoder and all("lora_" in k for k in encoder) and moved - encoder
+    events = _scalars(next((logs / "taught").glob("version_*")))
+    assert "train/pseudo_loss_epoch" in events and 0 < events["train/pseudo_kept"] <= 1
+
+
 def _scalars(run: Path) -> dict[str, float]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

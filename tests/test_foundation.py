@@ -183,6 +183,11 @@ def test_lora_fits_round_trips_and_exports_without_peft(synth_root: Path, tmp_pa
 
     ckpt = tmp_path / "lora.ckpt"
     fit.save_checkpoint(ckpt)
+    # a LoRA phase that continues it (init_from) starts from its trained adapters, not fresh
+    more = SegmentationModule("dpt", VIT14, lora=LoRA(rank=4, alpha=8), init_from=str(ckpt))
+    more.setup("fit")
+    trained = module.model.state_dict()
+    assert all(torch.equal(t, trained[n]) for n, t in more.model.state_dict().items())
     module.eval()
     loaded = load_module(ckpt)
     x = torch.rand(2, 3, 50, 70) * 255
@@ -205,7 +210,9 @@ def test_lora_fits_round_trips_and_exports_without_peft(synth_root: Path, tmp_pa
     assert not [n.name for n in graph.node if "lora" in n.name]
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
         None, {"images": x.numpy()})[0]
-    assert np.abs(got - eager.numpy()).max() < 1e-3
+    # float32 rounding grows with the logits (random weights give hundreds): relative to them
+    scale = np.abs(eager.numpy()).max()
+    assert np.abs(got - eager.numpy()).max() < 1e-5 * scale
     assert (got.argmax(1) == eager.numpy().argmax(1)).mean() > 0.999
 
 

@@ -84,10 +84,12 @@ def merge_lora(encoder: nn.Module) -> None:
 
 
 def plain_to_lora(weights: dict, own: dict) -> dict:
-    """``weights`` of a network without adapters, keyed as a network with them (``own``, its
-    state dict): each adapted layer's weights go to its base layer, and the adapters keep their
-    own fresh values (a phase that adds adapters to a previous phase's network)."""
+    """``weights`` keyed as a network with adapters (``own``, its state dict). Weights of a
+    network without adapters go to the base layers and the adapters keep their own fresh
+    values (a phase that adds adapters to a previous phase's network); weights that have
+    adapters keep them (a phase that continues an adapted one, or self-training's teacher)."""
     base = {key.replace(".base_layer.", "."): key for key in own if ".base_layer." in key}
     moved = {base.get(key, key): value for key, value in weights.items()}
-    moved.update({key: value for key, value in own.items() if is_lora_parameter(key)})
+    moved.update({key: value for key, value in own.items()
+                  if is_lora_parameter(key) and key not in moved})
     return moved
