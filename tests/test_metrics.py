@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from desertmind.training.metrics import SegmentationMetrics, per_image_miou
+from desertmind.training.metrics import (
+    SegmentationMetrics,
+    batched_confusion,
+    iou_from_confusion,
+)
 
 
 def _batches(seed: int = 0, n_batches: int = 3):
@@ -65,6 +69,7 @@ def test_per_image_definition_differs_from_dataset_level():
     p = torch.tensor([[[0, 0, 0, 1]], [[0, 0, 1, 1]]])
     metric = SegmentationMetrics()
     metric.update(p, t)
-    assert per_image_miou(p, t).tolist() == pytest.approx([1.0, 0.25])
+    assert iou_from_confusion(batched_confusion(p, t)).nanmean(-1).tolist() == pytest.approx(
+        [1.0, 0.25])
     assert metric.compute()["mIoU_per_image"].item() == pytest.approx((1.0 + 0.25) / 2)
     assert metric.compute()["mIoU"].item() == pytest.approx((5 / 7 + 1 / 3) / 2)

@@ -56,12 +56,6 @@ def batched_confusion(preds: Tensor, target: Tensor, num_classes: int = NUM_CLAS
     return counts.view(n, rows, c)[:, :c, :]
 
 
-def per_image_miou(preds: Tensor, target: Tensor, num_classes: int = NUM_CLASSES,
-                   ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """(N,) mean IoU of each image over the classes present in it (NaN: nothing labelled)."""
-    return _miou_of(batched_confusion(preds, target, num_classes, ignore_index))
-
-
 def iou_from_confusion(cms: Tensor) -> Tensor:
     """Per-class IoU (float64) of confusion matrices (..., C, C); NaN for a class absent from
     both target and prediction."""
