@@ -75,7 +75,7 @@ def test_report_figures_equal_the_logged_values(tiny_logs: Path):
         for name, value in r.per_class.items():
             logged = [e.value for e in ea.Scalars(f"val/iou/{name}") if e.step == best.step][0]
             assert value == pytest.approx(logged)
-        ckpt_score, _ = best_score(r.path.parent / "checkpoints" / "best.ckpt")
+        _, ckpt_score, _ = best_score(r.path.parent / "checkpoints" / "best.ckpt")
         assert r.best_miou == pytest.approx(ckpt_score)
         assert r.early_stopped is False  # patience 3 cannot fire in 3 epochs
     p1, p21 = runs
