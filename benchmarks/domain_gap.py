@@ -171,19 +171,22 @@ def run_seed(args, seed: int, tmp: Path) -> dict[str, dict[str, dict[str, np.nda
         return {"val": val_scores[key][1],
                 "shifted": _score(module, root, desert, batch, options)}
 
+    def known_classes(module: SegmentationModule, desert: str, val: np.ndarray) -> dict:
+        """The argmax restricted to the desert's true classes; val is ``val``, the module's
+        unrestricted score (every class is present there: no restriction)."""
+        present = [n for i, n in enumerate(CLASS_NAMES) if i not in ABSENT[DESERTS[desert]]]
+        return {"val": val, "shifted": _score(module, root, desert, batch,
+                                              EvalOptions(predict_classes=present))}
+
     baseline, baseline_ckpt = fit({})
     o_data, o_model, o_eval = _overlay()
-    for desert, domain in DESERTS.items():
+    for desert in DESERTS:
         target = {"target_dir": f"{desert}/Color_Images"}
         arms = results[desert]
         arms["baseline"] = both(baseline, desert, plain)
         for name, options in TEST_TIME.items():
             arms[name] = both(baseline, desert, EvalOptions(**options))
-        present = [n for i, n in enumerate(CLASS_NAMES) if i not in ABSENT[domain]]
-        arms["known_classes"] = {
-            "val": arms["baseline"]["val"],  # every class is present in val: no restriction
-            "shifted": _score(baseline, root, desert, batch,
-                              EvalOptions(predict_classes=present))}
+        arms["known_classes"] = known_classes(baseline, desert, arms["baseline"]["val"])
         for tool in args.tools:
             if tool == "self_training":
                 more = {"init_from": str(baseline_ckpt)}
@@ -198,8 +201,7 @@ def run_seed(args, seed: int, tmp: Path) -> dict[str, dict[str, dict[str, np.nda
             arms[tool] = both(module, desert, plain)
             arms[f"{tool}+adabn"] = both(module, desert, EvalOptions(adapt_bn=True))
             arms[f"{tool}+em"] = both(module, desert, EvalOptions(class_priors="em"))
-            arms[f"{tool}+classes"] = {"val": arms[tool]["val"], "shifted": _score(
-                module, root, desert, batch, EvalOptions(predict_classes=present))}
+            arms[f"{tool}+classes"] = known_classes(module, desert, arms[tool]["val"])
         data = {**o_data, **target} if _needs_target(o_data, o_model) else o_data
         overlay, _ = fit(data, o_model)
         arms["overlay"] = both(overlay, desert, replace(plain, **o_eval))
