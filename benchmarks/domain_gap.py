@@ -31,7 +31,9 @@ test-time tool adapts to whichever images it is given):
 Per desert and tool: the mean and standard deviation over seeds of val and shifted mIoU, and
 the change against its reference with a 95% interval over seeds and images
 (:func:`~desertmind.reports.uncertainty.paired_change_over_seeds`). One JSON object.
-``--full`` is the size for a GPU.
+``--full`` is the size for a GPU. ``--keep DIR`` keeps each seed's confusion matrices
+(``DIR/seed<N>.npz``) and reads a seed kept there with the same settings instead of running it
+again: more seeds, or an interrupted run, cost only the seeds not yet run.
 """
 
 from __future__ import annotations
@@ -208,6 +210,40 @@ def run_seed(args, seed: int, tmp: Path) -> dict[str, dict[str, dict[str, np.nda
     return results
 
 
+def _settings(args) -> dict:
+    """What a kept seed must have been run with to be reused: every option but the seed list,
+    and what the overlay turns on. (The code is not compared: after changing a tool, start a
+    new --keep folder.)"""
+    data, model, evaluation = _overlay()
+    return {**{k: v for k, v in sorted(vars(args).items()) if k not in ("seeds", "keep", "full")},
+            "overlay": {"data": data, "model": model, "evaluation": evaluation}}
+
+
+def _save(path: Path, results: dict, settings: dict) -> None:
+    arrays = {f"{desert}/{tool}/{split}": cms for desert, arms in results.items()
+              for tool, splits in arms.items() for split, cms in splits.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, settings=np.array(json.dumps(settings)), **arrays)
+
+
+def _load(path: Path, settings: dict) -> dict:
+    """A kept seed's results, if it was run with ``settings`` (else a clear exit: mixing
+    budgets or tools in one table would compare unlike things)."""
+    with np.load(path) as kept:
+        was = json.loads(str(kept["settings"]))
+        if was != settings:
+            differ = sorted(k for k in {*was, *settings} if was.get(k) != settings.get(k))
+            changes = "; ".join(f"{k}: {was.get(k)} there, {settings.get(k)} now"
+                                for k in differ)
+            sys.exit(f"{path}: kept with other settings ({changes}); use another --keep folder")
+        results: dict = {}
+        for key in kept.files:
+            if key != "settings":
+                desert, tool, split = key.split("/")
+                results.setdefault(desert, {}).setdefault(tool, {})[split] = kept[key]
+    return results
+
+
 def summarise(per_seed: list[dict]) -> dict:
     """Means, spreads and intervals over seeds, per desert and tool."""
     table: dict[str, dict] = {}
@@ -253,6 +289,9 @@ def main() -> None:
     parser.add_argument("--full", action="store_true",
                         help="the GPU size: 5 seeds, 384 train / 64 val / 64 per desert at "
                         "270x480, 40 epochs, batch 8, every tool")
+    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                        help="keep each seed's confusion matrices in DIR/seed<N>.npz, and "
+                        "reuse a seed kept there with the same settings")
     args = parser.parse_args()
     if "all" in args.tools:
         args.tools = list(TOOLS)
@@ -264,8 +303,16 @@ def main() -> None:
     per_seed = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            per_seed.append(run_seed(args, seed, Path(tmp)))
-            print(f"seed {seed} done at {time.perf_counter() - start:.0f} s: " + ", ".join(
+            kept = args.keep / f"seed{seed}.npz" if args.keep else None
+            reused = kept is not None and kept.exists()
+            if reused:
+                per_seed.append(_load(kept, _settings(args)))
+            else:
+                per_seed.append(run_seed(args, seed, Path(tmp)))
+                if kept is not None:
+                    _save(kept, per_seed[-1], _settings(args))
+            how = f"read from {kept}" if reused else "done"
+            print(f"seed {seed} {how} at {time.perf_counter() - start:.0f} s: " + ", ".join(
                 f"{tool} {desert} {_miou(cms['shifted']):.3f} (val {_miou(cms['val']):.3f})"
                 for desert, arms in per_seed[-1].items() for tool, cms in arms.items()
                 if tool in ("baseline", "overlay")), file=sys.stderr, flush=True)
