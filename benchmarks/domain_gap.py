@@ -122,6 +122,10 @@ def _fit(root: Path, args, seed: int, data: dict, model: dict, epochs: int,
     val_every = max(n for n in range(1, args.val_every + 1) if epochs % n == 0)
     _trainer(epochs, val_every, [best]).fit(module, dm)
     ckpt = read_checkpoint(best.best_model_path)
+    # kept at the last epoch: the budget stopped before the plateau (see docs/benchmarks.md)
+    arm = f"{data or 'baseline'}{f' {model}' if model else ''}"
+    print(f"  seed {seed}, {arm}: kept epoch {ckpt['epoch'] + 1} of {epochs}, val mIoU "
+          f"{float(best.best_model_score):.3f}", file=sys.stderr, flush=True)
     module.load_state_dict(ckpt["state_dict"])
     read_training_record(module, ckpt)
     return module, Path(best.best_model_path)
