@@ -3,12 +3,12 @@
 On synthetic data (``desertmind synth``: source train / val and two labelled shifted deserts,
 ``test_shifted`` and ``test_dusk``, see :mod:`desertmind.data.synth`), for each seed: a
 fresh dataset and training order, MobileNetV3 DeepLabV3 from random weights, the same budget
-for every training arm, trained toward its plateau and kept at its best val mIoU (validated
-every ``--val-every`` epochs; Lightning's ``ModelCheckpoint``, as the phases keep
-``best.ckpt``). A budget that stops well short of the plateau measures how fast an arm learns
-the source rather than what it ends at: domain randomisation's val change was -0.043 [95%:
--0.055, -0.029] after 12 epochs (the last, at 224x128), -0.004 [-0.023, +0.018] kept at its
-best of 24.
+for every training arm, kept at its best val mIoU (validated every ``--val-every`` epochs;
+Lightning's ``ModelCheckpoint``, as the phases keep ``best.ckpt``; the epoch kept is printed).
+A budget that stops well short of the plateau measures how fast an arm learns the source
+rather than what it ends at: domain randomisation's val change was -0.043 [95%: -0.055,
+-0.029] after 12 epochs (the last, at 224x128), -0.004 [-0.023, +0.018] kept at its best of
+24. Even 24 (the default) and 36 epochs keep the last epoch: still short of the plateau.
 Each arm is scored on val (source) and on each desert, with the same tool applied to both (a
 test-time tool adapts to whichever images it is given):
 
