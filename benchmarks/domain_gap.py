@@ -123,7 +123,7 @@ def _fit(root: Path, args, seed: int, data: dict, model: dict, epochs: int,
     val_every = max(n for n in range(1, args.val_every + 1) if epochs % n == 0)
     _trainer(epochs, val_every, [best]).fit(module, dm)
     ckpt = read_checkpoint(best.best_model_path)
-    # kept at the last epoch: the budget stopped before the plateau (see docs/benchmarks.md)
+    # a fit kept at its last epoch had not reached its plateau: say which epoch was kept
     arm = f"{data or 'baseline'}{f' {model}' if model else ''}"
     print(f"  seed {seed}, {arm}: kept epoch {ckpt['epoch'] + 1} of {epochs}, val mIoU "
           f"{float(best.best_model_score):.3f}", file=sys.stderr, flush=True)
