@@ -14,7 +14,8 @@ CONFIGS ?=
 FIT_ARGS ?=
 PHASE1_ARGS ?=
 RUN_ARGS = --data.root $(DATA) --trainer.logger.init_args.save_dir $(LOGS) $(FIT_ARGS)
-# a phase make runs is not done (no .done stamp): checkpoints of a failed attempt are replaced
+# a phase make runs is not done (no .done stamp): a failed attempt's checkpoints are replaced
+# as the new run saves its own (kept until then)
 PHASE_ARGS = $(RUN_ARGS) --overwrite
 # RECIPE=seed: the study's four phases exactly as it ran them (configs/seed, logs under seed/)
 RECIPE ?=
@@ -31,8 +32,9 @@ P1 := $(PHASE_LOGS)/phase1/checkpoints/best.ckpt
 P21 := $(PHASE_LOGS)/phase2_1_head/checkpoints/best.ckpt
 P22 := $(PHASE_LOGS)/phase2_2_backbone/checkpoints/best.ckpt
 P3 := $(PHASE_LOGS)/phase3/checkpoints/best.ckpt
-# a phase is done when its stamp exists: written after its fit succeeds, so a failed or killed
-# phase keeps its checkpoints (to resume: make resume) and is run again by the next make
+# a phase is done when its stamp exists: written by the fit itself when it ends (so a phase
+# trained by hand with `desertmind fit` counts too), so a failed or killed phase keeps its
+# checkpoints (to resume: make resume) and is run again by the next make
 DONE = $(dir $(patsubst %/,%,$(dir $(1)))).done
 D1 := $(call DONE,$(P1))
 D21 := $(call DONE,$(P21))

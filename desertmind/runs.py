@@ -7,6 +7,8 @@
                                           val_images.npz (per-image confusion, best epoch)
         checkpoints/best.ckpt             the best model on the monitored metric
         checkpoints/last.ckpt             the latest state, for --ckpt_path last
+        .done                             the phase's last fit ended (written by the best
+                                          checkpoint's callback; what make's phase targets test)
         eval/<command>/version_N/         a validate / test / predict run of that phase's model:
                                           never read as a training run
     <logs>/random_seed_N/<phase>/         the same chain trained with seed N
@@ -32,6 +34,7 @@ CONFIG_FILE = "config.yaml"
 VAL_IMAGES_FILE = "val_images.npz"
 EVAL_DIR = "eval"
 RANDOM_SEED_DIR = "random_seed_"
+DONE_FILE = ".done"
 
 
 def phase_dir(logs: str | Path, phase: str) -> Path:
@@ -47,6 +50,11 @@ def checkpoint_dir(logs: str | Path, phase: str) -> Path:
 def best_checkpoint(logs: str | Path, phase: str) -> Path:
     """``<logs>/<phase>/checkpoints/best.ckpt``: what the next phase starts from."""
     return checkpoint_dir(logs, phase) / f"{BEST}{CKPT_EXT}"
+
+
+def done_stamp(phase: str | Path) -> Path:
+    """``<phase>/.done``: present when the phase's last fit ended."""
+    return Path(phase) / DONE_FILE
 
 
 def phase_of_run(run_dir: str | Path) -> Path:

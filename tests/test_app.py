@@ -7,6 +7,13 @@ import html
 import os
 import re
 import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
 from pathlib import Path
 
 import cv2
@@ -86,7 +93,7 @@ def test_tta_and_window_switches_reach_the_model(served, synth_root, monkeypatch
 
 @pytest.mark.parametrize("content, message", [
     (b"this is not an image", "cannot decode image"),
-    ("huge", "MP accepted"),
+    ("huge", "larger than the 25 MP"),
     ("tiny", "too small"),
 ])
 def test_a_bad_upload_gets_a_message_and_the_server_goes_on(served, synth_root, tmp_path,
@@ -99,10 +106,13 @@ def test_a_bad_upload_gets_a_message_and_the_server_goes_on(served, synth_root, 
         cv2.imwrite(str(bad), np.zeros((8, 8, 3), np.uint8))
     else:
         bad.write_bytes(content)
-    with pytest.raises(AppError, match=message) as error:
+    # refused at the upload (not an image, over the pixel limit) or by the handler (too small)
+    with pytest.raises((AppError, httpx.HTTPStatusError)) as error:
         client.predict(handle_file(str(bad)), False, 0, 0.5, list(CLASS_NAMES),
                        api_name="/predict")
-    assert "upload.png" in str(error.value) and "/tmp/gradio" not in str(error.value)
+    said = error.value.response.text if isinstance(error.value, httpx.HTTPStatusError) \
+        else str(error.value)
+    assert message in said and "upload.png" in said and "/tmp/" not in said
     good = next((synth_root / "val" / "Color_Images").iterdir())
     assert client.predict(handle_file(str(good)), False, 0, 0.5, list(CLASS_NAMES),
                           api_name="/predict")
@@ -147,19 +157,22 @@ def test_a_server_file_that_was_never_uploaded_is_refused(served, synth_root, tm
     cv2.imwrite(str(secret), np.full((40, 60, 3), 123, np.uint8))
     from gradio.utils import get_upload_folder
 
-    # a file in Gradio's shared cache folder that this server never received (another app's)
+    # a file in this viewer's own cache folder that this server never received
     cached = Path(get_upload_folder()) / f"not-ours-{os.getpid()}" / "other.png"
     cached.parent.mkdir(parents=True)
     shutil.copy(secret, cached)
     sample = next((synth_root / "val" / "Color_Images").iterdir())
     try:
-        for path in (secret, cached, sample):  # even the split's own images, by path
+        # even the split's own images, by path; and a relative path
+        for path in (secret, cached, sample, Path("relative.png")):
             answer = _raw_call(client.src, "predict", [
                 {"path": str(path), "meta": {"_type": "gradio.FileData"}}, False, 0, 0.0,
                 list(CLASS_NAMES)])
             assert answer.startswith("event: error"), answer[:300]
-            # the message (ours, or Gradio's own refusal); Gradio 6.0 sends none over /call
-            assert "data: null" in answer or re.search(
+            assert os.getcwd() not in answer  # where the server runs is not told
+            # ours, or none: Gradio's own refusal names server paths, so the viewer sends
+            # only its own messages (show_error off); Gradio 6.0 sends none over /call
+            assert re.search(r'data: (null|\{"error": null\})', answer) or re.search(
                 "not a file uploaded to this viewer|not uploaded by a user", answer), answer[:300]
     finally:
         shutil.rmtree(cached.parent)
@@ -220,3 +233,101 @@ def test_twenty_concurrent_requests_are_all_answered(served, synth_root, same):
         expected = read_image(paths[0 if same else i % len(paths)]).shape
         assert read_image(overlay).shape == expected  # a whole PNG, never an empty file
         assert sum(_shares(legend).values()) == pytest.approx(100, abs=0.1)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` and holds no pixel data: what a
+    decompression bomb's header looks like (a real one is a few MB of zeros that inflate to
+    gigabytes); only the header may be read."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
+            + struct.pack(">I", zlib.crc32(chunk)) + b"\x00\x00\x00\x00IEND\xaeB`\x82")
+
+
+def _upload(url: str, name: str, content: bytes) -> httpx.Response:
+    """A raw upload to Gradio's route, as any remote client can send it."""
+    return httpx.post(f"{url}gradio_api/upload", files={"files": (name, content)}, timeout=30)
+
+
+def _viewer_files(client) -> list[Path]:
+    from gradio.utils import get_upload_folder
+
+    return [p for p in Path(get_upload_folder()).rglob("*") if p.is_file()]
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(served, synth_root):
+    client, _ = served
+    bomb = _png_header(20000, 20000)
+    assert _upload(client.src, "6k.png", _png_header(6000, 5000)).text.startswith(
+        "6k.png: 6000x5000 pixels (30 MP), larger than the 25 MP")
+    start = time.monotonic()
+    answer = _upload(client.src, "bomb.png", bomb)
+    assert answer.status_code == 415, answer.text
+    assert re.match(r"bomb.png: over \d+ MP, larger than the 25 MP", answer.text), answer.text
+    assert time.monotonic() - start < 5  # nothing decoded
+    assert not any(p.name == "bomb.png" for p in _viewer_files(client))  # and nothing kept
+
+
+def test_uploads_are_images_only_and_bounded(served, synth_root, monkeypatch):
+    client, _ = served
+    from desertmind.app import uploads
+
+    answer = _upload(client.src, "data.bin", os.urandom(4096))
+    assert answer.status_code == 415 and "data.bin: cannot decode image" in answer.text
+    assert not any(p.name == "data.bin" for p in _viewer_files(client))
+    # a request larger than one file may be is refused before it is stored
+    monkeypatch.setattr(uploads, "MAX_REQUEST_BYTES", 2048)
+    answer = _upload(client.src, "big.png", b"\0" * 10_000)
+    assert answer.status_code == 413
+    monkeypatch.setattr(uploads, "MAX_REQUEST_BYTES", 32 * 2**20)
+    # the folder keeps at most its budget: the oldest uploads go first
+    image = next((synth_root / "val" / "Color_Images").iterdir()).read_bytes()
+    monkeypatch.setattr(uploads, "MAX_TOTAL_BYTES", 3 * len(image))
+    paths = []
+    for i in range(6):
+        answer = _upload(client.src, f"frame{i}.png", image)
+        assert answer.status_code == 200, answer.text
+        paths += answer.json()
+    total = sum(p.stat().st_size for p in _viewer_files(client))
+    assert total <= 3 * len(image)
+    assert Path(paths[-1]).is_file() and not Path(paths[0]).exists()
+
+
+def test_files_of_gradios_shared_folder_are_not_served(served, tmp_path):
+    """Another Gradio app's files live in the shared temp folder; this viewer has its own."""
+    client, ckpt = served
+    shared = Path(tempfile.gettempdir()) / "gradio" / f"other-app-{os.getpid()}"
+    shared.mkdir(parents=True, exist_ok=True)
+    try:
+        cv2.imwrite(str(shared / "other.png"), np.zeros((20, 20, 3), np.uint8))
+        answer = httpx.get(f"{client.src}gradio_api/file={shared / 'other.png'}", timeout=30)
+        assert answer.status_code in (403, 404), answer.status_code
+    finally:
+        shutil.rmtree(shared)
+    page = httpx.get(client.src, timeout=30).text
+    assert str(ckpt.resolve().parent) not in page  # the checkpoint's folder is not shown
+
+
+@pytest.mark.slow
+def test_a_terminated_viewer_leaves_no_folder(served, synth_root, tmp_path):
+    _, ckpt = served
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    port = 7800 + os.getpid() % 150
+    # the served checkpoint is the stand-in network's: the child builds it too
+    code = ("import sys, desertmind.training.module as m; from tests.stand_in import build_tiny;"
+            " m.build_network = build_tiny; from desertmind.cli.main import main;"
+            " sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, "app", "--ckpt_path", str(ckpt),
+                             "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).parents[1])
+    try:
+        for line in proc.stdout:
+            if "serving" in line:
+                break
+        assert list(tmp_path.glob("desertmind-viewer-*"))
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert not list(tmp_path.glob("desertmind-viewer-*"))

@@ -125,7 +125,8 @@ def test_test_out_writes_metrics_per_image_and_confusion(synth_root, phase3, tmp
     assert np.nanmean(iou) == pytest.approx(metrics["test/mIoU"], abs=1e-5)
     assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the run's logs are under --out, never in the phase's training folder
-    assert sorted(p.name for p in (logs / "phase3").iterdir()) == ["checkpoints", "version_0"]
+    assert sorted(p.name for p in (logs / "phase3").iterdir()) == [".done", "checkpoints",
+                                                                  "version_0"]
 
 
 def test_user_evaluation_options_win_over_the_checkpoint(phase3, tmp_path):
@@ -171,7 +172,7 @@ def test_an_evaluation_with_a_phase_config_logs_in_its_own_folder(synth_root, ph
                      "--trainer.logger.init_args.save_dir", str(logs), *CPU]) == 0
     assert not (logs / "phase1").exists()  # the config's phase is not the checkpoint's
     assert sorted(p.name for p in (logs / "phase3").iterdir()) == [
-        "checkpoints", "eval", "version_0"]
+        ".done", "checkpoints", "eval", "version_0"]
     assert sorted(p.name for p in (logs / "phase3" / "eval").iterdir()) == ["test", "validate"]
     runs_after, problems = load_report(logs)
     assert [r.run for r in runs_after] == [r.run for r in runs_before] and not problems

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 
@@ -81,6 +82,15 @@ def test_predict_never_mixes_old_and_new_results(synth_root: Path, tmp_path: Pat
     assert "--overwrite" in capsys.readouterr().err and stale.exists()
     assert main([*predict, "--overwrite"]) == 0
     assert not stale.exists() and len(list((out / "raw").glob("*.png"))) == 4
+    # a user's own file in an output folder is never deleted, --overwrite or not
+    other = tmp_path / "other"
+    raw_photo = other / "raw" / "IMG_0001.CR2"
+    raw_photo.parent.mkdir(parents=True)
+    raw_photo.write_bytes(b"a camera's raw file")
+    for extra in ([], ["--overwrite"]):
+        assert main([*predict[:-4], "--out", str(other), *predict[-2:], *extra]) == 2
+        assert "IMG_0001.CR2" in capsys.readouterr().err
+        assert raw_photo.read_bytes() == b"a camera's raw file"
     afile = tmp_path / "a_file"
     afile.write_text("x")
     for command in (["predict", "--data.predict_dir", str(synth_root / "val")], ["test"]):
@@ -154,9 +164,12 @@ def test_make_keeps_a_failed_phases_checkpoints_and_runs_it_again(tmp_path: Path
     best.parent.mkdir(parents=True)
     best.write_bytes(b"the failed run's best model so far")
 
+    installed = tmp_path / "installed"  # stands in for the venv's stamp: nothing installs
+    installed.touch()
+
     def make(dm: str) -> subprocess.CompletedProcess:  # DM stands in for desertmind
         return subprocess.run(["make", "-C", str(repo), "phase1", f"DM={dm}", f"LOGS={logs}",
-                               "STAMP=Makefile"], capture_output=True, text=True)
+                               f"STAMP={installed}"], capture_output=True, text=True)
 
     assert make("false").returncode != 0
     assert best.read_bytes() == b"the failed run's best model so far"  # not deleted
@@ -398,3 +411,102 @@ def test_report_on_a_file_says_it_is_a_file(tmp_path: Path, capsys):
     file.write_text("not logs")
     assert main(["report", "--logs", str(file)]) == 2
     assert "is a file, not a logs folder" in capsys.readouterr().err
+
+
+class StopAtFirstStep(L.Callback):
+    """Fails a fit before its first optimizer step, so before it saves anything (a Ctrl+C
+    or a crash early in a run)."""
+
+    def on_train_batch_start(self, *args) -> None:
+        raise RuntimeError("stopped before the first save")
+
+
+def test_a_phase_trained_by_hand_is_done_and_a_restart_keeps_it_until_replaced(
+        synth_root: Path, tmp_path: Path, capsys, phase_args):
+    """Trained with ``desertmind fit`` as the README teaches, phase 1 is finished for make;
+    started again with --overwrite (what make does to an unfinished phase), its checkpoints
+    stay until the new run writes its own."""
+    logs = tmp_path / "logs"
+    args = ["fit", *phase_args("phase1", synth_root, logs)]
+    assert main(args) == 0
+    phase = logs / "phase1"
+    assert (phase / ".done").is_file()
+    installed = tmp_path / "installed"
+    installed.touch()
+    repo = Path(__file__).resolve().parents[1]
+    made = subprocess.run(["make", "-C", str(repo), "phase1", "DM=false", f"LOGS={logs}",
+                           f"STAMP={installed}"], capture_output=True, text=True)
+    assert made.returncode == 0 and "Nothing to be done" in made.stdout, made.stdout
+    def kept() -> dict[str, tuple[int, bytes]]:  # the same file: inode and content
+        return {p.name: (p.stat().st_ino, p.read_bytes())
+                for p in (phase / "checkpoints").glob("*.ckpt")}
+
+    before = kept()
+    assert set(before) == {"best.ckpt", "last.ckpt"}
+    stop = f"--trainer.callbacks+={__name__}.StopAtFirstStep"
+    with pytest.raises(RuntimeError, match="before the first save"):
+        main([*args, "--overwrite", stop])
+    assert kept() == before  # nothing deleted before the new run had saved
+    assert not (phase / ".done").exists()  # and the phase is not finished
+    assert main([*args, "--overwrite"]) == 0
+    assert (phase / ".done").is_file()
+    assert kept()["best.ckpt"][0] != before["best.ckpt"][0]  # replaced by the new run's
+
+
+def test_an_evaluation_into_a_used_out_folder_is_refused_unless_overwrite(
+        synth_root: Path, tmp_path: Path, capsys, phase_args):
+    logs = tmp_path / "logs"
+    assert main(["fit", *phase_args("phase1", synth_root, logs)]) == 0
+    best = str(logs / "phase1" / "checkpoints" / "best.ckpt")
+    out = tmp_path / "eval"
+    validate = ["validate", "--ckpt_path", best, "--out", str(out), "--trainer.accelerator",
+                "cpu", "--trainer.enable_progress_bar", "false"]
+    assert main(validate) == 0
+    first = (out / "metrics.json").read_bytes()
+    assert main(validate) == 2
+    assert "already holds an evaluation" in capsys.readouterr().err
+    assert (out / "metrics.json").read_bytes() == first
+    events = lambda: sorted((out / "logs").glob("events.*"))  # noqa: E731
+    assert len(events()) == 1
+    assert main([*validate, "--overwrite"]) == 0
+    assert len(events()) == 1  # one run's events, not both mixed
+
+
+def _bomb(path: Path, width: int = 20000, height: int = 20000) -> None:
+    """A PNG header declaring ``width`` x ``height`` (a decompression bomb's, without the
+    megabytes of zeros): only the header may be read."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
+                     + struct.pack(">I", zlib.crc32(chunk)) + b"\0\0\0\0IEND\xaeB`\x82")
+
+
+def test_one_pixel_limit_read_from_headers_for_every_reader(data_copy: Path, tmp_path: Path,
+                                                           capsys, phase_args, monkeypatch):
+    import time
+
+    from desertmind.errors import DatasetError
+
+    bomb = next((data_copy / "val" / "Color_Images").iterdir())
+    _bomb(bomb)
+    start = time.monotonic()
+    with pytest.raises(DatasetError, match="larger than the 25 MP any reader decodes"):
+        read_image(bomb)
+    assert main(["check-data", str(data_copy), "--workers", "2"]) == 1
+    out = capsys.readouterr().out
+    assert f"{bomb.name}" in out and "larger than the 25 MP" in out
+    logs = tmp_path / "logs"
+    assert main(["fit", *phase_args("phase1", data_copy, logs)]) == 2
+    assert "larger than the 25 MP" in capsys.readouterr().err
+    assert time.monotonic() - start < 60  # nothing decoded: seconds, not minutes
+    # the limit is raised (or lowered) for every reader by one variable
+    normal = next((data_copy / "train" / "Color_Images").iterdir())
+    monkeypatch.setenv("DESERTMIND_MAX_PIXELS", "1000")
+    with pytest.raises(DatasetError, match=f"{normal}: 80x48 pixels .* larger than the 0.001 MP"):
+        read_image(normal)
+    monkeypatch.setenv("DESERTMIND_MAX_PIXELS", "lots")
+    with pytest.raises(Exception, match="DESERTMIND_MAX_PIXELS='lots': a positive number"):
+        read_image(normal)

@@ -29,12 +29,15 @@ import hashlib
 import html
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from desertmind.app.uploads import UploadGuard
 from desertmind.data.classes import CLASS_NAMES, CLASSES
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.data.imageio import read_image
@@ -49,6 +52,7 @@ from desertmind.models.prediction import check_window, window_count
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 try:
     import gradio as gr
+    from starlette.middleware import Middleware  # Gradio's web framework
 except ImportError as e:  # an optional extra
     raise ConfigError("desertmind app needs Gradio: pip install 'desertmind[app]'") from e
 
@@ -59,8 +63,8 @@ MAX_QUEUE = 32
 #: in all: a 960x540 image with flip is 1 MP, a 512 window over it 6 passes
 MAX_WINDOWS = 256
 MAX_FORWARD_PIXELS = 32_000_000
-#: the largest upload Gradio accepts (a 25 MP PNG is at most about 75 MB)
-MAX_FILE_SIZE = "100mb"
+#: the largest upload Gradio accepts (a 960x540 PNG is about 1 MB, a 25 MP photo's JPEG 10)
+MAX_FILE_SIZE = "32mb"
 #: the most images of the shown split a checkpoint's test-time adaptation reads at start-up
 ADAPT_IMAGES = 64
 
@@ -94,6 +98,16 @@ CSS = "\n".join(
        ".dm-key {display:inline-block;margin:0 0.9em 0.3em 0;white-space:nowrap}",
        ".dm-swatch {display:inline-block;width:1em;height:1em;margin-right:0.35em;"
        "vertical-align:-0.15em;border:1px solid #444}"])
+
+
+def shown_path(path: Path) -> str:
+    """A path as the page may show it: relative to the working folder when it lies under it,
+    else its last three parts (``phase3/checkpoints/best.ckpt``): the page never tells a
+    client where the server keeps its files."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(Path(*path.parts[-3:]))
 
 
 def _score(value: float) -> float | None:
@@ -135,9 +149,13 @@ class Viewer:
             self.predictor.adapt([read_image(s.image) for s in chosen], self.split)
         self.ranking: SplitRanking | None = None
         self.page: gr.Blocks | None = None  # set by build: its upload_file_set
-        # the PNGs handed to Gradio (see png), removed when the process ends
-        self.outputs = Path(tempfile.mkdtemp(prefix="desertmind-viewer-"))
-        atexit.register(shutil.rmtree, self.outputs, ignore_errors=True)
+        # this viewer's own folder, removed when the process ends (SIGTERM included, see
+        # launch): the PNGs handed to Gradio (see png) and Gradio's upload cache, so that
+        # no file another app put in Gradio's shared temp folder can be served from here
+        self.home = Path(tempfile.mkdtemp(prefix="desertmind-viewer-"))
+        atexit.register(shutil.rmtree, self.home, ignore_errors=True)
+        self.outputs = self.home / "outputs"
+        self.uploads = self.home / "gradio"
 
     # Predict tab -------------------------------------------------------------------------
     def _uploaded(self, path: str) -> str:
@@ -306,10 +324,15 @@ class Viewer:
                 + ("" if epoch is None else f" (epoch {epoch})"))
         return (f"## {TITLE}\n**{html.escape(s.network['arch'])}** / "
                 f"{html.escape(s.network['backbone'])} · evaluated at {at} · {best}  \n"
-                f"`{html.escape(str(self.ckpt))}`")
+                f"`{html.escape(shown_path(self.ckpt))}`")
 
     def build(self) -> gr.Blocks:
-        with gr.Blocks(title=TITLE, analytics_enabled=False) as page:
+        # Gradio reads its cache folder from the environment when a component is made and
+        # when a request is checked: this process's viewer has its own (one viewer a process)
+        os.environ["GRADIO_TEMP_DIR"] = str(self.uploads)
+        # outputs of earlier requests are dropped from Gradio's cache after an hour
+        with gr.Blocks(title=TITLE, analytics_enabled=False,
+                       delete_cache=(600, 3600)) as page:
             gr.Markdown(self.header(), elem_id="dm-header")
             with gr.Tab("Predict"):
                 with gr.Row():
@@ -380,11 +403,16 @@ def launch(ckpt: str | Path, root: str | None = None, split: str | None = None,
            block: bool = True, evaluation: str | None = None) -> tuple[gr.Blocks, str]:
     """Build the page and serve it; returns the Blocks and the local URL. With
     ``block=False`` the server runs in a thread and this returns at once (tests)."""
-    page = Viewer(ckpt, root, split, device, evaluation=evaluation).build()
+    viewer = Viewer(ckpt, root, split, device, evaluation=evaluation)
+    page = viewer.build()
+    guard = Middleware(UploadGuard, folder=viewer.uploads, accepted=page.upload_file_set)
     _, url, _ = page.launch(server_name=host, server_port=port, prevent_thread_lock=True,
-                            show_error=True, quiet=True, footer_links=["api"], css=CSS,
-                            max_file_size=MAX_FILE_SIZE)
+                            show_error=False, quiet=True, footer_links=["api"], css=CSS,
+                            max_file_size=MAX_FILE_SIZE, app_kwargs={"middleware": [guard]})
     print(f"desertmind app: serving {ckpt} at {url} (Ctrl+C to stop)", flush=True)
     if block:
+        # a SIGTERM (a service manager, kill) ends the process as Ctrl+C does, so that the
+        # exit handlers remove the viewer's folder
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         page.block_thread()
     return page, url

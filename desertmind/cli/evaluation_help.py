@@ -24,10 +24,12 @@ _DATA = {
         ("--data.root ROOT", "dataset root (default: the checkpoint's)"),
         ("--data.val_dir SPLIT", "the labelled split under the root (default: the "
                                  "checkpoint's, val)"),
+        ("--overwrite", "replace the evaluation already in --out"),
     ],
     "test": [
         ("--data.root ROOT", "dataset root (default: the checkpoint's)"),
         ("--data.test_dir SPLIT", "the labelled split to score, e.g. testImages (required)"),
+        ("--overwrite", "replace the evaluation already in --out"),
     ],
     "predict": [
         ("--data.root ROOT", "dataset root (default: the checkpoint's)"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -249,8 +250,10 @@ class DesertMindCLI(LightningCLI):
                             "and test: folder for metrics.json, per_image.csv and the "
                             "confusion matrix (and the run's logs)")
         parser.add_argument("--overwrite", action=ActionYesNo, default=False,
-                            help="predict: replace the predictions already in --out; fit: "
-                            "start a phase again, deleting its earlier checkpoints")
+                            help="predict, validate, test: replace the results already in "
+                            "--out; fit: "
+                            "start a phase again over its earlier checkpoints (each replaced when "
+                            "the new run saves its own)")
         # --overwrite: each checkpoint callback decides about its folder's earlier files
         parser.link_arguments("overwrite", "checkpoint.overwrite")
         parser.link_arguments("overwrite", "last_checkpoint.overwrite")
@@ -302,9 +305,17 @@ class DesertMindCLI(LightningCLI):
 
     def _eval_logger(self, config) -> TensorBoardLogger:
         if config.get("out"):
-            if Path(config.out).exists() and not Path(config.out).is_dir():
+            out = Path(config.out)
+            if out.exists() and not out.is_dir():
                 raise ConfigError(f"--out {config.out}: is a file; give a folder for the "
                                   "results")
+            earlier = [n for n in ("metrics.json", "logs") if (out / n).exists()]
+            if earlier and not config.get("overwrite"):
+                raise ConfigError(f"--out {config.out}: already holds an evaluation "
+                                  f"({', '.join(earlier)}); choose another folder, or pass "
+                                  "--overwrite to replace it")
+            if "logs" in earlier:  # --overwrite: one run's events, never two mixed
+                shutil.rmtree(out / "logs")
             return TensorBoardLogger(config.out, name="", version="logs",
                                      default_hp_metric=False)
         logger = config.trainer.get("logger")
@@ -408,7 +419,15 @@ class DesertMindCLI(LightningCLI):
         out_path = Path(out)
         if out_path.exists() and not out_path.is_dir():
             raise ConfigError(f"--out {out}: is a file; give a folder for the predictions")
-        old = [d for d in OUTPUT_DIRS if any((out_path / d).glob("*.png"))]
+        old = [d for d in OUTPUT_DIRS if (out_path / d).is_dir() and any((out_path / d).iterdir())]
+        # --overwrite replaces a prediction set as a whole: anything else in its folders
+        # (a user's own files) would go with it, so it is refused, --overwrite or not
+        foreign = next((f for d in old for f in sorted((out_path / d).iterdir())
+                        if not (f.is_file() and f.suffix == ".png")), None)
+        if foreign is not None:
+            raise ConfigError(f"--out {out}: {foreign} is not a predicted PNG, and replacing "
+                              f"the predictions would delete it with the rest of "
+                              f"{foreign.parent.name}/; move it, or choose another folder")
         if old and not self.config.predict.get("overwrite"):
             raise ConfigError(f"--out {out}: already holds predictions ({', '.join(old)}/); "
                               "choose an empty folder, or pass --overwrite to replace them "

@@ -41,10 +41,10 @@ from typing import Literal, get_args
 import numpy as np
 import psutil
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from desertmind.data.classes import class_table, unknown_values
+from desertmind.data.imageio import read_header
 from desertmind.data.layout import Sample, load_pair
 from desertmind.errors import ConfigError, DatasetError
 from desertmind.files import atomic_dir, write_json
@@ -160,11 +160,7 @@ def _header_shapes(samples: list[Sample]) -> np.ndarray:
     shapes = np.empty((len(samples), 2), dtype=np.int64)
     for i, s in enumerate(samples):
         for path in (s.image, s.mask):
-            try:
-                with Image.open(path) as im:
-                    w, h = im.size
-            except (OSError, SyntaxError) as e:
-                raise DatasetError(f"{path}: cannot read the image header ({e})") from e
+            w, h = read_header(path, "image" if path == s.image else "mask")  # the pixel limit
             if path == s.image:
                 shapes[i] = h, w
             elif (h, w) != tuple(shapes[i]):

@@ -12,15 +12,12 @@ import numpy as np
 import torch
 
 from desertmind.data.classes import CLASS_NAMES, NUM_CLASSES
+from desertmind.data.imageio import MAX_PIXELS_ENV, max_pixels
 from desertmind.data.transforms import build_transform
 from desertmind.errors import DatasetError
 from desertmind.inference.trained import TrainedSettings, load_trained
 from desertmind.models.adaptation import adapt
 from desertmind.models.prediction import EvalOptions, class_probabilities, predict_maps
-
-#: the largest image accepted, in pixels (a 960x540 frame is 0.5 MP): beyond this a single
-#: forward pass would take minutes and gigabytes on a CPU
-MAX_PIXELS = 25_000_000
 
 
 def check_image(image: np.ndarray, source: str = "image") -> np.ndarray:
@@ -34,9 +31,11 @@ def check_image(image: np.ndarray, source: str = "image") -> np.ndarray:
     h, w = image.shape[:2]
     if h < 16 or w < 16:
         raise DatasetError(f"{source}: {w}x{h} pixels is too small (at least 16x16)")
-    if h * w > MAX_PIXELS:
+    limit = max_pixels()  # the readers' limit: an array handed in directly obeys it too
+    if h * w > limit:
         raise DatasetError(f"{source}: {w}x{h} pixels ({h * w / 1e6:.0f} MP) is more than the "
-                           f"{MAX_PIXELS / 1e6:.0f} MP accepted; downscale it first")
+                           f"{limit / 1e6:g} MP accepted; downscale it, or raise the limit "
+                           f"with {MAX_PIXELS_ENV}=<pixels>")
     return image
 
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from desertmind import runs
 from desertmind.errors import CheckpointError, ConfigError
-from desertmind.files import release_lock, take_lock, write_with
+from desertmind.files import release_lock, take_lock, write_text, write_with
 from desertmind.models.adapters import plain_to_lora
 from desertmind.training.chain_logger import STEP_OFFSET_KEY, step_offset
 
@@ -85,11 +85,13 @@ class PhaseCheckpoint(ModelCheckpoint):
     same protection as the CLI: ``setup`` locks it against a second run (an ``flock`` the
     kernel drops if the process dies: :func:`~desertmind.files.take_lock`), and a fit that is
     not a resume refuses to start over the checkpoints of an earlier run of the phase unless
-    ``overwrite`` (then they are deleted first). The lock is released in ``teardown`` or on an
+    ``overwrite`` (then they are replaced as this run saves its own). The lock is released in ``teardown`` or on an
     exception. ``fast_dev_run`` writes nothing and claims nothing.
     """
 
     def __init__(self, *args: Any, overwrite: bool = False, **kwargs: Any) -> None:
+        # a stable name: an earlier run's best.ckpt is replaced, never joined by best-v1.ckpt
+        kwargs.setdefault("enable_version_counter", False)
         super().__init__(*args, **kwargs)
         self.overwrite = overwrite
         self._lock: Path | None = None
@@ -103,19 +105,35 @@ class PhaseCheckpoint(ModelCheckpoint):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Now that Lightning knows whether this fit resumes (``trainer.ckpt_path``), refuse
-        or delete an earlier run's checkpoints."""
-        if not self._claims(trainer) or trainer.ckpt_path:
+        to start over an earlier run's checkpoints unless ``overwrite``. They are not deleted:
+        each is replaced (atomically) when this run writes its own, so a run stopped before
+        its first save leaves the earlier checkpoints as they were. The phase is no longer
+        finished (:meth:`on_fit_end`) until this fit ends."""
+        if not self._claims(trainer):
             return
+        if not trainer.ckpt_path:
+            folder = Path(self.dirpath)
+            old = sorted(folder.glob(f"*{runs.CKPT_EXT}"))
+            if old and not self.overwrite:
+                raise ConfigError(
+                    f"{folder} already holds {', '.join(p.name for p in old)} from an earlier "
+                    "run of this phase: resume it with --ckpt_path last, start it again with "
+                    "--overwrite (they are replaced as the new run saves its own), or log this "
+                    "run elsewhere (--trainer.logger.init_args.save_dir or name)")
+        if (stamp := self._done_stamp()) is not None:
+            stamp.unlink(missing_ok=True)
+
+    def _done_stamp(self) -> Path | None:
         folder = Path(self.dirpath)
-        old = sorted(folder.glob(f"*{runs.CKPT_EXT}"))
-        if old and not self.overwrite:
-            raise ConfigError(
-                f"{folder} already holds {', '.join(p.name for p in old)} from an earlier "
-                "run of this phase: resume it with --ckpt_path last, start it again with "
-                "--overwrite (its checkpoints are deleted first), or log this run elsewhere "
-                "(--trainer.logger.init_args.save_dir or name)")
-        for path in old:
-            path.unlink()
+        return runs.done_stamp(folder.parent) if folder.name == runs.CHECKPOINT_DIR else None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A fit that ended (its epochs done or stopped early; not killed, interrupted or
+        failed) marks its phase finished, ``<phase>/.done``, however it was started: ``make``
+        then skips a phase trained by hand instead of training it again."""
+        if (self._claims(trainer) and type(self) is PhaseCheckpoint
+                and (stamp := self._done_stamp()) is not None):
+            write_text(stamp, f"{self.best_model_path}\n")
 
     def _release(self) -> None:
         if self._lock is not None:
@@ -195,8 +213,8 @@ class LastCheckpoint(PhaseCheckpoint):
     Args:
         every_n_train_steps: also save ``last.ckpt`` every this many optimizer steps (0: only
             after validations).
-        overwrite: delete the folder's earlier checkpoints before the run (the CLI links it
-            to ``--overwrite``).
+        overwrite: start over the folder's earlier checkpoints, replacing them as this run
+            saves (the CLI links it to ``--overwrite``).
     """
 
     def __init__(self, every_n_train_steps: int = 0, overwrite: bool = False) -> None:
