@@ -85,8 +85,8 @@ class PhaseCheckpoint(ModelCheckpoint):
     same protection as the CLI: ``setup`` locks it against a second run (an ``flock`` the
     kernel drops if the process dies: :func:`~desertmind.files.take_lock`), and a fit that is
     not a resume refuses to start over the checkpoints of an earlier run of the phase unless
-    ``overwrite`` (then they are replaced as this run saves its own). The lock is released in ``teardown`` or on an
-    exception. ``fast_dev_run`` writes nothing and claims nothing.
+    ``overwrite`` (then they are replaced as this run saves its own). The lock is released in
+    ``teardown`` or on an exception. ``fast_dev_run`` writes nothing and claims nothing.
     """
 
     def __init__(self, *args: Any, overwrite: bool = False, **kwargs: Any) -> None:
