@@ -54,18 +54,6 @@ def test_predict_writes_three_pngs_per_image_at_original_size(synth_root, traine
         assert read_image(out / "overlay" / name).shape == (48, 80, 3)
 
 
-def test_predicts_progress_counts_images_not_batches(synth_root, trained, tmp_path, capsys):
-    ckpt, args = trained
-    args = [a if a != "false" or args[i - 1] != "--trainer.enable_progress_bar" else "true"
-            for i, a in enumerate(args)]
-    assert main(["predict", *args, "--ckpt_path", str(ckpt), "--data.predict_dir",
-                 str(synth_root / "val"), "--data.eval_batch_size", "3",
-                 "--out", str(tmp_path / "out")]) == 0
-    out = capsys.readouterr().out
-    assert "4/4" in out and "img" in out  # four images in two batches: not "2/2"
-    assert "2/2" not in out
-
-
 def test_predict_without_out_is_refused(synth_root, trained, capsys):
     ckpt, args = trained
     assert main(["predict", *args, "--ckpt_path", str(ckpt), "--data.predict_dir",
@@ -188,14 +176,6 @@ def test_tta_module_evaluates_with_averaged_probabilities(trained):
         probs = predict_scores(module.model, torch.rand(1, 3, 32, 48) * 255, module.evaluation)
     torch.testing.assert_close(probs.sum(1), torch.ones(1, 32, 48))
     assert options.uses_tta and not EvalOptions().uses_tta
-
-
-def test_torchscript_export_is_refused_with_the_alternative(trained, tmp_path, capsys):
-    ckpt, _ = trained
-    assert main(["export", "--ckpt", str(ckpt), "--format", "torchscript",
-                 "--out", str(tmp_path / "m.pt")]) == 2
-    assert "deprecated by PyTorch" in capsys.readouterr().err
-    assert not (tmp_path / "m.pt").exists()
 
 
 @pytest.mark.parametrize("fmt", ["onnx"])

@@ -41,12 +41,3 @@ def test_the_phase_chain_trains_under_each_precision(synth_root: Path, tmp_path:
         assert all(torch.isfinite(v).all() for v in floats)
         # true precisions keep the weights in their dtype; mixed ones keep float32 weights
         assert {v.dtype for v in floats} == {dtype}
-
-
-def test_float16_weights_with_adams_eps_are_refused(synth_root: Path, tmp_path: Path, capsys,
-                                                     phase_args):
-    args = ["fit", *phase_args("phase1", synth_root, tmp_path), "--trainer.precision", "16-true"]
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert "16-true" in err and "eps=1e-08" in err and "16-mixed" in err
-    assert not (tmp_path / "phase1" / "checkpoints").exists()

@@ -17,7 +17,6 @@ from jsonargparse import ActionYesNo
 from lightning.pytorch.callbacks import (
     EarlyStopping,
     LearningRateMonitor,
-    ProgressBar,
     WeightAveraging,
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -27,7 +26,6 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from desertmind import runs
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.errors import ConfigError
-from desertmind.inference.progress import ImageProgressBar
 from desertmind.inference.trained import TrainedSettings, read_settings, same_layout
 from desertmind.inference.writer import OUTPUT_DIRS, PredictionWriter
 from desertmind.reports.evaluation import BestValidationImages, EvaluationWriter
@@ -341,10 +339,6 @@ class DesertMindCLI(LightningCLI):
                  if (callback := self._get(self.config_init, key)) is not None]
         trainer_config = {**self._get(self.config_init, "trainer", default={}),
                           "plugins": plugins, **kwargs}
-        if (self.subcommand == "predict" and trainer_config.get("enable_progress_bar") is not False
-                and not any(isinstance(c, ProgressBar)
-                            for c in [*extra, *(trainer_config.get("callbacks") or [])])):
-            extra.append(ImageProgressBar())  # counts images; a user's own bar wins
         return self._instantiate_trainer(trainer_config, extra)
 
     def before_fit(self) -> None:

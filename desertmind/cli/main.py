@@ -203,8 +203,7 @@ def _tool_parser() -> argparse.ArgumentParser:
                        description="Export a checkpoint's network (logits only, no aux head) "
                        "with dynamic batch, height and width.")
     p.add_argument("--ckpt", required=True, help="a desertmind checkpoint (e.g. best.ckpt)")
-    p.add_argument("--format", default="onnx", help="onnx (TorchScript, deprecated by "
-                   "PyTorch, is no longer offered)")
+    p.add_argument("--format", default="onnx", help="onnx (the one format)")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--height", type=_int_at_least(16), default=540,
                    help="example input height (the graph stays dynamic)")

@@ -6,8 +6,7 @@ float32 RGB images in 0-255, (N, 3, H, W), any H and W. The network's own input 
 the graph, then logits (N, 10, H, W), padding to the architecture's size multiple included.
 The ONNX file also carries what a deployer needs to read its output, as ``metadata_props``
 (class names and raw ids, the input contract, architecture, input scaling and desertmind
-version). TorchScript is not offered: PyTorch deprecated it in favour of ONNX and
-``torch.export``.
+version).
 
 Two things make foundation-model networks exportable: low-rank adapters are merged into their
 layers first (the graph is plain layers; onnxruntime needs no peft), and the antialiased bicubic
@@ -27,7 +26,7 @@ import torch
 
 from desertmind import __version__
 from desertmind.data.classes import CLASS_NAMES, RAW_IDS
-from desertmind.errors import ConfigError, check_choice
+from desertmind.errors import check_choice
 from desertmind.files import write_via_path
 from desertmind.inference.trained import load_module
 from desertmind.models.network import SegmentationNetwork
@@ -56,9 +55,6 @@ def load_network(ckpt: str | Path) -> tuple[SegmentationNetwork, dict[str, str]]
 def export(ckpt: str | Path, fmt: str, out: str | Path, height: int = 540,
            width: int = 960) -> Path:
     """Write ``out`` atomically; ``height`` x ``width`` is only the example input's size."""
-    if fmt == "torchscript":
-        raise ConfigError("--format torchscript: TorchScript is deprecated by PyTorch and no "
-                          "longer offered; use --format onnx (same input: RGB 0-255)")
     check_choice("export format", fmt, FORMATS)
     model, metadata = load_network(ckpt)
     example = torch.rand(1, 3, height, width) * 255

@@ -17,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from desertmind.data.classes import CLASS_NAMES
 from desertmind.data.transforms import CROPPING_PRESETS
-from desertmind.models.prediction import EvalOptions, predict_labels
+from desertmind.models.prediction import predict_labels
 from desertmind.reports.plots import confusion_matrix_figure, prediction_grid
 from desertmind.training.chain_logger import logged_step
 from desertmind.training.metrics import MONITOR, followed_monitor, improves
@@ -58,8 +58,8 @@ class ScalarLayout(L.Callback):
 
 class HParamsSummary(L.Callback):
     """The run's key hyperparameters with its best val/mIoU, for TensorBoard's HParams tab:
-    val/mIoU at the best epoch by ``monitor`` (default: the metric the best checkpoint
-    follows, so it is the epoch ``best.ckpt`` holds).
+    val/mIoU at the best epoch by the metric the best checkpoint follows (the epoch
+    ``best.ckpt`` holds).
 
     The hyperparameters are written once at the start of training, those that tell phases
     apart first (:func:`key_hparams`), booleans as booleans; ``hp/best_val_mIoU`` is declared
@@ -67,8 +67,7 @@ class HParamsSummary(L.Callback):
     before the first one), and survives a resume.
     """
 
-    def __init__(self, monitor: str | None = None) -> None:
-        self.monitor = monitor  # None: what the best checkpoint follows
+    def __init__(self) -> None:
         self.best: float | None = None  # val/mIoU at the best epoch
         self.best_monitored: float | None = None
 
@@ -85,7 +84,6 @@ class HParamsSummary(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         monitor, mode = followed_monitor(trainer)
-        monitor = self.monitor or monitor
         value = trainer.callback_metrics.get(monitor)
         if trainer.sanity_checking or value is None or torch.isnan(value):
             return
@@ -189,15 +187,12 @@ class PredictionGrid(L.Callback):
 
     The images are ``num_images`` evenly spaced samples of the validation set, the same every
     time, drawn every ``every_n_epochs`` epochs. They are predicted as validation scores them
-    (the module's ``evaluation`` options: TTA, class restriction), or with
-    ``with_evaluation=False`` by one plain forward pass (cheaper when TTA is on).
+    (the module's ``evaluation`` options: TTA, class restriction).
     """
 
-    def __init__(self, num_images: int = 4, every_n_epochs: int = 1,
-                 with_evaluation: bool = True) -> None:
+    def __init__(self, num_images: int = 4, every_n_epochs: int = 1) -> None:
         self.num_images = num_images
         self.every_n_epochs = every_n_epochs
-        self.with_evaluation = with_evaluation
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         writer = _writer(trainer)
@@ -207,9 +202,8 @@ class PredictionGrid(L.Callback):
         picks = np.unique(np.linspace(0, len(dataset) - 1, self.num_images).round().astype(int))
         items = [dataset[int(i)] for i in picks]
         images = torch.stack([it["image"] for it in items])
-        options = pl_module.evaluation if self.with_evaluation else EvalOptions()
         preds = predict_labels(pl_module.model, images.to(pl_module.device).float(),
-                               options).cpu().numpy()
+                               pl_module.evaluation).cpu().numpy()
         fig = prediction_grid([im.permute(1, 2, 0).numpy() for im in images],
                               [it["mask"].numpy() for it in items], list(preds),
                               [it["name"] for it in items])

@@ -1,6 +1,5 @@
-"""Guards every fit gets (the module adds them in ``configure_callbacks``): a run that has gone
-numerically wrong stops before it can overwrite a good checkpoint, and a precision setting
-that would make the weights NaN is refused before the first step."""
+"""The guard every fit gets: a run that has gone numerically wrong stops before it can
+overwrite a good checkpoint."""
 
 from __future__ import annotations
 
@@ -8,45 +7,76 @@ import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
-from desertmind.errors import ConfigError, NonFiniteLossError, NonFiniteStateError
+from desertmind.errors import NonFiniteLossError, NonFiniteStateError
 
 _LOWER_LR = ("start a new run from the last good weights: --model.init_from <its best.ckpt or "
              "last.ckpt> --model.optimizer.init_args.lr <lower>.")
 
 
 class FiniteGuard(L.Callback):
-    """Stops a fit on a NaN or infinite loss (before backward: no weight, optimizer or file
-    changes) and never lets a network holding NaN or inf be saved or validated.
+    """Stops a fit on a NaN or infinite loss or network, and never lets a network holding NaN
+    or inf be saved or validated.
 
-    Why both: a learning rate that blows up can overflow BatchNorm's running statistics while
-    the loss, computed with the batch's own statistics, still looks finite. The network is
-    checked before each validation of a fit and before every checkpoint is written (one device
-    synchronisation for the whole network).
+    Nothing here waits for the GPU in a training step: each step's loss is checked on the
+    device (the first non-finite step is kept in a device tensor), and the result is read
+    only where a decision is due: at the trainer's logging steps, before each validation of a
+    fit, before every checkpoint is written and when training ends. The run stops there,
+    naming the step whose loss was first non-finite; the steps after it have changed the
+    weights in memory, but no checkpoint is ever written with them.
+
+    Why the network too: a learning rate that blows up can overflow BatchNorm's running
+    statistics while the loss, computed with the batch's own statistics, still looks finite.
+    The network is checked before each validation of a fit and before every checkpoint is
+    written (one device synchronisation for the whole network).
     """
 
     def __init__(self) -> None:
-        self._batch = 0
+        self._first_bad: torch.Tensor | None = None  # global step of the first bad loss, or -1
+        self._steps: dict[int, tuple[int, int]] = {}  # step -> (epoch, batch) since a check
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
                              batch: object, batch_idx: int) -> None:
-        self._batch = batch_idx
+        self._steps[trainer.global_step] = (trainer.current_epoch, batch_idx)
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} at global step {trainer.global_step} (epoch "
-                f"{trainer.current_epoch}, batch {self._batch}); stopping. The checkpoints "
-                "written so far are untouched. A resume (--ckpt_path) restores the optimizer "
-                "and its learning rate too; to train at a lower rate, " + _LOWER_LR)
+        if self._first_bad is None or self._first_bad.device != loss.device:
+            self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+        bad = ~torch.isfinite(loss.detach()) & (self._first_bad < 0)
+        self._first_bad = torch.where(bad, trainer.global_step, self._first_bad)
+
+    def check_loss(self, trainer: L.Trainer) -> None:
+        """Read the device flag (one synchronisation) and stop if a loss was non-finite."""
+        if self._first_bad is None:
+            return
+        step = int(self._first_bad)
+        if step < 0:
+            self._steps.clear()
+            return
+        epoch, batch = self._steps.get(step, (trainer.current_epoch, -1))
+        raise NonFiniteLossError(
+            f"training loss became NaN or infinite at global step {step} (epoch {epoch}, "
+            f"batch {batch}); stopping. The checkpoints written so far are untouched and none "
+            "holds the weights after it. A resume (--ckpt_path) restores the optimizer and its "
+            "learning rate too; to train at a lower rate, " + _LOWER_LR)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: object, batch: object, batch_idx: int) -> None:
+        if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
+            self.check_loss(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check_loss(trainer)
 
     def on_validation_epoch_start(self, trainer: L.Trainer,
                                   pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self.check_loss(trainer)
             check_finite(trainer, pl_module.model, "validating")
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict) -> None:
+        self.check_loss(trainer)
         check_finite(trainer, pl_module.model, "writing a checkpoint")
 
 
@@ -66,22 +96,3 @@ def check_finite(trainer: L.Trainer, network: torch.nn.Module, before: str) -> N
         + (f" ({len(stats)} of them BatchNorm running statistics)" if stats else "")
         + f"; stopping before {before}. The checkpoints written so far are untouched and "
         "none holds these values. The learning rate is probably too high: " + _LOWER_LR)
-
-
-class HalfPrecisionGuard(L.Callback):
-    """Refuses an optimizer whose eps vanishes in float16 when the weights are float16
-    (``16-true``): Adam's 1e-8 rounds to 0, and the first zero gradient gives 0/0 = NaN."""
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if str(trainer.precision) not in ("16-true", "16"):
-            return
-        tiny = torch.finfo(torch.float16).smallest_normal
-        for optimizer in trainer.optimizers:
-            eps = [g["eps"] for g in optimizer.param_groups if isinstance(g.get("eps"), float)]
-            if eps and torch.tensor(min(eps), dtype=torch.float16).item() == 0:
-                raise ConfigError(
-                    f"trainer.precision=16-true keeps the weights in float16, where "
-                    f"{type(optimizer).__name__}'s eps={min(eps):g} rounds to zero and the "
-                    "first zero gradient makes the weights NaN. Use 16-mixed (float16 compute, "
-                    f"float32 weights) or bf16-true, or set the optimizer's eps to at least "
-                    f"{tiny:.1e}")

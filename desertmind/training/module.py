@@ -24,7 +24,7 @@ from desertmind.training.checkpoints import (
     TARGET_USE_KEY,
     load_weights,
 )
-from desertmind.training.guards import FiniteGuard, HalfPrecisionGuard
+from desertmind.training.guards import FiniteGuard
 from desertmind.training.losses import build_loss, needs_class_weights, parse_loss
 from desertmind.training.metrics import ClassShares, SegmentationMetrics, followed_monitor
 from desertmind.training.schedulers import PolyLR
@@ -39,8 +39,8 @@ class SegmentationModule(L.LightningModule):
     through the :class:`~desertmind.models.SegmentationNetwork` contract: it takes RGB 0-255
     and owns its input scaling and its frozen parts. Evaluation goes through the one
     prediction path (:mod:`desertmind.models.prediction`). What every fit needs besides the
-    task sits in callbacks this module adds (``configure_callbacks``): the NaN/inf and float16
-    guards (:mod:`desertmind.training.guards`), the per-step seed
+    task sits in callbacks this module adds (``configure_callbacks``): the NaN/inf guard
+    (:mod:`desertmind.training.guards`), the per-step seed
     (:class:`~desertmind.data.sampling.StepSeed`) and test-time adaptation.
 
     ``setup`` (fit only) builds the loss and loads ``init_from``'s weights (a ``--ckpt_path``
@@ -181,7 +181,7 @@ class SegmentationModule(L.LightningModule):
         self.adaptation: dict = {}
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [FiniteGuard(), HalfPrecisionGuard(), StepSeed(), TestTimeAdaptation()]
+        return [FiniteGuard(), StepSeed(), TestTimeAdaptation()]
 
     @property
     def transductive(self) -> dict[str, object]:
