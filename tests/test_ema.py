@@ -77,11 +77,3 @@ def test_without_the_switch_there_is_no_average(synth_root: Path, tmp_path: Path
     assert main([*_args(phase_args, synth_root, tmp_path, epochs=1)]) == 0
     ckpt = read_checkpoint(tmp_path / "phase1" / "checkpoints" / "best.ckpt")
     assert "current_model_state" not in ckpt and "averaging_state" not in ckpt
-
-
-def test_a_decay_without_the_class_says_how_to_switch_it_on(synth_root: Path, tmp_path: Path,
-                                                           phase_args, capsys):
-    with pytest.raises(SystemExit) as e:
-        main([*_args(phase_args, synth_root, tmp_path), "--ema.decay", "0.9", "--print_config"])
-    assert e.value.code == 2
-    assert "--ema EMAWeightAveraging --ema.decay 0.999" in capsys.readouterr().err

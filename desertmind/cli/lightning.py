@@ -47,9 +47,6 @@ class _NoAdvertisement(logging.Filter):
 
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvertisement())
-# Lightning 2.6 on torch >= 2.10 warns about its own use of torch's pytree API at every batch
-# transfer: the user can do nothing about it
-warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def resolve_precision(accelerator: str | None = "auto") -> str:
@@ -147,17 +144,6 @@ def named_checkpoint(config, name: str) -> Path:
     return path
 
 
-SCHEDULERS_HINT = (
-    "model.scheduler takes a class_path: desertmind.training.schedulers.PolyLR (per step), "
-    "torch.optim.lr_scheduler.CosineAnnealingLR, torch.optim.lr_scheduler.ReduceLROnPlateau "
-    "(mode: max), torch.optim.lr_scheduler.StepLR or any other torch.optim.lr_scheduler class")
-
-
-EMA_HINT = ("ema is off until a class is given: --ema EMAWeightAveraging --ema.decay 0.999 "
-            "(YAML: ema: {class_path: lightning.pytorch.callbacks.EMAWeightAveraging, "
-            "init_args: {decay: 0.999}})")
-
-
 # reStructuredText roles and literals in the docstrings the help text comes from
 _ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
 _LITERAL = re.compile(r"``([^`]+)``")
@@ -170,19 +156,10 @@ def plain_help(text: str) -> str:
 
 
 class _Parser(LightningArgumentParser):
-    """Adds the valid choices to jsonargparse's message for a scheduler it cannot import, and
-    how to switch EMA on to its message for an ``ema.*`` value given without a class; prints
-    help without reStructuredText markup."""
+    """Prints help without reStructuredText markup."""
 
     def format_help(self) -> str:
         return plain_help(super().format_help())
-
-    def error(self, message: str, *args, **kwargs):
-        if "lr_scheduler" in message or "scheduler" in message.lower():
-            message = f"{message}\n  {SCHEDULERS_HINT}"
-        elif '"ema"' in message or "'ema'" in message or "--ema" in message:
-            message = f"{message}\n  {EMA_HINT}"
-        return super().error(message, *args, **kwargs)
 
 
 class DesertMindCLI(LightningCLI):

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from desertmind.errors import ConfigError
+from desertmind.models.network import batchnorms
 
 #: pixels drawn from each target image for the EM estimate (a fixed-size sample: the memory
 #: needed grows with the number of images, not with their size)
@@ -42,8 +43,7 @@ BatchNormState = dict[str, tuple[Tensor, Tensor, Tensor, float | None]]
 
 def batchnorm_layers(network: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
     """The network's BatchNorm layers that keep running statistics, by name."""
-    return {name: m for name, m in network.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
+    return {name: m for name, m in batchnorms(network).items() if m.track_running_stats}
 
 
 def _one_value_per_channel(module: nn.Module, args: tuple) -> None:

@@ -189,18 +189,20 @@ class SegmentationNetwork(nn.Module, ABC):
         if mode:
             held = (batchnorms(self) if self._bn_frozen else
                     batchnorms(self.encoder) if self._encoder_frozen
-                    and not self._encoder_bn_trains else [])
-            for bn in held:
+                    and not self._encoder_bn_trains else {})
+            for bn in held.values():
                 bn.eval()
         return self
 
 
 def set_bn_momentum(model: nn.Module, momentum: float) -> None:
     """Set every BatchNorm's running-stat momentum (torchvision's MobileNetV3 uses 0.01)."""
-    for m in batchnorms(model):
+    for m in batchnorms(model).values():
         m.momentum = momentum
 
 
-def batchnorms(module: nn.Module) -> list[nn.Module]:
-    """Every BatchNorm layer inside ``module``."""
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+def batchnorms(module: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+    """Every BatchNorm layer inside ``module``, by name (the one enumeration: freezing,
+    momentum and test-time adaptation all use it)."""
+    return {name: m for name, m in module.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)}

@@ -18,9 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy.stats import bootstrap
 
 from desertmind.errors import ReportError
+from desertmind.training.metrics import miou_from_confusion
 
 LEVEL = 0.95
 RESAMPLES = 2000
@@ -29,14 +31,10 @@ GAIN, SAME, REGRESSION = "significant gain", "no significant change", "significa
 
 
 def dataset_miou(cms: np.ndarray) -> np.ndarray:
-    """mIoU of confusion matrices (..., C, C): IoU per class from the counts, averaged over the
-    classes present in the target or the prediction (the rule of ``val/mIoU``)."""
-    cms = np.asarray(cms, dtype=np.float64)
-    inter = np.diagonal(cms, axis1=-2, axis2=-1)
-    union = cms.sum(-1) + cms.sum(-2) - inter
-    present = union > 0
-    iou = np.where(present, inter / np.where(present, union, 1), 0.0)
-    return iou.sum(-1) / np.maximum(present.sum(-1), 1)
+    """mIoU of confusion matrices (..., C, C), by the rule of ``val/mIoU``
+    (:func:`~desertmind.training.metrics.miou_from_confusion`); 0 where no class occurs."""
+    miou = miou_from_confusion(torch.from_numpy(np.asarray(cms, dtype=np.float64))).numpy()
+    return np.nan_to_num(miou, nan=0.0)
 
 
 @dataclass(frozen=True)

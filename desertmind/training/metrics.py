@@ -58,22 +58,26 @@ def batched_confusion(preds: Tensor, target: Tensor, num_classes: int = NUM_CLAS
 
 def iou_from_confusion(cms: Tensor) -> Tensor:
     """Per-class IoU (float64) of confusion matrices (..., C, C); NaN for a class absent from
-    both target and prediction."""
+    both target and prediction. The one IoU rule: the headline, the per-image mean and the
+    report's bootstrap all use it."""
     inter = cms.diagonal(dim1=-2, dim2=-1).double()
     union = cms.sum(-1) + cms.sum(-2) - inter
     return torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(inter, torch.nan))
 
 
-def _miou_of(cms: Tensor) -> Tensor:
+def miou_from_confusion(cms: Tensor) -> Tensor:
+    """mIoU of confusion matrices (..., C, C): IoU averaged over the classes present in the
+    target or the prediction; NaN where none is."""
     return iou_from_confusion(cms).nanmean(-1)
 
 
 class SegmentationMetrics(MulticlassJaccardIndex):
-    """torchmetrics JaccardIndex per class, plus what the same confusion matrices give for free.
+    """torchmetrics JaccardIndex's state and synchronisation, and what its confusion matrix gives.
 
     ``update`` takes class-index predictions (N, H, W) and builds every image's confusion
     matrix with one bincount: their sum feeds JaccardIndex's own ``confmat`` state (so its
-    per-class IoU and DDP synchronisation are torchmetrics'), and each image's mean IoU feeds
+    DDP synchronisation is torchmetrics'; the IoU rule is :func:`iou_from_confusion`, the same
+    for the headline, the per-image mean and the report), and each image's mean IoU feeds
     the seed's per-image definition. ``compute()`` returns a dict: ``iou`` (per class, NaN
     where absent), ``mIoU``, ``mIoU_per_image``, ``pixel_acc`` (correct labelled pixels /
     labelled pixels), ``mean_acc`` (recall averaged over the classes present in the target) and
@@ -90,23 +94,20 @@ class SegmentationMetrics(MulticlassJaccardIndex):
     def update(self, preds: Tensor, target: Tensor) -> None:
         cms = batched_confusion(preds, target, self.num_classes, self.ignore_index)
         self.confmat += cms.sum(0)
-        per_image = _miou_of(cms)
+        per_image = miou_from_confusion(cms)
         counted = ~torch.isnan(per_image)
         self.image_miou_sum += per_image[counted].sum()
         self.images += counted.sum()
 
     def compute(self) -> dict[str, Tensor]:  # states are already synchronised in here
-        iou = super().compute().float()
+        iou = iou_from_confusion(self.confmat).float()  # what JaccardIndex gives, NaN if absent
         cm = self.confmat.double()
-        diag = cm.diagonal()
-        rows, cols = cm.sum(1), cm.sum(0)
-        present = (rows + cols) > 0
-        iou = torch.where(present, iou, torch.full_like(iou, float("nan")))
+        diag, rows = cm.diagonal(), cm.sum(1)
         in_target = rows > 0
         nan = torch.tensor(float("nan"), dtype=torch.float32, device=iou.device)
         return {
             "iou": iou,
-            "mIoU": iou[present].mean() if present.any() else nan,
+            "mIoU": iou.nanmean(),
             "mIoU_per_image": (self.image_miou_sum / self.images).float()
             if self.images > 0 else nan,
             "pixel_acc": (diag.sum() / cm.sum()).float() if cm.sum() > 0 else nan,
