@@ -57,11 +57,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from desertmind.data.classes import CLASS_NAMES, NUM_CLASSES
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.data.synth import ABSENT, DUSK_SPLIT, SHIFTED_SPLIT, generate
+from desertmind.models.confusion import batched_confusion
 from desertmind.models.prediction import EvalOptions
+from desertmind.models.trained import TrainedModel, load_trained, read_checkpoint
 from desertmind.reports.uncertainty import dataset_miou, paired_change_over_seeds
-from desertmind.training.checkpoints import read_checkpoint
-from desertmind.training.metrics import batched_confusion
-from desertmind.training.module import SegmentationModule, read_training_record
+from desertmind.training.module import SegmentationModule
 from desertmind.training.self_training import SelfTraining
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "domain_generalisation.yaml"
@@ -79,17 +79,6 @@ TOOLS = (*TRAINING, "self_training")
 REFERENCE = {"self_training": "continued"}
 
 
-class _Confusions(L.Callback):
-    """Per-image confusion matrices of a test run."""
-
-    def __init__(self) -> None:
-        self.cms: list[torch.Tensor] = []
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
-                          dataloader_idx=0) -> None:
-        self.cms.append(batched_confusion(outputs["preds"], batch["mask"], NUM_CLASSES).cpu())
-
-
 def _trainer(epochs: int, val_every: int, callbacks: list | None = None) -> L.Trainer:
     return L.Trainer(max_epochs=epochs, accelerator="auto", devices=1, logger=False,
                      enable_checkpointing=any(isinstance(c, ModelCheckpoint)
@@ -99,19 +88,30 @@ def _trainer(epochs: int, val_every: int, callbacks: list | None = None) -> L.Tr
                      check_val_every_n_epoch=val_every)
 
 
-def _score(module: SegmentationModule, root: Path, split: str, batch: int,
+def _score(trained: TrainedModel, root: Path, split: str, batch: int,
            options: EvalOptions) -> np.ndarray:
-    """(images, C, C) confusion matrices of ``module`` on ``split`` under ``options``."""
-    module.evaluation = options
-    collect = _Confusions()
+    """(images, C, C) confusion matrices of the trained network on ``split`` under ``options``,
+    adapted to the split's images first when the options ask (as ``test`` does)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    evaluation = trained.evaluation(options)
+    evaluation.network.to(device).eval()
     dm = OffroadDataModule(str(root), batch_size=batch, num_workers=0, test_dir=split)
-    _trainer(1, 1, [collect]).test(module, dm, verbose=False)
-    return torch.cat(collect.cms).numpy()
+    dm.setup("test")
+
+    def batches():
+        for b in dm.test_dataloader():
+            yield dm.on_after_batch_transfer({**b, "image": b["image"].to(device)}, 0)
+
+    evaluation.adapt(lambda: (b["image"] for b in batches()), len(dm.datasets["test"]))
+    cms = [batched_confusion(evaluation.labels(b["image"]).cpu(), b["mask"], NUM_CLASSES)
+           for b in batches()]
+    evaluation.restore()
+    return torch.cat(cms).numpy()
 
 
 def _fit(root: Path, args, seed: int, data: dict, model: dict, epochs: int,
-         folder: Path) -> tuple[SegmentationModule, Path]:
-    """A module trained ``epochs`` epochs, back at its best val mIoU (weights and the source
+         folder: Path) -> tuple[TrainedModel, Path]:
+    """A network trained ``epochs`` epochs, at its best val mIoU (weights and the source
     priors EM starts from), and the checkpoint that holds them."""
     L.seed_everything(seed, verbose=False)
     module = SegmentationModule(weights="none", bn_momentum=0.1,
@@ -127,9 +127,7 @@ def _fit(root: Path, args, seed: int, data: dict, model: dict, epochs: int,
     arm = f"{data or 'baseline'}{f' {model}' if model else ''}"
     print(f"  seed {seed}, {arm}: kept epoch {ckpt['epoch'] + 1} of {epochs}, val mIoU "
           f"{float(best.best_model_score):.3f}", file=sys.stderr, flush=True)
-    module.load_state_dict(ckpt["state_dict"])
-    read_training_record(module, ckpt)
-    return module, Path(best.best_model_path)
+    return load_trained(best.best_model_path, ckpt), Path(best.best_model_path)
 
 
 def _overlay() -> tuple[dict, dict, dict]:
@@ -160,25 +158,25 @@ def run_seed(args, seed: int, tmp: Path) -> dict[str, dict[str, dict[str, np.nda
     results: dict[str, dict[str, dict[str, np.ndarray]]] = {d: {} for d in DESERTS}
     # one fit per distinct set of options (the overlay may be one of the tools): the module,
     # kept with its scores so that its id is not reused meanwhile, and its val scores
-    fits: dict[str, tuple[SegmentationModule, Path]] = {}
-    val_scores: dict[tuple[int, str], tuple[SegmentationModule, np.ndarray]] = {}
+    fits: dict[str, tuple[TrainedModel, Path]] = {}
+    val_scores: dict[tuple[int, str], tuple[TrainedModel, np.ndarray]] = {}
 
     def fit(data: dict, model: dict | None = None, epochs: int | None = None
-            ) -> tuple[SegmentationModule, Path]:
+            ) -> tuple[TrainedModel, Path]:
         key = json.dumps([data, model or {}, epochs], sort_keys=True, default=str)
         if key not in fits:
             fits[key] = _fit(root, args, seed, data, model or {}, epochs or args.epochs,
                              tmp / f"ckpt{seed}_{len(fits)}")
         return fits[key]
 
-    def both(module: SegmentationModule, desert: str, options: EvalOptions) -> dict:
+    def both(module: TrainedModel, desert: str, options: EvalOptions) -> dict:
         key = (id(module), repr(options))
         if key not in val_scores:
             val_scores[key] = module, _score(module, root, "val", batch, options)
         return {"val": val_scores[key][1],
                 "shifted": _score(module, root, desert, batch, options)}
 
-    def known_classes(module: SegmentationModule, desert: str, val: np.ndarray) -> dict:
+    def known_classes(module: TrainedModel, desert: str, val: np.ndarray) -> dict:
         """The argmax restricted to the desert's true classes; val is ``val``, the module's
         unrestricted score (every class is present there: no restriction)."""
         present = [n for i, n in enumerate(CLASS_NAMES) if i not in ABSENT[DESERTS[desert]]]

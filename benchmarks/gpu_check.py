@@ -88,7 +88,7 @@ def _fit_args(phase: str, root: Path, logs: Path, dry: bool, precision: str,
 def _finite(ckpt: Path) -> bool:
     import torch
 
-    from desertmind.training.checkpoints import read_checkpoint
+    from desertmind.models.trained import read_checkpoint
 
     state = read_checkpoint(ckpt)["state_dict"]
     return all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point())
@@ -236,7 +236,7 @@ def determinism(dry: bool) -> dict:
     import torch
 
     from desertmind import runs
-    from desertmind.training.checkpoints import read_checkpoint
+    from desertmind.models.trained import read_checkpoint
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     states = []

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from desertmind.data.synth import generate
+from desertmind.models.registry import build_network as REAL_BUILD
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
@@ -34,11 +35,13 @@ def repository_stays_clean() -> Iterator[None]:
 @pytest.fixture(scope="session", autouse=True)
 def stand_in_network() -> Iterator[None]:
     """The stand-in network for the whole session (see the module doc)."""
+    import desertmind.models.registry as registry
     import desertmind.training.module as module
     from tests.stand_in import build_tiny
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(module, "build_network", build_tiny)
+        patch.setattr(registry, "build_network", build_tiny)
         yield
 
 
@@ -47,10 +50,11 @@ def real_network_when_marked(request: pytest.FixtureRequest,
                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests marked ``real_network`` build the registry's real networks."""
     if request.node.get_closest_marker("real_network"):
+        import desertmind.models.registry as registry
         import desertmind.training.module as module
-        from desertmind.models.registry import build_network
 
-        monkeypatch.setattr(module, "build_network", build_network)
+        monkeypatch.setattr(module, "build_network", REAL_BUILD)
+        monkeypatch.setattr(registry, "build_network", REAL_BUILD)
 
 
 @pytest.fixture(scope="session")
@@ -101,8 +105,8 @@ def fit_once(phase_args) -> Callable[..., tuple[float, dict]]:
     """``fit_once(root, logs, *extra)``: two deterministic epochs of phase 1 with augmentation
     and 2 DataLoader workers; returns the best val mIoU and the last checkpoint's weights."""
     from desertmind.cli.main import main
+    from desertmind.models.trained import read_checkpoint
     from desertmind.reports.report import load_report
-    from desertmind.training.checkpoints import read_checkpoint
 
     def fit(root: Path, logs: Path, *extra: str) -> tuple[float, dict]:
         args = ["fit", *phase_args("phase1", root, logs),

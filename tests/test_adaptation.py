@@ -22,7 +22,7 @@ from desertmind.models.adaptation import (
     restore_batchnorm,
     shift_scores,
 )
-from desertmind.training.checkpoints import SOURCE_PRIORS_KEY, read_checkpoint
+from desertmind.models.trained import SOURCE_PRIORS_KEY, read_checkpoint
 from desertmind.training.module import SegmentationModule
 
 
@@ -132,20 +132,21 @@ def test_validation_keeps_the_source_priors_and_test_time_tools_leave_the_networ
     with pytest.raises(ConfigError, match="class priors the network implies"):
         _trainer().test(module, dm, verbose=False)  # never validated: no source priors
     _trainer().fit(module, dm)
-    priors = module.source_priors.clone()
+    priors = module.evaluation.source_priors.clone()
     # the mean softmax over the val pixels: a distribution over the ten classes
     assert priors.min() > 0 and abs(float(priors.sum()) - 1) < 1e-4
     state = {k: v.clone() for k, v in module.state_dict().items()}
     _trainer().test(module, dm, verbose=False)
     assert all(torch.equal(v, state[k]) for k, v in module.state_dict().items())
-    assert torch.equal(module.source_priors, priors)  # a test changes nothing of them
-    report = module.adaptation
+    assert torch.equal(module.evaluation.source_priors, priors)  # a test changes none of them
+    report = module.evaluation.adaptation
     assert report["images"] == 6 and "AdaBN" in report["batchnorm"]
     priors = report["class_priors"]
     assert set(priors) == set(CLASS_NAMES) and abs(sum(priors.values()) - 1) < 1e-3
-    assert module.transductive == {"transductive": True, "training": None,
-                                   "test_time": ["batchnorm", "class_priors"]}
-    assert module.prior_shift is None  # only for the run that estimated it
+    record = module.evaluation.record
+    assert (record["transductive"], record["training"], record["test_time"]) == (
+        True, None, ["batchnorm", "class_priors"])
+    assert module.evaluation.shift is None  # only for the run that estimated it
 
 
 @pytest.fixture(scope="module")
@@ -209,18 +210,19 @@ def test_a_predictor_adapts_when_given_images_and_the_callers_options_win(
     images = [read_image(p) for p in
               sorted((shifted_root / "test_shifted" / "Color_Images").glob("*.png"))]
     predictor = Predictor(adapted_ckpt)
-    assert predictor.evaluation.adapt_bn and predictor.evaluation.class_priors == "em"
+    options = predictor.evaluation.options
+    assert options.adapt_bn and options.class_priors == "em"
     before = {n: m.running_mean.clone() for n, m in batchnorm_layers(predictor.network).items()}
     as_trained = predictor.predict(images[0])
-    assert predictor.shift is None and predictor.adapted_to == 0
+    assert predictor.evaluation.shift is None and predictor.adapted_to == 0
     predictor.adapt(images, "test_shifted")
-    assert predictor.adapted_to == 6 and predictor.shift is not None
+    assert predictor.adapted_to == 6 and predictor.evaluation.shift is not None
     after = batchnorm_layers(predictor.network)
     assert any(not torch.equal(after[n].running_mean, v) for n, v in before.items())
     assert predictor.predict(images[0]).shape == as_trained.shape
     own = Predictor(adapted_ckpt, evaluation=EvalOptions())
     own.adapt(images)  # the caller's options adapt nothing
-    assert own.shift is None and own.adapted_to == 0
+    assert own.evaluation.shift is None and own.adapted_to == 0
 
 
 def test_an_unknown_class_prior_mode_is_refused():
@@ -232,6 +234,6 @@ def test_the_viewer_adapts_to_the_split_it_shows(shifted_root: Path, adapted_ckp
     from desertmind.app.viewer import Viewer
 
     viewer = Viewer(adapted_ckpt, str(shifted_root), "test_shifted")
-    assert viewer.predictor.adapted_to == 6 and viewer.predictor.shift is not None
+    assert viewer.predictor.adapted_to == 6 and viewer.predictor.evaluation.shift is not None
     plain = Viewer(adapted_ckpt)  # no images to adapt to: predicts as trained
-    assert plain.predictor.adapted_to == 0 and plain.predictor.shift is None
+    assert plain.predictor.adapted_to == 0 and plain.predictor.evaluation.shift is None

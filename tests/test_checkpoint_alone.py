@@ -16,8 +16,8 @@ import torch
 from desertmind.cli.main import main
 from desertmind.data.classes import RAW_IDS
 from desertmind.data.imageio import read_mask
+from desertmind.models.trained import CLASS_TABLE_KEY
 from desertmind.reports.report import load_report
-from desertmind.training.checkpoints import CLASS_TABLE_KEY
 
 CPU = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
        "--data.num_workers", "0"]

@@ -14,8 +14,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from desertmind.cli.main import main
+from desertmind.models.trained import read_checkpoint
 from desertmind.runs import VAL_IMAGES_FILE
-from desertmind.training.checkpoints import read_checkpoint
 from desertmind.training.module import SegmentationModule
 
 pytestmark = pytest.mark.real_network  # DDP's processes build the real network

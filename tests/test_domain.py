@@ -89,7 +89,7 @@ def test_transfer_without_target_images_is_refused():
 
 def test_self_training_never_reads_target_masks(tmp_path: Path, phase_args):
     from desertmind.cli.main import main
-    from desertmind.training.checkpoints import TARGET_USE_KEY, read_checkpoint
+    from desertmind.models.trained import TARGET_USE_KEY, read_checkpoint
 
     root = generate(tmp_path / "d", n_train=8, n_val=4, height=48, width=80, seed=2, n_shifted=6)
     for mask in (root / "test_shifted" / "Segmentation").glob("*.png"):
@@ -119,7 +119,7 @@ def test_self_training_teaches_a_lora_adapted_foundation_backbone(tmp_path: Path
     """The teacher is an EMA copy of a ViT whose LoRA adapters train and whose base is frozen
     (no BatchNorm to average): the pseudo-labels train the adapters, never the frozen base."""
     from desertmind.cli.main import main
-    from desertmind.training.checkpoints import read_checkpoint
+    from desertmind.models.trained import read_checkpoint
 
     root = generate(tmp_path / "d", n_train=8, n_val=4, height=48, width=80, seed=4, n_shifted=4)
     configs = Path(__file__).resolve().parents[1] / "configs"
@@ -197,7 +197,7 @@ def test_the_domain_generalisation_overlay_trains_and_a_shifted_split_is_scored(
     import json
 
     from desertmind.cli.main import main
-    from desertmind.training.checkpoints import read_checkpoint
+    from desertmind.models.trained import read_checkpoint
 
     root = generate(tmp_path / "d", n_train=8, n_val=4, height=48, width=80, seed=4, n_shifted=4)
     configs = Path(__file__).resolve().parents[1] / "configs"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from desertmind.cli.main import main
-from desertmind.training.checkpoints import best_score, read_checkpoint
+from desertmind.models.trained import best_score, read_checkpoint
 
 EMA = ["--ema", "EMAWeightAveraging", "--ema.decay", "0.5"]
 

@@ -14,10 +14,10 @@ import torch
 from desertmind.cli.main import main
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.errors import ConfigError, WeightsUnavailableError
-from desertmind.inference.trained import load_module
 from desertmind.models import build_network
 from desertmind.models.adapters import LoRA
 from desertmind.models.smp import encoder_weights
+from desertmind.models.trained import load_trained
 from desertmind.training.module import SegmentationModule
 from desertmind.training.speed import Speedups
 
@@ -189,7 +189,7 @@ def test_lora_fits_round_trips_and_exports_without_peft(synth_root: Path, tmp_pa
     trained = module.model.state_dict()
     assert all(torch.equal(t, trained[n]) for n, t in more.model.state_dict().items())
     module.eval()
-    loaded = load_module(ckpt)
+    loaded = load_trained(ckpt).network
     x = torch.rand(2, 3, 50, 70) * 255
     with torch.no_grad():
         eager = module(x)

@@ -183,7 +183,7 @@ def test_after_a_resume_best_ckpt_is_never_replaced_by_a_worse_model(synth_root:
                                                                      phase_args):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from desertmind.training.checkpoints import read_checkpoint
+    from desertmind.models.trained import read_checkpoint
 
     logs = tmp_path / "logs"
     folder = logs / "phase1" / "checkpoints"
@@ -295,7 +295,7 @@ def test_long_work_shows_a_progress_bar_on_a_terminal(tmp_path: Path, monkeypatc
 def test_a_finished_phase_is_not_overwritten_and_a_busy_one_is_locked(synth_root: Path,
                                                                       tmp_path: Path, capsys,
                                                                       phase_args):
-    from desertmind.training.checkpoints import read_checkpoint
+    from desertmind.models.trained import read_checkpoint
 
     logs = tmp_path / "logs"
     args = ["fit", *phase_args("phase1", synth_root, logs)]

@@ -7,20 +7,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from desertmind.cli.main import main
 from desertmind.data.classes import RAW_IDS
 from desertmind.data.imageio import read_image, read_mask, write_png
-from desertmind.inference.trained import load_module
 from desertmind.models.network import SegmentationNetwork
-from desertmind.models.prediction import (
-    EvalOptions,
-    predict_scores,
-    restrict,
-    sliding_window,
-    tta_probs,
-)
+from desertmind.models.prediction import EvalOptions, restrict, sliding_window, tta_probs
+from desertmind.models.trained import load_trained, read_checkpoint, read_settings
 from desertmind.training.module import SegmentationModule
+
+
+def module_of(ckpt: Path, options: EvalOptions | None = None) -> SegmentationModule:
+    """The checkpoint's network in a SegmentationModule with ``options``, as ``validate``
+    builds it (its weights loaded), in eval mode."""
+    module = SegmentationModule(**read_settings(ckpt).network, evaluation=options or EvalOptions())
+    module.load_state_dict(read_checkpoint(ckpt)["state_dict"])
+    return module.eval()
 
 
 @pytest.fixture(scope="module")
@@ -168,14 +171,28 @@ def test_restrict_never_predicts_a_suppressed_class():
         SegmentationModule(evaluation={"predict_classes": ["Sky", "Clouds"]})
 
 
-def test_tta_module_evaluates_with_averaged_probabilities(trained):
+def test_tta_module_evaluates_with_averaged_probabilities(trained, synth_root):
+    """With TTA options, the module's validation step scores averaged probabilities and its
+    loss is their negative log-likelihood; without, the network's logits and their
+    cross-entropy."""
+    from desertmind.data.datamodule import OffroadDataModule
+
     ckpt, _ = trained
-    options = EvalOptions(tta_scales=[0.75, 1.0], tta_flip=True)
-    module = load_module(ckpt, options)
+    dm = OffroadDataModule(str(synth_root), num_workers=0, image_size=(32, 48), batch_size=2)
+    dm.setup("validate")
+    batch = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
+    tta = module_of(ckpt, EvalOptions(tta_scales=[0.75, 1.0], tta_flip=True))
+    plain = module_of(ckpt)
     with torch.no_grad():
-        probs = predict_scores(module.model, torch.rand(1, 3, 32, 48) * 255, module.evaluation)
-    torch.testing.assert_close(probs.sum(1), torch.ones(1, 32, 48))
-    assert options.uses_tta and not EvalOptions().uses_tta
+        loss, probs = tta.model_step(batch)
+        plain_loss, logits = plain.model_step(batch)
+        preds = tta.validation_step(batch, 0)["preds"]
+    torch.testing.assert_close(probs.sum(1), torch.ones(2, 32, 48))
+    torch.testing.assert_close(loss, F.nll_loss(probs.log(), batch["mask"], ignore_index=255))
+    torch.testing.assert_close(preds, probs.argmax(1))
+    assert not torch.allclose(logits.sum(1), torch.ones(2, 32, 48))
+    torch.testing.assert_close(plain_loss, F.cross_entropy(logits, batch["mask"],
+                                                           ignore_index=255))
 
 
 @pytest.mark.parametrize("fmt", ["onnx"])
@@ -184,11 +201,11 @@ def test_export_matches_eager(trained, tmp_path, fmt):
     out = tmp_path / f"model.{fmt}"
     assert main(["export", "--ckpt", str(ckpt), "--format", fmt, "--out", str(out),
                  "--height", "64", "--width", "96"]) == 0
-    module = load_module(ckpt)
+    network = load_trained(ckpt).network
     for shape in ((1, 3, 64, 96), (2, 3, 48, 80)):  # dynamic batch, height and width
         x = torch.rand(*shape) * 255  # plain RGB: the input scaling is inside the graph
         with torch.no_grad():
-            eager = module(x).numpy()
+            eager = network(x).numpy()
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -207,13 +224,12 @@ def test_export_refuses_a_missing_checkpoint(tmp_path, capsys):
 
 def test_every_caller_predicts_through_one_path_with_per_call_options(trained, synth_root,
                                                                       tmp_path):
-    """The Predictor, the split ranking and the module give the same masks for the same
-    options; the checkpoint's saved evaluation options are used only when asked for."""
+    """The module's own validation and predict steps, the Predictor and the split ranking give
+    the same masks for the same images and options; the checkpoint's saved evaluation options
+    are used only when asked for."""
     from desertmind.data.datamodule import OffroadDataModule
     from desertmind.inference.predictor import Predictor
     from desertmind.inference.ranking import SplitRanking
-    from desertmind.models.prediction import predict_labels
-    from desertmind.training.checkpoints import read_checkpoint
 
     ckpt, _ = trained
     state = read_checkpoint(ckpt)
@@ -221,20 +237,28 @@ def test_every_caller_predicts_through_one_path_with_per_call_options(trained, s
                                                "tta_flip": True}
     restricted = tmp_path / "restricted.ckpt"
     torch.save(state, restricted)
-    image = read_image(next((synth_root / "val" / "Color_Images").iterdir()))
     plain = Predictor(restricted)
-    assert plain.evaluation == EvalOptions()  # by default: what validate does without options
+    assert plain.evaluation.options == EvalOptions()  # by default: validate without options
     saved = Predictor(restricted, evaluation="checkpoint")
-    assert saved.evaluation.tta_flip and saved.evaluation.predict_classes == ["Sky", "Landscape"]
-    assert set(np.unique(saved.predict(image)).tolist()) <= {8, 9}
+    assert saved.evaluation.options.tta_flip
     options = saved.options(tta_flip=False)
     assert options.predict_classes == ["Sky", "Landscape"] and not options.tta_flip
 
-    module = load_module(ckpt, options)
-    dm = OffroadDataModule(str(synth_root), num_workers=0, image_size=(32, 48))
+    module = module_of(ckpt, options)
+    dm = OffroadDataModule(str(synth_root), num_workers=0, image_size=(32, 48), batch_size=4,
+                           predict_dir=str(synth_root / "val"))
     dm.setup("validate")
-    ranking = SplitRanking(module.model, dm.datasets["val"], evaluation=options)
-    item = dm.datasets["val"][0]
-    by_module = predict_labels(module.model, item["image"][None].float(), options)[0]
-    np.testing.assert_array_equal(ranking.render(0)[2], by_module.numpy())
-    assert set(np.unique(ranking.render(0)[2]).tolist()) <= {8, 9}
+    dm.setup("predict")
+    val = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
+    pred = dm.on_after_batch_transfer(next(iter(dm.predict_dataloader())), 0)
+    with torch.no_grad():
+        by_validation = module.validation_step(val, 0)["preds"]
+        by_predict = module.predict_step(pred, 0)
+    ranking = SplitRanking(load_trained(ckpt).evaluation(options), dm.datasets["val"])
+    for i in range(len(val["name"])):  # at the evaluation size
+        np.testing.assert_array_equal(ranking.render(i)[2], by_validation[i].numpy())
+    assert set(np.unique(by_validation.numpy()).tolist()) <= {8, 9}
+    for name, path, mask in zip(by_predict["name"], by_predict["path"], by_predict["pred"],
+                                strict=True):  # at the image's own size
+        np.testing.assert_array_equal(saved.predict(read_image(path), options), mask.numpy())
+        assert set(np.unique(mask.numpy()).tolist()) <= {8, 9}, name

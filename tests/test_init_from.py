@@ -10,7 +10,8 @@ import torch
 
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.errors import CheckpointError
-from desertmind.training.checkpoints import best_score, load_weights
+from desertmind.models.trained import best_score
+from desertmind.training.checkpoints import load_weights
 from desertmind.training.module import SegmentationModule
 
 

@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from desertmind.training.metrics import (
-    SegmentationMetrics,
-    batched_confusion,
-    iou_from_confusion,
-)
+from desertmind.models.confusion import batched_confusion, iou_from_confusion
+from desertmind.training.metrics import SegmentationMetrics
 
 
 def _batches(seed: int = 0, n_batches: int = 3):

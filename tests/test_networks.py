@@ -18,8 +18,8 @@ import torch
 from desertmind.cli.main import main
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.errors import ConfigError, WeightsUnavailableError
-from desertmind.inference.trained import load_module
 from desertmind.models import ARCHITECTURES, build_network
+from desertmind.models.trained import load_trained
 from desertmind.training.freeze import BackboneFreeze
 from desertmind.training.module import SegmentationModule
 
@@ -117,8 +117,10 @@ def test_frozen_encoder_round_trip_and_init_from(arch: str, backbone: str, synth
     trainer.save_checkpoint(ckpt)
     x = torch.rand(1, 3, 40, 56) * 255
     first.eval()
-    loaded = load_module(ckpt)  # from the checkpoint alone, as predict / test / export do
-    assert loaded.hparams.arch == arch and loaded.hparams.backbone == backbone
+    trained = load_trained(ckpt)  # from the checkpoint alone, as predict / test / export do
+    loaded = trained.network
+    assert (trained.settings.network["arch"], trained.settings.network["backbone"]) == (
+        arch, backbone)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), first(x))
 

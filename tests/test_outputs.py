@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from desertmind.cli.main import main
-from desertmind.training.checkpoints import read_checkpoint
+from desertmind.models.trained import read_checkpoint
 
 CPU = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
        "--data.num_workers", "0"]

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from desertmind.cli.main import main
-from desertmind.training.checkpoints import read_checkpoint
+from desertmind.models.trained import read_checkpoint
 
 PHASES = ("phase1", "phase2_1_head", "phase2_2_backbone", "phase3")
 

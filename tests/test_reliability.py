@@ -19,13 +19,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from desertmind.cli.main import main
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.errors import CheckpointError, NonFiniteLossError, NonFiniteStateError
+from desertmind.models.trained import read_checkpoint
 from desertmind.reports.report import load_report, markdown
-from desertmind.training.checkpoints import (
-    AtomicCheckpointIO,
-    LastCheckpoint,
-    PhaseCheckpoint,
-    read_checkpoint,
-)
+from desertmind.training.checkpoints import AtomicCheckpointIO, LastCheckpoint, PhaseCheckpoint
 from desertmind.training.module import SegmentationModule
 from tests.stand_in import SUBPROCESS_ENV, kill_at
 

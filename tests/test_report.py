@@ -19,10 +19,10 @@ from torch.utils.tensorboard import SummaryWriter
 
 from desertmind.cli.main import main
 from desertmind.data.classes import CLASS_NAMES
+from desertmind.models.trained import best_score, read_checkpoint
 from desertmind.reports.report import load_report, write_report
 from desertmind.reports.uncertainty import dataset_miou
 from desertmind.runs import VAL_IMAGES_FILE
-from desertmind.training.checkpoints import best_score, read_checkpoint
 from tests.stand_in import real_networks
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "phase_analysis.ipynb"

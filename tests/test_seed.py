@@ -15,8 +15,8 @@ from desertmind.data.imageio import write_png
 from desertmind.data.layout import Sample
 from desertmind.data.stats import crop_class_pixels, seed_class_weights
 from desertmind.data.transforms import build_transform
+from desertmind.models.trained import read_checkpoint
 from desertmind.reports.report import load_report
-from desertmind.training.checkpoints import read_checkpoint
 from desertmind.training.losses import build_loss
 from desertmind.training.module import SegmentationModule
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from desertmind.errors import ReportError
+from desertmind.models.confusion import batched_confusion
 from desertmind.reports.uncertainty import (
     GAIN,
     REGRESSION,
@@ -16,7 +17,7 @@ from desertmind.reports.uncertainty import (
     paired_change,
     paired_change_over_seeds,
 )
-from desertmind.training.metrics import SegmentationMetrics, batched_confusion
+from desertmind.training.metrics import SegmentationMetrics
 
 C = 10
 

@@ -142,7 +142,7 @@ class Viewer:
         if self.root is not None:
             folder = self.root / self.split / "Color_Images"
             self.samples = list_images(folder)  # names the folder when it is missing or empty
-        if self.predictor.evaluation.adapts and self.samples:
+        if self.predictor.evaluation.options.adapts and self.samples:
             # the checkpoint's test-time adaptation, to the split shown (a bounded sample)
             step = max(1, len(self.samples) // ADAPT_IMAGES)
             chosen = self.samples[::step][:ADAPT_IMAGES]
@@ -195,7 +195,7 @@ class Viewer:
         except DesertMindError as e:
             raise _error(_message(e)) from e
         h, w = self.predictor.image_size or image.shape[:2]
-        passes = (2 if tta_flip else 1) * len(self.predictor.evaluation.tta_scales or [1.0])
+        passes = (2 if tta_flip else 1) * len(self.predictor.evaluation.options.tta_scales or [1.0])
         windows = window_count(h, w, size) if size else 1
         pixels = passes * windows * (size * size if size else h * w)
         if windows > MAX_WINDOWS or pixels > MAX_FORWARD_PIXELS:
@@ -280,8 +280,7 @@ class Viewer:
         except DesertMindError as e:
             raise _error(_message(e)) from e
         self.ranking = SplitRanking(
-            self.predictor.network, dm.datasets["val"], evaluation=self.predictor.evaluation,
-            shift=self.predictor.shift,
+            self.predictor.evaluation, dm.datasets["val"],
             progress=lambda done, total: progress(done / total, desc="scoring images"))
         return self._ranking_rows()
 

@@ -26,8 +26,8 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from desertmind import runs
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.errors import ConfigError
-from desertmind.inference.trained import TrainedSettings, read_settings, same_layout
 from desertmind.inference.writer import OUTPUT_DIRS, PredictionWriter
+from desertmind.models.trained import TrainedSettings, read_settings, same_layout
 from desertmind.reports.evaluation import BestValidationImages, EvaluationWriter
 from desertmind.training.checkpoints import AtomicCheckpointIO, LastCheckpoint, PhaseCheckpoint
 from desertmind.training.freeze import BackboneFreeze
@@ -94,7 +94,7 @@ ADAPTATION_KEYS = ("adapt_bn", "class_priors")
 
 def checkpoint_defaults(settings: TrainedSettings) -> dict[str, object]:
     """What a checkpoint decides or suggests for an evaluation (see
-    :mod:`desertmind.inference.trained`), as defaults of the subcommand's parser: the network's
+    :mod:`desertmind.models.trained`), as defaults of the subcommand's parser: the network's
     layout, its test-time adaptation and the evaluation-side data settings. Pretrained
     weights are never fetched: the checkpoint holds every weight."""
     network = {}

@@ -100,7 +100,7 @@ def _app(args: argparse.Namespace) -> int:
 
 
 def _scores(args: argparse.Namespace) -> int:
-    from desertmind.training.checkpoints import best_score
+    from desertmind.models.trained import best_score
 
     ckpts = runs.find_best_checkpoints(args.logs)
     if not ckpts:

@@ -28,8 +28,8 @@ from desertmind import __version__
 from desertmind.data.classes import CLASS_NAMES, RAW_IDS
 from desertmind.errors import check_choice
 from desertmind.files import write_via_path
-from desertmind.inference.trained import load_module
 from desertmind.models.network import SegmentationNetwork
+from desertmind.models.trained import load_trained
 
 #: ONNX opset of the exported graph: 18 has Resize with antialiasing
 OPSET = 18
@@ -43,13 +43,14 @@ FORMATS: tuple[str, ...] = get_args(Format)
 def load_network(ckpt: str | Path) -> tuple[SegmentationNetwork, dict[str, str]]:
     """The checkpoint's network in eval mode, float32, on the CPU (RGB 0-255 in, logits out);
     and the metadata the ONNX file carries."""
-    module = load_module(ckpt)
-    module.model.merge_lora()
-    hp = module.hparams
+    trained = load_trained(ckpt)
+    trained.network.merge_lora()
+    net = trained.settings.network
     metadata = {"classes": json.dumps(list(CLASS_NAMES)), "raw_ids": json.dumps(list(RAW_IDS)),
-                "input": INPUT_CONTRACT, "arch": str(hp.arch), "backbone": str(hp.backbone),
-                "input_scaling": str(hp.input_scaling), "desertmind_version": __version__}
-    return module.model.float().eval(), metadata
+                "input": INPUT_CONTRACT, "arch": str(net["arch"]),
+                "backbone": str(net["backbone"]), "input_scaling": str(net["input_scaling"]),
+                "desertmind_version": __version__}
+    return trained.network.float().eval(), metadata
 
 
 def export(ckpt: str | Path, fmt: str, out: str | Path, height: int = 540,

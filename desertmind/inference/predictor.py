@@ -15,9 +15,9 @@ from desertmind.data.classes import CLASS_NAMES, NUM_CLASSES
 from desertmind.data.imageio import MAX_PIXELS_ENV, max_pixels
 from desertmind.data.transforms import build_transform
 from desertmind.errors import DatasetError
-from desertmind.inference.trained import TrainedSettings, load_trained
-from desertmind.models.adaptation import adapt
-from desertmind.models.prediction import EvalOptions, class_probabilities, predict_maps
+from desertmind.models.evaluation import Evaluation
+from desertmind.models.prediction import EvalOptions
+from desertmind.models.trained import TrainedSettings, load_trained
 
 
 def check_image(image: np.ndarray, source: str = "image") -> np.ndarray:
@@ -42,7 +42,7 @@ def check_image(image: np.ndarray, source: str = "image") -> np.ndarray:
 class Predictor:
     """The checkpoint's network in eval mode on ``device``, at the image size it was trained
     with (the checkpoint's ``data.image_size``; None: full size), predicting one image at a
-    time through the one prediction path (:mod:`desertmind.models.prediction`).
+    time through its :class:`~desertmind.models.evaluation.Evaluation`.
 
     ``evaluation`` are the default options of every call: by default whole images and all
     classes (what ``validate`` does unless told otherwise) with the checkpoint's test-time
@@ -54,19 +54,16 @@ class Predictor:
 
     def __init__(self, ckpt: str | Path, device: str = "cpu", *,
                  evaluation: EvalOptions | str | None = None) -> None:
-        module, settings = load_trained(ckpt)
-        self.settings: TrainedSettings = settings
-        self.network = module.model.to(device).eval()
+        trained = load_trained(ckpt)
+        self.settings: TrainedSettings = trained.settings
+        self.network = trained.network.to(device).eval()
         self.device = torch.device(device)
-        self.image_size = settings.data.get("image_size")
-        saved = settings.evaluation
+        self.image_size = self.settings.data.get("image_size")
+        saved = self.settings.evaluation
         if evaluation == "checkpoint":
             evaluation = saved
-        self.evaluation: EvalOptions = evaluation or EvalOptions(
-            adapt_bn=saved.adapt_bn, class_priors=saved.class_priors)
-        self.source_priors = module.source_priors
-        #: the class prior log-ratio of the images :meth:`adapt` was given (None: not adapted)
-        self.shift: torch.Tensor | None = None
+        self.evaluation: Evaluation = trained.evaluation(evaluation or EvalOptions(
+            adapt_bn=saved.adapt_bn, class_priors=saved.class_priors))
         #: how many images the network was adapted to (0: predicts as trained)
         self.adapted_to = 0
         self._transform = build_transform("none", self.image_size)
@@ -76,8 +73,7 @@ class Predictor:
         """Adapt this predictor's network to ``images`` (RGB uint8) as ``test`` does with
         ``evaluation``'s ``adapt_bn`` and ``class_priors: em``: its BatchNorm statistics and
         the class priors of these images, for every later call. The checkpoint is untouched."""
-        options = self.evaluation
-        if not options.adapts or not images:
+        if not self.evaluation.options.adapts or not images:
             return
 
         def batches():
@@ -86,29 +82,23 @@ class Predictor:
                 yield self._transform(image=image)["image"][None].to(self.device).float()
 
         with self._lock:
-            done = adapt(self.network, batches,
-                         lambda x: class_probabilities(self.network, x, options),
-                         batchnorm=options.adapt_bn,
-                         source_priors=(self.source_priors
-                                        if options.class_priors == "em" else None))
-            self.shift = done.shift
+            done = self.evaluation.adapt(batches, len(images))
             self.adapted_to = len(images)
-        what = [w for w, on in (("BatchNorm statistics", done.saved is not None),
-                                ("class priors", done.shift is not None)) if on]
+        what = [w for w, on in (("BatchNorm statistics", "batchnorm" in done),
+                                ("class priors", "class_priors" in done)) if on]
         print(f"desertmind: adapted to {len(images)} {source} images ({' and '.join(what)})",
               file=sys.stderr)
 
     def options(self, **changes: object) -> EvalOptions:
         """This predictor's default options with ``changes`` (checked)."""
-        return replace(self.evaluation, **changes)
+        return replace(self.evaluation.options, **changes)
 
     def predict(self, image: np.ndarray, options: EvalOptions | None = None) -> np.ndarray:
         """Train-id map (H, W) uint8 of an RGB uint8 image, at the image's own size."""
         check_image(image)
         x = self._transform(image=image)["image"][None].to(self.device).float()
         with self._lock:
-            return predict_maps(self.network, x, [image.shape[:2]],
-                                options or self.evaluation, self.shift)[0].numpy()
+            return self.evaluation.maps(x, [image.shape[:2]], options)[0].numpy()
 
 
 def class_shares(pred: np.ndarray) -> dict[str, float]:

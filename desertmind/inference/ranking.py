@@ -2,7 +2,7 @@
 
 Only the scores are kept (name, mean IoU and per-class IoU per image); an image, its ground
 truth and its prediction are recomputed when asked for, so a split of any size fits in memory.
-Predictions go through the one prediction path with the same :class:`EvalOptions` as ``validate``.
+Predictions go through an :class:`~desertmind.models.evaluation.Evaluation`, as ``validate``'s.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import torch
 
 from desertmind.data.classes import NUM_CLASSES
 from desertmind.data.dataset import OffroadDataset
-from desertmind.models.network import SegmentationNetwork
-from desertmind.models.prediction import EvalOptions, predict_labels
-from desertmind.training.metrics import batched_confusion, iou_from_confusion
+from desertmind.models.confusion import batched_confusion, iou_from_confusion
+from desertmind.models.evaluation import Evaluation
 
 
 @dataclass(frozen=True)
@@ -33,20 +32,18 @@ class ImageScore:
 
 
 class SplitRanking:
-    """A labelled split scored by ``network``, lowest mean IoU first (``scores``).
+    """A labelled split scored by ``evaluation`` (its network in eval mode, its options and
+    any test-time adaptation it holds), lowest mean IoU first (``scores``).
 
-    ``progress(done, total)`` is called after each batch while scoring; ``shift`` is the class
-    prior log-ratio of test-time adaptation, if any.
+    ``progress(done, total)`` is called after each batch while scoring.
     """
 
-    def __init__(self, network: SegmentationNetwork, dataset: OffroadDataset, *,
-                 evaluation: EvalOptions | None = None, batch_size: int = 8,
-                 progress: Callable[[int, int], None] | None = None,
-                 shift: torch.Tensor | None = None) -> None:
-        self.network = network.eval()
-        self.shift = shift  # a class prior log-ratio (test-time adaptation), if any
+    def __init__(self, evaluation: Evaluation, dataset: OffroadDataset, *,
+                 batch_size: int = 8,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        evaluation.network.eval()
+        self.evaluation = evaluation
         self.dataset = dataset
-        self.evaluation = evaluation or EvalOptions()
         found: list[ImageScore] = []
         total = len(dataset)
         for start in range(0, total, batch_size):
@@ -63,9 +60,8 @@ class SplitRanking:
         self.scores = sorted(found, key=lambda s: (np.isnan(s.miou), s.miou, s.name))
 
     def _predict(self, images: torch.Tensor) -> torch.Tensor:
-        device = self.network.mean.device
-        return predict_labels(self.network, images.to(device).float(), self.evaluation,
-                              self.shift).cpu()
+        device = self.evaluation.network.mean.device
+        return self.evaluation.labels(images.to(device).float()).cpu()
 
     def render(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Image (H, W, 3), ground truth and prediction (H, W train ids) of dataset item

@@ -184,9 +184,8 @@ def adapt(network: nn.Module, batches: Callable[[], Iterable[Tensor]],
     if source_priors is not None and float(source_priors.sum()) == 0:  # before any change
         raise ConfigError(
             "model.evaluation.class_priors=em needs the class priors the network implies on "
-            "its source val split, and this model holds none (a checkpoint from before they "
-            "were kept, or a module never validated): fit it again, or use class_priors: "
-            "train")
+            "its source val split, and this model holds none (it was never validated): fit "
+            "it with validation, or use class_priors: train")
     done = Adapted()
     if batchnorm and batchnorm_layers(network):
         done.saved = adapt_batchnorm(network, batches())

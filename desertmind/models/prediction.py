@@ -1,11 +1,10 @@
 """The one prediction path: a network's class scores and maps for evaluation, with flip and
 multi-scale TTA, sliding windows and class restriction.
 
-``validate``, ``test`` and ``predict`` (through the module), the single-image
-:class:`~desertmind.inference.predictor.Predictor`, the viewer's Browse tab and the dashboards'
-prediction grid all call these functions with an :class:`EvalOptions`, so the same
-checkpoint and options give the same masks everywhere. Options are per call: nothing is
-written into a model to change them.
+Everything that scores a network calls these functions through one
+:class:`~desertmind.models.evaluation.Evaluation` (the network, its :class:`EvalOptions` and
+any test-time adaptation), so the same checkpoint and options give the same masks everywhere.
+Options are per call: nothing is written into a model to change them.
 """
 
 from __future__ import annotations
@@ -198,13 +197,6 @@ def restrict(scores: torch.Tensor, classes: Sequence[int] | None) -> torch.Tenso
 def labels_of(scores: torch.Tensor, options: EvalOptions) -> torch.Tensor:
     """Train ids (N, H, W) of scores, restricted to ``options.predict_classes``."""
     return restrict(scores, options.allowed).argmax(dim=1)
-
-
-@torch.no_grad()
-def predict_labels(network: SegmentationNetwork, images: torch.Tensor,
-                   options: EvalOptions, shift: torch.Tensor | None = None) -> torch.Tensor:
-    """Train ids (N, H, W) at the input's size, as ``validate`` scores them."""
-    return labels_of(predict_scores(network, images, options, shift), options)
 
 
 @torch.no_grad()

@@ -10,10 +10,9 @@ from matplotlib.figure import Figure
 from desertmind import runs
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.inference.ranking import SplitRanking
-from desertmind.inference.trained import load_module
+from desertmind.models.trained import TrainedModel, load_trained
 from desertmind.reports.plots import prediction_grid
 from desertmind.reports.report import RunSummary
-from desertmind.training.module import SegmentationModule
 
 
 def worst_grid(ranking: SplitRanking, k: int = 4) -> Figure:
@@ -25,15 +24,15 @@ def worst_grid(ranking: SplitRanking, k: int = 4) -> Figure:
                            [f"{s.name}\nmIoU {s.miou:.3f}" for s in worst])
 
 
-def load_best(run: RunSummary) -> tuple[SegmentationModule, OffroadDataModule]:
-    """The run's best checkpoint (on the CPU, eval mode) and its data module, from its config."""
+def load_best(run: RunSummary) -> tuple[TrainedModel, OffroadDataModule]:
+    """The run's best model (on the CPU, eval mode) and its data module, from its config."""
     ckpt, _ = runs.checkpoints_of_run(run.path)
-    module = load_module(ckpt)
+    trained = load_trained(ckpt)
     data = dict(run.config.get("data") or {})
     data.update(num_workers=0, pin_memory=False, root=str(_find_root(run, data.get("root"))))
     dm = OffroadDataModule(**data)
     dm.setup("validate")
-    return module, dm
+    return trained, dm
 
 
 def _find_root(run: RunSummary, root: str | None) -> Path:
@@ -49,5 +48,5 @@ def _find_root(run: RunSummary, root: str | None) -> Path:
 
 def rank_run(run: RunSummary, batch_size: int = 8) -> SplitRanking:
     """Every validation image of the run, scored by its best model, lowest mean IoU first."""
-    module, dm = load_best(run)
-    return SplitRanking(module.model, dm.datasets["val"], batch_size=batch_size)
+    trained, dm = load_best(run)
+    return SplitRanking(trained.evaluation(), dm.datasets["val"], batch_size=batch_size)

@@ -17,7 +17,6 @@ from torch.utils.tensorboard import SummaryWriter
 
 from desertmind.data.classes import CLASS_NAMES
 from desertmind.data.transforms import CROPPING_PRESETS
-from desertmind.models.prediction import predict_labels
 from desertmind.reports.plots import confusion_matrix_figure, prediction_grid
 from desertmind.training.chain_logger import logged_step
 from desertmind.training.metrics import MONITOR, followed_monitor, improves
@@ -202,8 +201,7 @@ class PredictionGrid(L.Callback):
         picks = np.unique(np.linspace(0, len(dataset) - 1, self.num_images).round().astype(int))
         items = [dataset[int(i)] for i in picks]
         images = torch.stack([it["image"] for it in items])
-        preds = predict_labels(pl_module.model, images.to(pl_module.device).float(),
-                               pl_module.evaluation).cpu().numpy()
+        preds = pl_module.evaluation.labels(images.to(pl_module.device).float()).cpu().numpy()
         fig = prediction_grid([im.permute(1, 2, 0).numpy() for im in images],
                               [it["mask"].numpy() for it in items], list(preds),
                               [it["name"] for it in items])

@@ -30,14 +30,10 @@ import torch.distributed as dist
 from desertmind import runs
 from desertmind.data.classes import CLASS_NAMES, NUM_CLASSES
 from desertmind.files import write_json, write_text, write_with
+from desertmind.models.confusion import batched_confusion, iou_from_confusion
 from desertmind.reports.plots import confusion_matrix_figure, save
 from desertmind.runs import VAL_IMAGES_FILE
-from desertmind.training.metrics import (
-    batched_confusion,
-    followed_monitor,
-    improves,
-    iou_from_confusion,
-)
+from desertmind.training.metrics import followed_monitor, improves
 
 METRICS_FILE = "metrics.json"
 PER_IMAGE_FILE = "per_image.csv"
@@ -141,15 +137,13 @@ class EvaluationWriter(_PerImageConfusion):
             return
         confmat = cms.sum(0)
         metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items())}
-        module = trainer.lightning_module
+        evaluation = getattr(trainer.lightning_module, "evaluation", None)
         write_json(self.out_dir / METRICS_FILE, {
             **metrics, "images": len(names),
             "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
-            **getattr(module, "transductive", {}),
-            "adaptation": getattr(module, "adaptation", {}),
-            # <stage>/mIoU is over these classes' argmax when set; mIoU_all_classes is not
-            "predict_classes": getattr(getattr(module, "evaluation", None), "predict_classes",
-                                       None)})
+            # transductive or not, how, and what adaptation did; <stage>/mIoU is over the
+            # predict_classes' argmax when set (mIoU_all_classes is not)
+            **(evaluation.record if evaluation is not None else {})})
         write_text(self.out_dir / PER_IMAGE_FILE, per_image_csv(names, cms))
         write_text(self.out_dir / CONFUSION_CSV, confusion_csv(confmat))
         save(confusion_matrix_figure(confmat.numpy(), f"confusion matrix ({len(names)} images)"),

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from desertmind.data.classes import CLASS_NAMES
 from desertmind.errors import DesertMindError, ReportError
 from desertmind.files import write_text
+from desertmind.models.trained import read_checkpoint
 from desertmind.reports.plots import confusion_matrix_figure, new_figure, save
 from desertmind.reports.uncertainty import (
     LEVEL,
@@ -43,7 +44,6 @@ from desertmind.runs import (
     phase_of_run,
     without_random_seed,
 )
-from desertmind.training.checkpoints import read_checkpoint
 from desertmind.training.metrics import MONITOR
 
 TRAIN_LOSS, VAL_LOSS = "train/loss_epoch", "val/loss"

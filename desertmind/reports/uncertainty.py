@@ -22,7 +22,7 @@ import torch
 from scipy.stats import bootstrap
 
 from desertmind.errors import ReportError
-from desertmind.training.metrics import miou_from_confusion
+from desertmind.models.confusion import miou_from_confusion
 
 LEVEL = 0.95
 RESAMPLES = 2000
@@ -32,7 +32,7 @@ GAIN, SAME, REGRESSION = "significant gain", "no significant change", "significa
 
 def dataset_miou(cms: np.ndarray) -> np.ndarray:
     """mIoU of confusion matrices (..., C, C), by the rule of ``val/mIoU``
-    (:func:`~desertmind.training.metrics.miou_from_confusion`); 0 where no class occurs."""
+    (:func:`~desertmind.models.confusion.miou_from_confusion`); 0 where no class occurs."""
     miou = miou_from_confusion(torch.from_numpy(np.asarray(cms, dtype=np.float64))).numpy()
     return np.nan_to_num(miou, nan=0.0)
 

@@ -4,13 +4,12 @@
   the CLI installs it for every run.
 - :class:`PhaseCheckpoint` keeps ``best.ckpt`` and :class:`LastCheckpoint` ``last.ckpt`` in
   ``<logs>/<phase>/checkpoints`` (:mod:`desertmind.runs`).
-- :func:`read_checkpoint`, :func:`load_weights` (``init_from``) and :func:`best_score` read
-  them back with ``weights_only=True``.
+- :func:`load_weights` (``init_from``) reads one back (through
+  :func:`desertmind.models.trained.read_checkpoint`, ``weights_only=True``).
 """
 
 from __future__ import annotations
 
-import pickle
 import shutil
 import warnings
 from pathlib import Path
@@ -28,17 +27,8 @@ from desertmind import runs
 from desertmind.errors import CheckpointError, ConfigError
 from desertmind.files import release_lock, take_lock, write_text, write_with
 from desertmind.models.adapters import plain_to_lora
+from desertmind.models.trained import copy_weights, read_checkpoint
 from desertmind.training.chain_logger import STEP_OFFSET_KEY, step_offset
-
-_SHOW = 8
-#: where every checkpoint stores the class table it was trained with
-CLASS_TABLE_KEY = "desertmind_classes"
-#: the network's mean predicted class probabilities on the source val split (what EM class
-#: priors start from)
-SOURCE_PRIORS_KEY = "desertmind_source_priors"
-#: how training used unlabelled target images, in words, or None
-TARGET_USE_KEY = "desertmind_target_use"
-
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -235,26 +225,6 @@ class LastCheckpoint(PhaseCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a Lightning checkpoint on the CPU with ``weights_only=True`` (no code is run)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint {path} not found (init_from must point to a finished run's "
-            f"checkpoint, e.g. {runs.best_checkpoint('lightning_logs', 'phase1')}; run the "
-            "previous phase first)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # torch's text would suggest weights_only=False
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint: corrupt, truncated, not a checkpoint at all, "
-            "or holding objects other than tensors and plain values, which are refused "
-            "because loading them could run code") from e
-    except Exception as e:  # truncated zip, I/O error
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{path}: cannot read checkpoint ({detail})") from e
-
-
 def load_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> None:
     """Copy the weights under ``prefix`` of a Lightning checkpoint into ``model``, strictly.
 
@@ -266,44 +236,3 @@ def load_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> 
     if getattr(model, "lora", None) is not None:
         state = plain_to_lora(state, {prefix + k: v for k, v in model.state_dict().items()})
     copy_weights(model, state, path, prefix)
-
-
-def copy_weights(model: nn.Module, state: dict[str, Any], source: str | Path,
-                 prefix: str = "model.") -> None:
-    """Load the entries of ``state`` under ``prefix`` into ``model``, strictly.
-
-    Any missing key, unexpected key or shape difference is refused with a message naming
-    ``source`` and listing them.
-    """
-    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    own = model.state_dict()
-    missing = sorted(own.keys() - weights.keys())
-    unexpected = sorted(weights.keys() - own.keys())
-    shapes = [f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in sorted(own.keys() & weights.keys()) if weights[k].shape != own[k].shape]
-    problems = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                         ("shape mismatches", shapes)):
-        if items:
-            more = f" ... ({len(items) - _SHOW} more)" if len(items) > _SHOW else ""
-            problems.append(f"{len(items)} {label}: {', '.join(items[:_SHOW])}{more}")
-    if problems:
-        raise CheckpointError(
-            f"{source} does not fit this model (another architecture, backbone, class count or "
-            "aux head?); " + "; ".join(problems))
-    model.load_state_dict(weights)
-
-
-def best_score(path: str | Path) -> tuple[str | None, float | None, int | None]:
-    """The monitor and best score ModelCheckpoint stored in ``path``, and the epoch saved."""
-    return best_of(read_checkpoint(path))
-
-
-def best_of(ckpt: dict) -> tuple[str | None, float | None, int | None]:
-    """The monitor and best score ModelCheckpoint stored in a read checkpoint, and its epoch."""
-    monitor = score = None
-    for state in ckpt.get("callbacks", {}).values():
-        if isinstance(state, dict) and state.get("best_model_score") is not None:
-            score = float(state["best_model_score"])
-            monitor = state.get("monitor") if isinstance(state.get("monitor"), str) else None
-    return monitor, score, ckpt.get("epoch")

@@ -14,22 +14,24 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from desertmind.data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, class_table
 from desertmind.data.sampling import StepSeed
 from desertmind.errors import ConfigError
+from desertmind.inference.adaptation import TestTimeAdaptation
 from desertmind.models.adapters import LoRA
+from desertmind.models.evaluation import Evaluation
 from desertmind.models.network import Scaling, set_bn_momentum
-from desertmind.models.prediction import EvalOptions, labels_of, predict_maps, predict_scores
+from desertmind.models.prediction import EvalOptions
 from desertmind.models.registry import DEFAULT_ARCH, Arch, build_network
-from desertmind.training.checkpoints import (
+from desertmind.models.trained import (
     CLASS_TABLE_KEY,
     SOURCE_PRIORS_KEY,
     TARGET_USE_KEY,
-    load_weights,
+    training_record,
 )
+from desertmind.training.checkpoints import load_weights
 from desertmind.training.guards import FiniteGuard
 from desertmind.training.losses import build_loss, needs_class_weights, parse_loss
 from desertmind.training.metrics import ClassShares, SegmentationMetrics, followed_monitor
 from desertmind.training.schedulers import PolyLR
 from desertmind.training.self_training import PseudoLabeler, SelfTraining, pseudo_label_loss
-from desertmind.training.target_adaptation import TestTimeAdaptation
 
 
 class SegmentationModule(L.LightningModule):
@@ -49,7 +51,7 @@ class SegmentationModule(L.LightningModule):
     table, so one alone says what its outputs mean, the class priors the network's posteriors
     imply on the source (``source_priors``: what EM class priors start from) and whether
     training saw the target images (``target_use``). ``test`` and ``predict`` adapt to the
-    evaluated images first when ``evaluation`` asks (:mod:`desertmind.training.target_adaptation`).
+    evaluated images first when ``evaluation`` asks (:mod:`desertmind.inference.adaptation`).
     Validation and test log ``<stage>/mIoU`` (dataset level, the headline),
     ``<stage>/mIoU_per_image`` (the seed's definition), ``pixel_acc``, ``mean_acc`` and
     ``iou/<class>``. ``configure_optimizers`` builds the param groups ``backbone`` (LR x
@@ -142,7 +144,6 @@ class SegmentationModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.hparams.update(evaluation=asdict(evaluation), self_training=asdict(self_training),
                             lora=asdict(lora))
-        self.evaluation = evaluation
         self.self_training = self_training
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -153,6 +154,11 @@ class SegmentationModule(L.LightningModule):
         self.model.set_batchnorm_frozen(freeze_bn)
         if lora.enabled:
             self.model.add_lora(lora)
+        #: how validate / test / predict score (and test-time adaptation, which the
+        #: TestTimeAdaptation callback runs on it); it also holds the source class priors and
+        #: the target use, which checkpoints keep
+        self.evaluation = Evaluation(self.model, evaluation,
+                                     source_priors=torch.zeros(NUM_CLASSES))
         if layer_decay != 1 and len(self.model.encoder_layers()) < 2:
             raise ConfigError(f"model.layer_decay={layer_decay}: the encoder of {arch} / "
                               f"{backbone} has no known layer order; use a timm encoder "
@@ -168,30 +174,22 @@ class SegmentationModule(L.LightningModule):
         self.last_eval: dict[str, dict[str, torch.Tensor]] = {}
         #: the self-training teacher, built in setup from init_from's network
         self.pseudo: PseudoLabeler | None = None
-        #: the mean predicted class probabilities on the source val split at the last
-        #: validation (zeros before one): what EM class priors start from; in checkpoints
+        #: the mean predicted class probabilities on the source val split, kept at every
+        #: validation as the evaluation's source priors (what EM class priors start from)
         self.val_shares = ClassShares(NUM_CLASSES)
-        self.register_buffer("source_priors", torch.zeros(NUM_CLASSES), persistent=False)
-        #: how training used the unlabelled target images (None: it did not); the CLI sets it
-        #: from the data module before fit (OffroadDataModule.target_use)
-        self.target_use: str | None = None
-        #: set by test-time adaptation for one test / predict run: the class prior log-ratio
-        #: added to every score, and what was done (see training.target_adaptation)
-        self.prior_shift: Tensor | None = None
-        self.adaptation: dict = {}
 
     def configure_callbacks(self) -> list[L.Callback]:
         return [FiniteGuard(), StepSeed(), TestTimeAdaptation()]
 
     @property
-    def transductive(self) -> dict[str, object]:
-        """Whether (and how) the last evaluation's scores used the target images: through
-        training (``target_use``) or through test-time adaptation."""
-        adapted = {k: v for k, v in self.adaptation.items() if k in ("batchnorm", "class_priors")
-                   and not str(v).startswith("none")}
-        return {"transductive": bool(self.target_use or adapted),
-                "training": self.target_use,
-                "test_time": sorted(adapted)}
+    def target_use(self) -> str | None:
+        """How training used the unlabelled target images (None: it did not); the CLI sets it
+        from the data module before fit (OffroadDataModule.target_use)."""
+        return self.evaluation.target_use
+
+    @target_use.setter
+    def target_use(self, use: str | None) -> None:
+        self.evaluation.target_use = use
 
     def setup(self, stage: str) -> None:
         if stage != "fit":
@@ -225,11 +223,11 @@ class SegmentationModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CLASS_TABLE_KEY] = class_table()
-        checkpoint[SOURCE_PRIORS_KEY] = self.source_priors.tolist()
+        checkpoint[SOURCE_PRIORS_KEY] = self.evaluation.source_priors.tolist()
         checkpoint[TARGET_USE_KEY] = self.target_use
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        read_training_record(self, checkpoint)
+        self.evaluation.source_priors, self.target_use = training_record(checkpoint)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """RGB 0-255 float images (N, 3, H, W) -> logits (N, C, H, W)."""
@@ -240,15 +238,16 @@ class SegmentationModule(L.LightningModule):
         aux head's), also for validation so the two are comparable; outside it, or with TTA,
         the cross-entropy of the evaluation scores."""
         images, masks = batch["image"], batch["mask"]
-        plain = not self.evaluation.uses_tta and self.prior_shift is None
+        options = self.evaluation.options
+        plain = not options.uses_tta and self.evaluation.shift is None
         if self.criterion is not None and (self.training or plain):
             logits, aux = self.model.forward_with_aux(images)
             loss = self.criterion(logits, masks)
             if aux is not None:
                 loss = loss + self.hparams.aux_weight * self.criterion(aux, masks)
             return loss, logits
-        scores = predict_scores(self.model, images, self.evaluation, self.prior_shift)
-        if self.evaluation.uses_tta:  # averaged probabilities, not logits
+        scores = self.evaluation.scores(images)
+        if options.uses_tta:  # averaged probabilities, not logits
             loss = F.nll_loss(scores.clamp_min(1e-8).log(), masks, ignore_index=IGNORE_INDEX)
         else:
             loss = F.cross_entropy(scores.float(), masks, ignore_index=IGNORE_INDEX)
@@ -276,12 +275,12 @@ class SegmentationModule(L.LightningModule):
     def _eval_step(self, batch: dict, stage: str) -> dict:
         """Loss and metrics of one batch; returns the predictions (N, H, W) for callbacks."""
         loss, scores = self.model_step(batch)
-        preds = labels_of(scores, self.evaluation)
+        preds = self.evaluation.labels_of(scores)
         getattr(self, f"{stage}_metrics").update(preds, batch["mask"])
-        if self.evaluation.allowed is not None:
+        if self.evaluation.options.allowed is not None:
             getattr(self, f"{stage}_all_classes").update(scores.argmax(1), batch["mask"])
         if stage == "val":
-            self.val_shares.update(scores.float() if self.evaluation.uses_tta
+            self.val_shares.update(scores.float() if self.evaluation.options.uses_tta
                                    else scores.float().softmax(1))
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True,
                  batch_size=batch["image"].shape[0])
@@ -297,8 +296,7 @@ class SegmentationModule(L.LightningModule):
         """Class-id maps (uint8, on the CPU) at each image's original size."""
         sizes = [tuple(s) for s in batch["size"].tolist()]
         return {"name": batch["name"], "path": batch["path"],
-                "pred": predict_maps(self.model, batch["image"], sizes, self.evaluation,
-                                     self.prior_shift)}
+                "pred": self.evaluation.maps(batch["image"], sizes)}
 
     def _log_metrics(self, stage: str) -> None:
         metrics = getattr(self, f"{stage}_metrics")
@@ -310,7 +308,7 @@ class SegmentationModule(L.LightningModule):
             if not torch.isnan(iou):  # absent from target and prediction: no IoU to log
                 values[f"{stage}/iou/{name}"] = iou
         self.log(f"{stage}/mIoU", m["mIoU"], prog_bar=True)
-        if self.evaluation.allowed is not None:
+        if self.evaluation.options.allowed is not None:
             unrestricted = getattr(self, f"{stage}_all_classes")
             values[f"{stage}/mIoU_all_classes"] = unrestricted.compute()["mIoU"]
             unrestricted.reset()
@@ -319,7 +317,7 @@ class SegmentationModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
-        self.source_priors.copy_(self.val_shares.compute())
+        self.evaluation.source_priors = self.val_shares.compute().cpu()
         self.val_shares.reset()
 
     def on_test_epoch_end(self) -> None:
@@ -363,16 +361,6 @@ class SegmentationModule(L.LightningModule):
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": interval,
                                  "monitor": monitor}}
-
-
-def read_training_record(module: SegmentationModule, checkpoint: dict) -> None:
-    """Take a checkpoint's source priors and target use into ``module`` (checkpoints from
-    before they were kept have neither: zero priors, no target use)."""
-    priors = checkpoint.get(SOURCE_PRIORS_KEY)
-    if isinstance(priors, list) and len(priors) == NUM_CLASSES:
-        module.source_priors.copy_(torch.tensor(priors, dtype=torch.float32))
-    use = checkpoint.get(TARGET_USE_KEY)
-    module.target_use = use if isinstance(use, str) else None
 
 
 def _as(cls: type, value: object) -> object:
