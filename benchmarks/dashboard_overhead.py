@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.data.synth import generate
-from desertmind.reports.dashboards import ConfusionMatrixImage, HParamsSummary, PredictionGrid
+from desertmind.training.dashboards import ConfusionMatrixImage, HParamsSummary, PredictionGrid
 from desertmind.training.module import SegmentationModule
 
 

@@ -278,7 +278,7 @@ def test_chained_phases_are_drawn_end_to_end_with_their_losses(tiny_logs: Path):
 
 def test_prediction_grid_has_column_titles_row_names_and_a_class_legend():
     from desertmind.data.classes import CLASSES
-    from desertmind.reports.plots import GRID_COLUMNS, prediction_grid
+    from desertmind.figures import GRID_COLUMNS, prediction_grid
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (18, 32, 3), dtype=np.uint8) for _ in range(2)]
@@ -297,7 +297,7 @@ def test_dashboard_figures_stay_readable_where_tensorboard_shows_them(kind: str)
     """TensorBoard draws an image about 480 pixels wide: no text may shrink below 7 pixels."""
     from matplotlib.text import Text
 
-    from desertmind.reports.plots import confusion_matrix_figure, prediction_grid
+    from desertmind.figures import confusion_matrix_figure, prediction_grid
 
     rng = np.random.default_rng(0)
     if kind == "confusion":

@@ -16,7 +16,6 @@ import yaml
 from jsonargparse import ActionYesNo
 from lightning.pytorch.callbacks import (
     EarlyStopping,
-    LearningRateMonitor,
     WeightAveraging,
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -28,13 +27,12 @@ from desertmind.data.datamodule import OffroadDataModule
 from desertmind.errors import ConfigError
 from desertmind.inference.writer import OUTPUT_DIRS, PredictionWriter
 from desertmind.models.trained import TrainedSettings, read_settings, same_layout
-from desertmind.reports.evaluation import BestValidationImages, EvaluationWriter
+from desertmind.training.assembly import evaluation_callbacks, fit_callbacks
 from desertmind.training.checkpoints import AtomicCheckpointIO, LastCheckpoint, PhaseCheckpoint
 from desertmind.training.freeze import BackboneFreeze
 from desertmind.training.losses import needs_class_weights
 from desertmind.training.metrics import MONITOR
 from desertmind.training.module import SegmentationModule
-from desertmind.training.provenance import Provenance
 from desertmind.training.speed import Speedups
 
 
@@ -156,7 +154,12 @@ def plain_help(text: str) -> str:
 
 
 class _Parser(LightningArgumentParser):
-    """Prints help without reStructuredText markup."""
+    """Knows the subcommand it parses (``command``: None for the main parser) and prints
+    help without reStructuredText markup."""
+
+    def __init__(self, *args, command: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.command = command
 
     def format_help(self) -> str:
         return plain_help(super().format_help())
@@ -183,13 +186,18 @@ class DesertMindCLI(LightningCLI):
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("trainer_defaults",
-                          {"callbacks": [Provenance(), BestValidationImages()]})
         kwargs.setdefault("parser_class", _Parser)
+        # each subcommand's parser is told its name, and recorded by add_arguments_to_parser
+        kwargs.setdefault("parser_kwargs", {sub: {"command": sub}
+                                            for sub in LightningCLI.subcommands()})
+        self.subcommand_parsers: dict[str, LightningArgumentParser] = {}
+        self._ckpt_path: str | None = None
         super().__init__(SegmentationModule, OffroadDataModule,
                          auto_configure_optimizers=False, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        if getattr(parser, "command", None):
+            self.subcommand_parsers[parser.command] = parser
         parser.add_lightning_class_args(PhaseCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": MONITOR, "checkpoint.mode": "max",
@@ -248,11 +256,14 @@ class DesertMindCLI(LightningCLI):
             settings = read_settings(ckpt)  # one read of the file, without running code
             # an evaluation draws nothing at random: no seed (and no "seed set" lines) unless
             # a config or the command line asks for one
-            self._subcommand_parsers[sub].set_defaults({**checkpoint_defaults(settings),
-                                                        "seed_everything": False})
+            self.subcommand_parsers[sub].set_defaults({**checkpoint_defaults(settings),
+                                                       "seed_everything": False})
             super().parse_arguments(parser, args)
-            self.config[sub].ckpt_path = ckpt
             refuse_other_network(self.config[sub], settings)
+        # Lightning would next replace every model value with the checkpoint's saved
+        # hyperparameters (the user's options and class paths included): the path is held
+        # back until the classes are instantiated (before_instantiate_classes)
+        self._ckpt_path, self.config[sub].ckpt_path = ckpt, None
 
     def _checkpoint_of(self, sub: str) -> str | None:
         """The subcommand's ``--ckpt_path``, ``best`` and ``last`` resolved; an evaluation
@@ -271,12 +282,6 @@ class DesertMindCLI(LightningCLI):
                 "configs/phase3.yaml), or a config whose model.init_from names a "
                 "checkpoint")
         return ckpt
-
-    def _parse_ckpt_path(self) -> None:
-        """Lightning's own version replaces every ``model`` value with the checkpoint's saved
-        hyperparameters, the user's options and any ``class_path`` included: replaced by
-        :meth:`parse_arguments`, which takes only the values a checkpoint may decide, as
-        defaults."""
 
     def _eval_logger(self, config) -> TensorBoardLogger:
         if config.get("out"):
@@ -301,26 +306,39 @@ class DesertMindCLI(LightningCLI):
                                  name=self.subcommand, default_hp_metric=False)
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
-        """The trainer, with atomic checkpoint writing unless a config names its own
-        CheckpointIO plugin: every run gets it, whatever its config file. An evaluation run
+        """The trainer, its callbacks assembled in one place (:mod:`desertmind.training.assembly`)
+        from the config's groups, with atomic checkpoint writing unless a config names its own
+        CheckpointIO plugin (every run gets it, whatever its config file). An evaluation run
         gets its own logger (see the class doc)."""
-        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
-        plugins = config.get("trainer", {}).get("plugins") or []
+        sub = self.subcommand  # None: run=False, a Python caller's fit
+        config = self.config_init[sub] if sub else self.config_init
+        trainer_config = {**config.get("trainer", {}), **kwargs}
+        plugins = trainer_config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
-        if self.subcommand in EVALUATION and config.trainer.get("logger") is not False:
-            kwargs["logger"] = self._eval_logger(config)
-        # an optional callback group left unset (ema) is None: not a callback
-        extra = [callback for key in self._parser(self.subcommand).callback_keys
-                 if (callback := self._get(self.config_init, key)) is not None]
-        trainer_config = {**self._get(self.config_init, "trainer", default={}),
-                          "plugins": plugins, **kwargs}
-        return self._instantiate_trainer(trainer_config, extra)
+        user = trainer_config.pop("callbacks", None) or []
+        user = list(user) if isinstance(user, list | tuple) else [user]
+        if sub in ("fit", None):
+            callbacks = fit_callbacks(
+                checkpoint=config.checkpoint, last=config.last_checkpoint,
+                early_stopping=config.early_stopping, freeze=config.freeze, speed=config.speed,
+                ema=config.get("ema"), user=user, logger=trainer_config.get("logger") is not False)
+        else:
+            if trainer_config.get("logger") is not False:
+                trainer_config["logger"] = self._eval_logger(config)
+            if sub == "predict":
+                check_predict_out(config.get("out"), config.get("overwrite"))
+            callbacks = evaluation_callbacks(sub, config.get("out"), user)
+        if self.save_config_callback and not trainer_config.get("fast_dev_run"):
+            callbacks.append(self.save_config_callback(
+                self.subcommand_parsers.get(sub, self.parser),
+                self.config[sub] if sub else self.config, **self.save_config_kwargs))
+        return self.trainer_class(**{**trainer_config, "plugins": plugins,
+                                     "callbacks": callbacks})
 
     def before_fit(self) -> None:
         self.datamodule.check_fit()
-        self._drop_logger_callbacks()
         hp = self.model.hparams
         self.model.target_use = self.datamodule.target_use()  # kept in its checkpoints
         if needs_class_weights(hp.loss) and hp.class_weights is None:
@@ -339,37 +357,11 @@ class DesertMindCLI(LightningCLI):
                 raise ConfigError(f"--ckpt_path last: nothing to resume, {where} does not "
                                   "exist; leave --ckpt_path out to start the phase")
 
-    def _drop_logger_callbacks(self) -> None:
-        """With ``logger: false``, the callbacks that only feed a logger have nothing to do
-        (LearningRateMonitor would stop the run): they are left out, with one line."""
-        if self.trainer.loggers:
-            return
-        dropped = [c for c in self.trainer.callbacks if isinstance(c, LearningRateMonitor)]
-        if dropped:
-            self.trainer.callbacks = [c for c in self.trainer.callbacks if c not in dropped]
-            if self.trainer.is_global_zero:
-                print("desertmind fit: no logger: LearningRateMonitor left out",
-                      file=sys.stderr)
-
-    def _drop_training_callbacks(self) -> None:
-        """Checkpointing, early stopping, freezing and weight averaging have nothing to do in
-        an evaluation (the checkpoint already holds the averaged weights); left
-        in, they would reload state from the checkpoint and warn about its folder."""
-        training = (PhaseCheckpoint, EarlyStopping, BackboneFreeze, WeightAveraging)
-        self.trainer.callbacks = [c for c in self.trainer.callbacks
-                                  if not isinstance(c, training)]
-        # Lightning then asks for them back, though an evaluation restores only the weights
-        warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
-
     def before_validate(self) -> None:
-        self._drop_training_callbacks()
-        if self.config.validate.out:
-            self.trainer.callbacks.append(EvaluationWriter(self.config.validate.out))
+        _quiet_missing_callback_states()
 
     def before_test(self) -> None:
-        self._drop_training_callbacks()
-        if self.config.test.out:
-            self.trainer.callbacks.append(EvaluationWriter(self.config.test.out))
+        _quiet_missing_callback_states()
 
     def after_validate(self) -> None:
         self._say_where("validate")
@@ -383,37 +375,50 @@ class DesertMindCLI(LightningCLI):
                   f"to {self.config[sub].out}")
 
     def before_predict(self) -> None:
-        self._drop_training_callbacks()
-        out = self.config.predict.out
-        if not out:
-            raise ConfigError("predict needs --out FOLDER for the predicted masks")
-        out_path = Path(out)
-        if out_path.exists() and not out_path.is_dir():
-            raise ConfigError(f"--out {out}: is a file; give a folder for the predictions")
-        old = [d for d in OUTPUT_DIRS if (out_path / d).is_dir() and any((out_path / d).iterdir())]
-        # --overwrite replaces a prediction set as a whole: anything else in its folders
-        # (a user's own files) would go with it, so it is refused, --overwrite or not
-        foreign = next((f for d in old for f in sorted((out_path / d).iterdir())
-                        if not (f.is_file() and f.suffix == ".png")), None)
-        if foreign is not None:
-            raise ConfigError(f"--out {out}: {foreign} is not a predicted PNG, and replacing "
-                              f"the predictions would delete it with the rest of "
-                              f"{foreign.parent.name}/; move it, or choose another folder")
-        if old and not self.config.predict.get("overwrite"):
-            raise ConfigError(f"--out {out}: already holds predictions ({', '.join(old)}/); "
-                              "choose an empty folder, or pass --overwrite to replace them "
-                              "(once the new set is complete)")
-        self._writer = PredictionWriter(out)
-        self.trainer.callbacks.append(self._writer)
+        _quiet_missing_callback_states()
         # the writer saves every batch; keeping all predictions in memory too would not scale
         self.config_init.predict.return_predictions = False
 
     def after_predict(self) -> None:
+        writer = next(c for c in self.trainer.callbacks if isinstance(c, PredictionWriter))
         if self.trainer.is_global_zero:
-            print(f"desertmind predict: wrote {self._writer.written} images (raw/, color/, "
-                  f"overlay/) to {self._writer.out_dir}")
+            print(f"desertmind predict: wrote {writer.written} images (raw/, color/, "
+                  f"overlay/) to {writer.out_dir}")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand:
+            config.ckpt_path = self._ckpt_path  # held back in parse_arguments
         if config.trainer.precision is None:
             config.trainer.precision = resolve_precision(config.trainer.accelerator)
+
+
+def _quiet_missing_callback_states() -> None:
+    """An evaluation restores only the weights of a training checkpoint: Lightning's notice
+    that the training callbacks' states it holds have no callback to go to says nothing the
+    user can act on."""
+    warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
+
+
+def check_predict_out(out: str | None, overwrite: bool) -> None:
+    """Refuse a ``predict --out`` that cannot take a new prediction set: none given, a file,
+    a user's own file in an output folder (never deleted, ``--overwrite`` or not) or earlier
+    predictions without ``--overwrite``."""
+    if not out:
+        raise ConfigError("predict needs --out FOLDER for the predicted masks")
+    out_path = Path(out)
+    if out_path.exists() and not out_path.is_dir():
+        raise ConfigError(f"--out {out}: is a file; give a folder for the predictions")
+    old = [d for d in OUTPUT_DIRS if (out_path / d).is_dir() and any((out_path / d).iterdir())]
+    # --overwrite replaces a prediction set as a whole: anything else in its folders
+    # (a user's own files) would go with it
+    foreign = next((f for d in old for f in sorted((out_path / d).iterdir())
+                    if not (f.is_file() and f.suffix == ".png")), None)
+    if foreign is not None:
+        raise ConfigError(f"--out {out}: {foreign} is not a predicted PNG, and replacing "
+                          f"the predictions would delete it with the rest of "
+                          f"{foreign.parent.name}/; move it, or choose another folder")
+    if old and not overwrite:
+        raise ConfigError(f"--out {out}: already holds predictions ({', '.join(old)}/); "
+                          "choose an empty folder, or pass --overwrite to replace them "
+                          "(once the new set is complete)")

@@ -45,7 +45,7 @@ def _check_data(args: argparse.Namespace) -> int:
     else:
         print(format_report(result, args.strict))
     if args.plot:
-        from desertmind.reports.plots import class_share_figure, save
+        from desertmind.figures import class_share_figure, save
 
         first = next((s for s in result["splits"].values() if s["labelled"] and s["n_images"]),
                      None)

@@ -9,9 +9,9 @@ from matplotlib.figure import Figure
 
 from desertmind import runs
 from desertmind.data.datamodule import OffroadDataModule
+from desertmind.figures import prediction_grid
 from desertmind.inference.ranking import SplitRanking
 from desertmind.models.trained import TrainedModel, load_trained
-from desertmind.reports.plots import prediction_grid
 from desertmind.reports.report import RunSummary
 
 

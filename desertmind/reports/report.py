@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 
 from desertmind.data.classes import CLASS_NAMES
 from desertmind.errors import DesertMindError, ReportError
+from desertmind.figures import confusion_matrix_figure, new_figure, save
 from desertmind.files import write_text
 from desertmind.models.trained import read_checkpoint
-from desertmind.reports.plots import confusion_matrix_figure, new_figure, save
 from desertmind.reports.uncertainty import (
     LEVEL,
     RESAMPLES,

@@ -221,8 +221,10 @@ class LastCheckpoint(PhaseCheckpoint):
         super().on_validation_end(trainer, pl_module)
         # Lightning's own skip test also skips when a step save fell on this step: not here
         if not (trainer.fast_dev_run or trainer.sanity_checking
-                or trainer.state.fn != TrainerFn.FITTING):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+                or trainer.state.fn != TrainerFn.FITTING) and self.dirpath:
+            path = str(Path(self.dirpath) / f"{runs.LAST}{runs.CKPT_EXT}")
+            self.last_model_path = path  # before saving: it is part of the saved state
+            trainer.save_checkpoint(path, self.save_weights_only)  # through the CheckpointIO
 
 
 def load_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> None:

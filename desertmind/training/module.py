@@ -12,9 +12,7 @@ from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from desertmind.data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, class_table
-from desertmind.data.sampling import StepSeed
 from desertmind.errors import ConfigError
-from desertmind.inference.adaptation import TestTimeAdaptation
 from desertmind.models.adapters import LoRA
 from desertmind.models.evaluation import Evaluation
 from desertmind.models.network import Scaling, set_bn_momentum
@@ -26,8 +24,8 @@ from desertmind.models.trained import (
     TARGET_USE_KEY,
     training_record,
 )
+from desertmind.training.assembly import module_callbacks
 from desertmind.training.checkpoints import load_weights
-from desertmind.training.guards import FiniteGuard
 from desertmind.training.losses import build_loss, needs_class_weights, parse_loss
 from desertmind.training.metrics import ClassShares, SegmentationMetrics, followed_monitor
 from desertmind.training.schedulers import PolyLR
@@ -179,7 +177,7 @@ class SegmentationModule(L.LightningModule):
         self.val_shares = ClassShares(NUM_CLASSES)
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [FiniteGuard(), StepSeed(), TestTimeAdaptation()]
+        return module_callbacks()
 
     @property
     def target_use(self) -> str | None:
@@ -354,7 +352,7 @@ class SegmentationModule(L.LightningModule):
             if scheduler.total_steps is None:
                 scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
             interval = "step"
-        monitor, mode = followed_monitor(self._trainer)
+        monitor, mode = followed_monitor(self.trainer)
         if isinstance(scheduler, ReduceLROnPlateau) and scheduler.mode != mode:
             raise ConfigError(f"ReduceLROnPlateau follows {monitor}, the checkpoint's monitor, "
                               f"which is {mode}imised: set mode: {mode} in its init_args")

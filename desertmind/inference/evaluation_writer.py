@@ -23,17 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from desertmind import runs
 from desertmind.data.classes import CLASS_NAMES, NUM_CLASSES
-from desertmind.files import write_json, write_text, write_with
+from desertmind.figures import confusion_matrix_figure, save
+from desertmind.files import write_json, write_text
 from desertmind.models.confusion import batched_confusion, iou_from_confusion
-from desertmind.reports.plots import confusion_matrix_figure, save
-from desertmind.runs import VAL_IMAGES_FILE
-from desertmind.training.metrics import followed_monitor, improves
 
 METRICS_FILE = "metrics.json"
 PER_IMAGE_FILE = "per_image.csv"
@@ -73,7 +69,7 @@ def confusion_csv(confmat: torch.Tensor) -> str:
     return buf.getvalue()
 
 
-class _PerImageConfusion(L.Callback):
+class PerImageConfusion(L.Callback):
     """Keeps one 10x10 confusion matrix per image of the current validation / test pass (from
     the predictions the module's validation / test step returns), gathered from every process
     under DDP by :meth:`_gathered`."""
@@ -110,7 +106,7 @@ class _PerImageConfusion(L.Callback):
         return names, cms
 
 
-class EvaluationWriter(_PerImageConfusion):
+class EvaluationWriter(PerImageConfusion):
     """Writes the files of the module doc into ``out_dir`` at the end of ``validate``/``test``."""
 
     def __init__(self, out_dir: str | Path) -> None:
@@ -148,40 +144,3 @@ class EvaluationWriter(_PerImageConfusion):
         write_text(self.out_dir / CONFUSION_CSV, confusion_csv(confmat))
         save(confusion_matrix_figure(confmat.numpy(), f"confusion matrix ({len(names)} images)"),
              self.out_dir / CONFUSION_PNG)
-
-
-class BestValidationImages(_PerImageConfusion):
-    """During ``fit``, keeps in the run's folder the validation images' confusion matrices of
-    the best epoch so far, by the metric the best checkpoint follows (so the report's interval
-    belongs to the epoch ``best.ckpt`` holds): :data:`~desertmind.runs.VAL_IMAGES_FILE`
-    (``names``, ``cms`` (N, C, C), ``epoch``, ``value``), so the report can put a bootstrap
-    interval on the run's best val mIoU and compare it, image by image, with the phase it
-    started from. A few kilobytes: images x 10 x 10 integers. The best value so far is part
-    of the callback's state, so a resumed run never replaces the file with a worse epoch's.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.best = -math.inf
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit" or trainer.logger is None:
-            return
-        names, cms = self._gathered(trainer)  # every rank takes part in the gather
-        log_dir = runs.run_folder(trainer, VAL_IMAGES_FILE)
-        monitor, mode = followed_monitor(trainer)  # the epoch best.ckpt holds
-        value = trainer.callback_metrics.get(monitor)
-        if value is None or not math.isfinite(float(value)) or not improves(
-                float(value), None if math.isinf(self.best) else self.best, mode):
-            return
-        self.best = float(value)
-        if trainer.is_global_zero and log_dir is not None:
-            write_with(log_dir / VAL_IMAGES_FILE, lambda f: np.savez_compressed(
-                f, names=np.array(names), cms=cms.numpy(), epoch=trainer.current_epoch,
-                value=self.best))
-
-    def state_dict(self) -> dict[str, float]:
-        return {"best": self.best}
-
-    def load_state_dict(self, state_dict: dict[str, float]) -> None:
-        self.best = state_dict.get("best", -math.inf)

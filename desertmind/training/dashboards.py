@@ -17,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from desertmind.data.classes import CLASS_NAMES
 from desertmind.data.transforms import CROPPING_PRESETS
-from desertmind.reports.plots import confusion_matrix_figure, prediction_grid
+from desertmind.figures import confusion_matrix_figure, prediction_grid
 from desertmind.training.chain_logger import logged_step
 from desertmind.training.metrics import MONITOR, followed_monitor, improves
 
