@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.data.synth import generate
+from desertmind.models.registry import Network
 from desertmind.training.dashboards import ConfusionMatrixImage, HParamsSummary, PredictionGrid
 from desertmind.training.module import SegmentationModule
 
@@ -68,7 +69,7 @@ def main() -> None:
                             callbacks=[timer, HParamsSummary(), confmat, grid],
                             enable_progress_bar=False, enable_model_summary=False,
                             enable_checkpointing=False, num_sanity_val_steps=0)
-        module = SegmentationModule(weights="none", bn_momentum=0.1,
+        module = SegmentationModule(Network(bn_momentum=0.1),
                                     optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
         trainer.fit(module, OffroadDataModule(str(root), batch_size=4, num_workers=0))
     epoch = sum(timer.seconds) / len(timer.seconds)

@@ -59,6 +59,7 @@ from desertmind.data.datamodule import OffroadDataModule
 from desertmind.data.synth import ABSENT, DUSK_SPLIT, SHIFTED_SPLIT, generate
 from desertmind.models.confusion import batched_confusion
 from desertmind.models.prediction import EvalOptions
+from desertmind.models.registry import Network
 from desertmind.models.trained import TrainedModel, load_trained, read_checkpoint
 from desertmind.reports.uncertainty import dataset_miou, paired_change_over_seeds
 from desertmind.training.module import SegmentationModule
@@ -114,7 +115,7 @@ def _fit(root: Path, args, seed: int, data: dict, model: dict, epochs: int,
     """A network trained ``epochs`` epochs, at its best val mIoU (weights and the source
     priors EM starts from), and the checkpoint that holds them."""
     L.seed_everything(seed, verbose=False)
-    module = SegmentationModule(weights="none", bn_momentum=0.1,
+    module = SegmentationModule(Network(bn_momentum=0.1),
                                 optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3), **model)
     dm = OffroadDataModule(str(root), batch_size=args.batch, num_workers=0, **data)
     best = ModelCheckpoint(dirpath=folder, monitor="val/mIoU", mode="max", save_top_k=1)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from _common import machine, sync
 
 from desertmind.models.adapters import LoRA
+from desertmind.models.registry import Network
 from desertmind.training.module import SegmentationModule
 
 NETWORKS = [
@@ -44,7 +45,7 @@ MEMORY_NETWORK = ("dpt", "tu-vit_base_patch16_dinov3")
 
 
 def _module(arch: str, backbone: str, rank: int) -> SegmentationModule:
-    return SegmentationModule(arch, backbone, lora=LoRA(rank=rank),
+    return SegmentationModule(Network(arch, backbone, lora=LoRA(rank=rank)),
                               optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4))
 
 

@@ -74,7 +74,8 @@ def _fit_args(phase: str, root: Path, logs: Path, dry: bool, precision: str,
     """A phase config shrunk to ``steps`` training steps, offline (random initial weights)."""
     h, w = _size(dry)
     return ["-c", str(CONFIGS / f"{phase}.yaml"), "--data.root", str(root),
-            "--model.weights", "none", "--data.image_size", "null" if not dry else f"[{h}, {w}]",
+            "--model.network.weights", "none",
+            "--data.image_size", "null" if not dry else f"[{h}, {w}]",
             "--data.batch_size", "2" if dry else "4", "--data.num_workers", "0" if dry else "4",
             "--data.crop_size", "32" if dry else "512",
             "--data.stats_path", str(logs / "stats.json"),
@@ -292,7 +293,7 @@ def foundation(dry: bool) -> dict:
         args[1] = str(recipe)
         args += ["--trainer.logger.init_args.name", "foundation"]
         if dry:
-            args += ["--model.backbone", "tu-vit_small_patch16_dinov3"]
+            args += ["--model.network.backbone", "tu-vit_small_patch16_dinov3"]
         _run_cli(["fit", *args])
         best = runs.best_checkpoint(tmp / "logs", "foundation")
         fit = {"best_ckpt": best.is_file(), "finite": _finite(best)}

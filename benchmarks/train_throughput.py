@@ -33,6 +33,7 @@ from desertmind.data.datamodule import OffroadDataModule
 from desertmind.data.layout import list_split
 from desertmind.data.synth import generate
 from desertmind.models import build_network
+from desertmind.models.registry import Network
 from desertmind.training.module import SegmentationModule
 from desertmind.training.speed import Speedups
 
@@ -55,7 +56,7 @@ class StepTimer(L.Callback):
 
 
 def lightning_ips(root: Path, args, device: torch.device) -> float:
-    module = SegmentationModule(arch=args.arch, backbone=args.backbone, weights="none",
+    module = SegmentationModule(Network(args.arch, args.backbone),
                                 optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4))
     dm = OffroadDataModule(str(root), batch_size=args.batch, num_workers=args.workers,
                            cache=args.cache, cache_dir=str(root.parent / "cache"))

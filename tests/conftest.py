@@ -1,11 +1,12 @@
 """Shared fixtures: one tiny synthetic dataset per session, writable copies of it, the
-arguments that shrink any phase config to seconds on a CPU, and a stand-in network.
+arguments that shrink any phase config to seconds on a CPU (the 1x1-conv stand-in network of
+``tests/stand_in.py``, ``--model.network.arch tiny``, among them), and one trained phase-1
+checkpoint for the tests that only need some checkpoint.
 
-Every SegmentationModule a test builds gets the 1x1-conv stand-in of ``tests/stand_in.py``
-(names still checked by the registry) unless the test is marked ``real_network``: callbacks,
-the CLI and the reliability machinery do not depend on which network trains, and the real
-ones are exercised where they are the subject (``test_model.py``, ``test_networks.py``,
-``test_ddp.py``, the end-to-end phase chain)."""
+Callbacks, the CLI and the reliability machinery do not depend on which network trains: their
+tests pass the stand-in visibly (``phase_args``, ``network=TINY``); the real networks are
+built wherever a test does not (``test_model.py``, ``test_networks.py``, ``test_ddp.py``, the
+end-to-end phase chain)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from desertmind.data.synth import generate
-from desertmind.models.registry import build_network as REAL_BUILD
+from tests.stand_in import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
@@ -30,31 +31,6 @@ def repository_stays_clean() -> Iterator[None]:
     yield
     added = sorted(p.name for p in set(REPO.iterdir()) - before if p.name != ".pytest_cache")
     assert not added, f"the tests wrote into the repository: {added}"
-
-
-@pytest.fixture(scope="session", autouse=True)
-def stand_in_network() -> Iterator[None]:
-    """The stand-in network for the whole session (see the module doc)."""
-    import desertmind.models.registry as registry
-    import desertmind.training.module as module
-    from tests.stand_in import build_tiny
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(module, "build_network", build_tiny)
-        patch.setattr(registry, "build_network", build_tiny)
-        yield
-
-
-@pytest.fixture(autouse=True)
-def real_network_when_marked(request: pytest.FixtureRequest,
-                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests marked ``real_network`` build the registry's real networks."""
-    if request.node.get_closest_marker("real_network"):
-        import desertmind.models.registry as registry
-        import desertmind.training.module as module
-
-        monkeypatch.setattr(module, "build_network", REAL_BUILD)
-        monkeypatch.setattr(registry, "build_network", REAL_BUILD)
 
 
 @pytest.fixture(scope="session")
@@ -85,11 +61,14 @@ def configs() -> Path:
 
 @pytest.fixture(scope="session")
 def phase_args() -> Callable[..., list[str]]:
-    """``phase_args(phase, root, logs)``: ``-c <phase>.yaml -c demo.yaml`` plus overrides that
-    shrink the phase to two 32x48 batches of one epoch on the CPU, logging under ``logs``."""
+    """``phase_args(phase, root, logs, arch="tiny")``: ``-c <phase>.yaml -c demo.yaml`` plus
+    overrides that shrink the phase to two 32x48 batches of one epoch on the CPU with the
+    stand-in network (``arch=None``: the configs' own, real network), logging under
+    ``logs``."""
 
-    def args(phase: str, root: Path, logs: Path) -> list[str]:
+    def args(phase: str, root: Path, logs: Path, arch: str | None = TINY.arch) -> list[str]:
         return ["-c", str(CONFIG_DIR / f"{phase}.yaml"), "-c", str(CONFIG_DIR / "demo.yaml"),
+                *(["--model.network.arch", arch] if arch else []),
                 "--data.root", str(root), "--data.image_size", "[32, 48]",
                 "--data.batch_size", "2", "--data.crop_size", "32",
                 "--trainer.logger.init_args.save_dir", str(logs), "--trainer.max_epochs", "1",
@@ -123,14 +102,13 @@ def fit_once(phase_args) -> Callable[..., tuple[float, dict]]:
 
 @pytest.fixture(scope="session")
 def part_keys() -> Callable[[str], dict[str, set[str]]]:
-    """``part_keys(arch="deeplabv3", backbone=...)``: the checkpoint keys (``model.*``) of the
+    """``part_keys(arch="tiny", backbone=...)``: the checkpoint keys (``model.*``) of the
     network's encoder (parameters and BatchNorm statistics) and of its head, through the
-    network contract, so tests never spell an architecture's module names (the stand-in's
-    unless the test is marked ``real_network``)."""
-    import desertmind.training.module as module
+    network contract, so tests never spell an architecture's module names."""
+    from desertmind.models.registry import Network, build
 
-    def keys(arch: str = "deeplabv3", backbone: str = "mobilenet_v3_large") -> dict[str, set[str]]:
-        net = module.build_network(arch, backbone)
+    def keys(arch: str = TINY.arch, backbone: str = "mobilenet_v3_large") -> dict[str, set[str]]:
+        net = build(Network(arch, backbone))
         encoder = {f"model.{n}" for n, t in net.state_dict(keep_vars=True).items()
                    if any(t is e for e in net.encoder.state_dict(keep_vars=True).values())}
         head_ids = {id(p) for p in net.head_parameters()}

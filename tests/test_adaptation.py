@@ -24,6 +24,7 @@ from desertmind.models.adaptation import (
 )
 from desertmind.models.trained import SOURCE_PRIORS_KEY, read_checkpoint
 from desertmind.training.module import SegmentationModule
+from tests.stand_in import TINY
 
 
 def _posteriors(true_priors: list[float], source: list[float], n: int = 60000) -> torch.Tensor:
@@ -128,7 +129,7 @@ def test_validation_keeps_the_source_priors_and_test_time_tools_leave_the_networ
         shifted_root: Path):
     dm = OffroadDataModule(str(shifted_root), batch_size=2, num_workers=0,
                            test_dir="test_shifted")
-    module = SegmentationModule(evaluation={"adapt_bn": True, "class_priors": "em"})
+    module = SegmentationModule(TINY, evaluation={"adapt_bn": True, "class_priors": "em"})
     with pytest.raises(ConfigError, match="class priors the network implies"):
         _trainer().test(module, dm, verbose=False)  # never validated: no source priors
     _trainer().fit(module, dm)
@@ -227,7 +228,7 @@ def test_a_predictor_adapts_when_given_images_and_the_callers_options_win(
 
 def test_an_unknown_class_prior_mode_is_refused():
     with pytest.raises(ConfigError, match="class_priors='oracle'"):
-        SegmentationModule(evaluation={"class_priors": "oracle"})
+        SegmentationModule(TINY, evaluation={"class_priors": "oracle"})
 
 
 def test_the_viewer_adapts_to_the_split_it_shows(shifted_root: Path, adapted_ckpt: Path):

@@ -315,8 +315,7 @@ def test_a_terminated_viewer_leaves_no_folder(served, synth_root, tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     port = 7800 + os.getpid() % 150
     # the served checkpoint is the stand-in network's: the child builds it too
-    code = ("import sys, desertmind.training.module as m; from tests.stand_in import build_tiny;"
-            " m.build_network = build_tiny; from desertmind.cli.main import main;"
+    code = ("import sys, tests.stand_in; from desertmind.cli.main import main;"
             " sys.exit(main(sys.argv[1:]))")
     proc = subprocess.Popen([sys.executable, "-c", code, "app", "--ckpt_path", str(ckpt),
                              "--port", str(port)], env=env, stdout=subprocess.PIPE,

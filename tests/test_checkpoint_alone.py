@@ -36,8 +36,10 @@ def phase3(synth_root: Path, tmp_path_factory, phase_args) -> tuple[Path, Path]:
 def _altered(ckpt: Path, out: Path, **changes) -> Path:
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     for key, value in changes.items():
-        if key == "hyper_parameters":
-            state["hyper_parameters"].update(value)
+        if key == "hyper_parameters":  # a group (network) is merged into the saved one
+            hp = state["hyper_parameters"]
+            hp.update({k: {**hp[k], **v} if isinstance(v, dict) and isinstance(hp.get(k), dict)
+                       else v for k, v in value.items()})
         else:
             state[key] = value
     torch.save(state, out)
@@ -69,7 +71,7 @@ def test_an_exported_model_fed_plain_rgb_agrees_with_predict(synth_root, phase3,
     ckpt, _ = phase3
     if scaling == "unit":  # the same weights, told they were trained on / 255 input
         ckpt = _altered(ckpt, tmp_path / "unit.ckpt",
-                        hyper_parameters={"input_scaling": "unit"})
+                        hyper_parameters={"network": {"input_scaling": "unit"}})
     onnx_path = tmp_path / "m.onnx"
     assert main(["export", "--ckpt", str(ckpt), "--out", str(onnx_path),
                  "--height", "32", "--width", "48"]) == 0
@@ -168,7 +170,7 @@ def test_an_evaluation_with_a_phase_config_logs_in_its_own_folder(synth_root, ph
     runs_before, _ = load_report(logs)
     for command in (["validate"], ["test", "--data.test_dir", "val"]):
         assert main([*command, "-c", str(configs / "phase1.yaml"), "--ckpt_path", str(ckpt),
-                     "--data.root", str(synth_root),
+                     "--data.root", str(synth_root), "--model.network.arch", "tiny",
                      "--trainer.logger.init_args.save_dir", str(logs), *CPU]) == 0
     assert not (logs / "phase1").exists()  # the config's phase is not the checkpoint's
     assert sorted(p.name for p in (logs / "phase3").iterdir()) == [
@@ -180,10 +182,10 @@ def test_an_evaluation_with_a_phase_config_logs_in_its_own_folder(synth_root, ph
 
 def test_a_different_network_given_by_the_user_is_refused(phase3, capsys):
     ckpt, _ = phase3
-    assert main(["validate", "--ckpt_path", str(ckpt), "--model.backbone", "resnet50",
+    assert main(["validate", "--ckpt_path", str(ckpt), "--model.network.backbone", "resnet50",
                  *CPU]) == 2
     err = capsys.readouterr().err
-    assert str(ckpt) in err and "mobilenet_v3_large" in err and "model.backbone" in err
+    assert str(ckpt) in err and "mobilenet_v3_large" in err and "model.network.backbone" in err
 
 
 def test_nothing_in_a_checkpoint_chooses_what_is_imported_or_downloaded(phase3, tmp_path,
@@ -202,7 +204,7 @@ def test_nothing_in_a_checkpoint_chooses_what_is_imported_or_downloaded(phase3, 
         "optimizer": {"class_path": "dm_evil_module.Evil", "init_args": {"lr": 10.0}},
         "scheduler": {"class_path": "dm_evil_module.Evil"},
         "init_from": str(tmp_path / "missing.ckpt"),
-        "weights": "coco", "loss": "dm_evil_module.Evil",
+        "network": {"weights": "coco"}, "loss": "dm_evil_module.Evil",
     })
     import torchvision.models._api as tv_api
 
@@ -251,7 +253,7 @@ def test_ckpt_path_best_and_last_name_the_phase_files(name, synth_root, phase3, 
     _, logs = phase3
     phase = ["-c", str(configs / "phase3.yaml"), "-c", str(configs / "demo.yaml"),
              "--trainer.logger.init_args.save_dir", str(logs), "--data.root", str(synth_root),
-             "--data.image_size", "[32, 48]", *CPU]
+             "--data.image_size", "[32, 48]", "--model.network.arch", "tiny", *CPU]
     for sub in ("validate", "test"):
         out = tmp_path / f"{sub}-{name}"
         assert main([sub, *phase, "--data.test_dir", "val", "--ckpt_path", name,

@@ -29,14 +29,15 @@ def _print_config(capsys, *files: str) -> dict:
 @pytest.mark.parametrize("files", [[p] for p in PHASES] + [[p, "demo"] for p in PHASES])
 def test_every_config_parses(capsys, files):
     cfg = _print_config(capsys, *files)
-    assert cfg["model"]["backbone"] == "mobilenet_v3_large"
+    assert cfg["model"]["network"]["backbone"] == "mobilenet_v3_large"
     assert cfg["checkpoint"]["monitor"] == "val/mIoU"  # early stopping is linked to it
 
 
 def test_phase1_matches_the_seed(capsys):
     cfg = _print_config(capsys, "phase1")
     m, d = cfg["model"], cfg["data"]
-    assert (m["weights"], m["loss"], m["init_from"], m["scheduler"]) == ("coco", "ce", None, None)
+    assert (m["network"]["weights"], m["loss"], m["init_from"], m["scheduler"]) == (
+        "coco", "ce", None, None)
     assert m["optimizer"]["class_path"] == "torch.optim.AdamW"
     assert m["optimizer"]["init_args"]["lr"] == 1e-4
     assert d["train_preset"] == "none" and d["class_weighting"] == "none"
@@ -51,13 +52,14 @@ def test_later_phases_change_what_the_seed_changed(capsys):
     assert p21["freeze"]["unfreeze_at_epoch"] is None
     p22 = _print_config(capsys, "phase2_2_backbone")
     lr = p22["model"]["optimizer"]["init_args"]["lr"]
-    assert lr * p22["model"]["backbone_lr_mult"] == pytest.approx(1e-5)
+    assert lr * p22["model"]["param_groups"]["backbone_lr_mult"] == pytest.approx(1e-5)
     assert p22["freeze"]["unfreeze_at_epoch"] == 0 and p22["early_stopping"]["patience"] == 2
     p3 = _print_config(capsys, "phase3")
     m = p3["model"]
     assert m["loss"] == "weighted_ce + 0.5 dice"
     assert m["optimizer"]["init_args"]["lr"] == 5e-5
-    assert m["optimizer"]["init_args"]["lr"] * m["backbone_lr_mult"] == pytest.approx(1e-5)
+    assert m["optimizer"]["init_args"]["lr"] * m["param_groups"]["backbone_lr_mult"] == \
+        pytest.approx(1e-5)
     assert m["scheduler"]["class_path"].endswith("ReduceLROnPlateau")
     assert m["scheduler"]["init_args"]["mode"] == "max"
     assert p3["data"]["train_preset"] == "crop" and p3["data"]["crop_size"] == 512
@@ -103,7 +105,6 @@ def test_bad_data_root_is_a_clear_error(tmp_path: Path, capsys, phase_args):
 
 
 @pytest.mark.parametrize(("override", "choices"), [
-    (["--model.arch", "deeplab4"], "segformer"),
     (["--data.train_preset", "fancy"], "flip_color"),
     (["--data.class_weighting", "balanced"], "median_frequency"),
     (["--data.cache", "ram"], "disk"),
@@ -133,7 +134,7 @@ def test_bad_loss_and_class_count_are_clear_errors(synth_root: Path, tmp_path: P
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("--model.evaluation.tta_scales", "[0.0]", "every scale must be > 0"),
     ("--model.evaluation.sliding_window", "-8", "at least 16 pixels"),
-    ("--model.backbone_lr_mult", "-1", "must be >= 0"),
+    ("--model.param_groups.backbone_lr_mult", "-1", "must be >= 0"),
     ("--data.image_size", "[0, 48]", "each at least 16 pixels"),
     ("--data.batch_size", "1", "at least 2 images per batch"),
 ])
@@ -155,8 +156,8 @@ def test_resuming_with_nothing_to_resume_is_refused(synth_root: Path, tmp_path: 
 
 @pytest.mark.parametrize("extra", [
     ["--trainer.fast_dev_run", "true"],
-    ["--trainer.fast_dev_run", "true", "--model.arch", "deeplabv3plus",
-     "--model.backbone", "resnet18", "--model.weights", "none"],
+    ["--trainer.fast_dev_run", "true", "--model.network.arch", "deeplabv3plus",
+     "--model.network.backbone", "resnet18", "--model.network.weights", "none"],
     ["--trainer.logger", "false"],
     ["--trainer.overfit_batches", "1"],
     ["--trainer.limit_val_batches", "0"],

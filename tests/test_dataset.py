@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,6 +21,7 @@ from desertmind.data.layout import list_split
 from desertmind.errors import DatasetError
 from desertmind.models.network import IMAGENET_MEAN, IMAGENET_STD
 from desertmind.training.module import SegmentationModule
+from tests.stand_in import TINY
 
 
 def test_sample_is_uint8_image_and_remapped_mask(synth_root: Path):
@@ -69,7 +71,7 @@ def test_batches_stay_uint8_until_the_device_and_the_network_scales_them(synth_r
     assert out["image"].dtype == torch.float32 and out["mask"].dtype == torch.int64
     torch.testing.assert_close(out["image"], raw.float())  # RGB 0-255: no caller normalises
     for scaling in ("imagenet", "unit"):  # the network scales, as it was trained to
-        network = SegmentationModule(weights="none", input_scaling=scaling).model
+        network = SegmentationModule(replace(TINY, input_scaling=scaling)).model
         expected = raw[0, 1].float() / 255
         if scaling == "imagenet":
             expected = (expected - IMAGENET_MEAN[1]) / IMAGENET_STD[1]

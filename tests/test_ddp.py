@@ -18,7 +18,6 @@ from desertmind.models.trained import read_checkpoint
 from desertmind.runs import VAL_IMAGES_FILE
 from desertmind.training.module import SegmentationModule
 
-pytestmark = pytest.mark.real_network  # DDP's processes build the real network
 
 @pytest.mark.slow
 def test_ddp_fit_on_two_cpu_processes(data_copy: Path, tmp_path: Path, phase_args, part_keys,
@@ -29,11 +28,11 @@ def test_ddp_fit_on_two_cpu_processes(data_copy: Path, tmp_path: Path, phase_arg
     for sub in ("Color_Images", "Segmentation"):
         sorted((data_copy / "val" / sub).iterdir())[-1].unlink()
     start = tmp_path / "start.ckpt"
-    state = SegmentationModule(weights="none").state_dict()
+    state = SegmentationModule().state_dict()  # DDP's processes build the real network
     torch.save({"state_dict": state}, start)
     logs = tmp_path / "logs"
     exe = Path(sys.executable).with_name("desertmind")
-    cmd = [str(exe), "fit", *phase_args("phase2_1_head", data_copy, logs),
+    cmd = [str(exe), "fit", *phase_args("phase2_1_head", data_copy, logs, arch="deeplabv3"),
            "--model.init_from", str(start), "--trainer.strategy", "ddp",
            "--trainer.devices", "2", "--trainer.enable_progress_bar", "false",
            "--data.eval_batch_size", "1", "--trainer.limit_val_batches", "1.0"]
@@ -53,7 +52,7 @@ def test_ddp_fit_on_two_cpu_processes(data_copy: Path, tmp_path: Path, phase_arg
             p.stem for p in (data_copy / "val" / "Color_Images").iterdir())
     best_ckpt = logs / "phase2_1_head" / "checkpoints" / "best.ckpt"
     best = read_checkpoint(best_ckpt)["state_dict"]
-    keys = part_keys()
+    keys = part_keys("deeplabv3")
     assert keys["encoder"] and all(torch.equal(state[k], best[k]) for k in keys["encoder"])
     assert any(not torch.equal(state[k], best[k]) for k in keys["head"])
     # the same weights validated by one process give the same score

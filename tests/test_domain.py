@@ -114,7 +114,6 @@ def test_self_training_never_reads_target_masks(tmp_path: Path, phase_args):
 
 
 @pytest.mark.slow
-@pytest.mark.real_network
 def test_self_training_teaches_a_lora_adapted_foundation_backbone(tmp_path: Path, phase_args):
     """The teacher is an EMA copy of a ViT whose LoRA adapters train and whose base is frozen
     (no BatchNorm to average): the pseudo-labels train the adapters, never the frozen base."""
@@ -124,10 +123,10 @@ def test_self_training_teaches_a_lora_adapted_foundation_backbone(tmp_path: Path
     root = generate(tmp_path / "d", n_train=8, n_val=4, height=48, width=80, seed=4, n_shifted=4)
     configs = Path(__file__).resolve().parents[1] / "configs"
     logs = tmp_path / "logs"
-    small = ["--model.backbone", "tu-vit_small_patch16_dinov3", "--model.weights", "none",
-             "--trainer.precision", "32-true"]
+    small = ["--model.network.backbone", "tu-vit_small_patch16_dinov3",
+             "--model.network.weights", "none", "--trainer.precision", "32-true"]
     recipe = ["-c", str(configs / "recipes" / "dinov3_vitb_dpt_lora.yaml"),
-              *phase_args("phase1", root, logs)[4:], *small]
+              *phase_args("phase1", root, logs, arch=None)[4:], *small]
     assert main(["fit", *recipe]) == 0
     (teacher,) = logs.glob("recipes/*/checkpoints/best.ckpt")
     assert main(["fit", *recipe, "-c", str(configs / "self_training.yaml"),

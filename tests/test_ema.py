@@ -12,6 +12,7 @@ import torch
 
 from desertmind.cli.main import main
 from desertmind.models.trained import best_score, read_checkpoint
+from tests.stand_in import TINY
 
 EMA = ["--ema", "EMAWeightAveraging", "--ema.decay", "0.5"]
 
@@ -47,7 +48,7 @@ def test_validation_and_best_ckpt_are_the_average(synth_root: Path, tmp_path: Pa
     from desertmind.training.checkpoints import load_weights
     from desertmind.training.module import SegmentationModule
 
-    following = SegmentationModule()
+    following = SegmentationModule(TINY)
     load_weights(following.model, best)
     assert all(torch.equal(following.model.state_dict()[k[len("model."):]], v)
                for k, v in average.items())

@@ -4,6 +4,7 @@ checkpointing and EMA weights. The smallest variants, random weights, tiny input
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -16,10 +17,13 @@ from desertmind.data.datamodule import OffroadDataModule
 from desertmind.errors import ConfigError, WeightsUnavailableError
 from desertmind.models import build_network
 from desertmind.models.adapters import LoRA
+from desertmind.models.registry import Network
 from desertmind.models.smp import encoder_weights
 from desertmind.models.trained import load_trained
 from desertmind.training.module import SegmentationModule
+from desertmind.training.optimization import ParamGroups
 from desertmind.training.speed import Speedups
+from tests.stand_in import TINY
 
 VIT16 = "tu-vit_small_patch16_dinov3"
 VIT14 = "tu-vit_small_patch14_reg4_dinov2"
@@ -29,7 +33,6 @@ def _sgd(params):
     return torch.optim.SGD(params, lr=1.0)
 
 
-@pytest.mark.real_network
 @pytest.mark.parametrize(("backbone", "multiple"), [(VIT16, 32), (VIT14, 28)])
 def test_dpt_pads_to_the_patch_times_the_decoder_factor(backbone: str, multiple: int):
     net = build_network("dpt", backbone).eval()
@@ -39,7 +42,6 @@ def test_dpt_pads_to_the_patch_times_the_decoder_factor(backbone: str, multiple:
             assert net(torch.rand(1, 3, h, w) * 255).shape == (1, 10, h, w)
 
 
-@pytest.mark.real_network
 def test_a_convnext_encoder_works_in_the_cnn_decoders():
     for arch in ("upernet", "fpn", "deeplabv3plus", "unet"):
         net = build_network(arch, "tu-convnext_tiny").eval()
@@ -48,13 +50,13 @@ def test_a_convnext_encoder_works_in_the_cnn_decoders():
 
 
 def test_plain_vits_go_with_dpt_only_and_dpt_with_vits_only():
-    with pytest.raises(ConfigError, match="plain ViT.*--model.arch dpt"):
+    with pytest.raises(ConfigError, match="plain ViT.*--model.network.arch dpt"):
         build_network("upernet", VIT16)
     with pytest.raises(ConfigError, match="plain ViT encoder.*upernet"):
         build_network("dpt", "tu-convnext_tiny")
     with pytest.raises(ConfigError, match="timm ViT encoder"):
         build_network("dpt", "resnet18")
-    with pytest.raises(ConfigError, match="model.weights.*weights lvd1689m"):
+    with pytest.raises(ConfigError, match="model.network.weights.*weights lvd1689m"):
         build_network("dpt", f"{VIT16}.lvd1689m")
 
 
@@ -68,7 +70,6 @@ def test_weights_name_timm_tags():
         build_network("dpt", VIT16, weights="imagenet")
 
 
-@pytest.mark.real_network
 @pytest.mark.parametrize(("arch", "backbone", "weights", "repo"), [
     ("dpt", VIT16, "lvd1689m", "timm/vit_small_patch16_dinov3.lvd1689m"),
     ("dpt", VIT14, "lvd142m", "timm/vit_small_patch14_reg4_dinov2.lvd142m"),
@@ -88,18 +89,19 @@ def test_offline_weights_stop_with_repository_command_and_cache(
     assert ("DINOv3 licence" in message) == ("dinov3" in weights or "lvd1689m" in weights)
     if arch == "dpt" and backbone == VIT16:  # the CLI stops with the same line, exit 2
         code = main(["fit", "-c", "configs/phase1.yaml", "-c", "configs/demo.yaml",
-                     "--data.root", str(synth_root), "--model.arch", arch, "--model.backbone",
-                     backbone, "--model.weights", weights, "--trainer.fast_dev_run", "true"])
+                     "--data.root", str(synth_root), "--model.network.arch", arch,
+                     "--model.network.backbone", backbone, "--model.network.weights", weights,
+                     "--trainer.fast_dev_run", "true"])
         err = capsys.readouterr().err
         assert code == 2 and f"hf download {repo}" in err and "Traceback" not in err
 
 
-@pytest.mark.real_network
 @pytest.mark.parametrize("backbone", [VIT16, VIT14])
 def test_layer_decay_gives_each_block_its_lr_and_every_parameter_once(backbone: str):
-    module = SegmentationModule("dpt", backbone, layer_decay=0.5, backbone_lr_mult=0.1,
+    module = SegmentationModule(Network("dpt", backbone),
+                                param_groups=ParamGroups(backbone_lr_mult=0.1, layer_decay=0.5),
                                 optimizer=_sgd)
-    groups = module.configure_optimizers().param_groups
+    groups = module.configure_optimizers()["optimizer"].param_groups
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(module.model.parameters()))
     assert groups[-1]["name"] == "head" and groups[-1]["lr"] == 1.0
@@ -116,18 +118,17 @@ def test_layer_decay_gives_each_block_its_lr_and_every_parameter_once(backbone: 
 
 def test_layer_decay_needs_an_encoder_with_a_known_order():
     with pytest.raises(ConfigError, match="no known layer order"):
-        SegmentationModule(layer_decay=0.8)  # torchvision's (here the stand-in's) encoder
+        SegmentationModule(TINY, param_groups=ParamGroups(layer_decay=0.8))  # a torchvision one
     with pytest.raises(ConfigError, match=r"\(0, 1\]"):
-        SegmentationModule(layer_decay=1.5)
+        ParamGroups(layer_decay=1.5)
 
 
 def _trainable(module: torch.nn.Module) -> set[str]:
     return {n for n, p in module.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.real_network
 def test_lora_trains_the_adapters_and_the_head_only_whatever_unfreezes():
-    module = SegmentationModule("dpt", VIT16, lora=LoRA(rank=4), optimizer=_sgd)
+    module = SegmentationModule(Network("dpt", VIT16, lora=LoRA(rank=4)), optimizer=_sgd)
     net = module.model
     encoder = _trainable(net.encoder)
     assert encoder and all("lora_" in n for n in encoder)
@@ -145,7 +146,6 @@ def test_lora_trains_the_adapters_and_the_head_only_whatever_unfreezes():
     assert trainable < total
 
 
-@pytest.mark.real_network
 @pytest.mark.slow  # a fit, a CLI evaluation and an export: make test keeps the parts below
 def test_lora_fits_round_trips_and_exports_without_peft(synth_root: Path, tmp_path: Path):
     """A LoRA phase started from a plain one: the base weights are the previous phase's, the
@@ -162,10 +162,10 @@ def test_lora_fits_round_trips_and_exports_without_peft(synth_root: Path, tmp_pa
                          enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu")
 
-    plain = SegmentationModule("dpt", VIT14)
+    plain = SegmentationModule(Network("dpt", VIT14))
     torch.save({"state_dict": plain.state_dict(), "hyper_parameters": dict(plain.hparams)},
                tmp_path / "plain.ckpt")
-    module = SegmentationModule("dpt", VIT14, lora=LoRA(rank=4, alpha=8),
+    module = SegmentationModule(Network("dpt", VIT14, lora=LoRA(rank=4, alpha=8)),
                                 init_from=str(tmp_path / "plain.ckpt"),
                                 optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
     module.setup("fit")
@@ -184,7 +184,8 @@ def test_lora_fits_round_trips_and_exports_without_peft(synth_root: Path, tmp_pa
     ckpt = tmp_path / "lora.ckpt"
     fit.save_checkpoint(ckpt)
     # a LoRA phase that continues it (init_from) starts from its trained adapters, not fresh
-    more = SegmentationModule("dpt", VIT14, lora=LoRA(rank=4, alpha=8), init_from=str(ckpt))
+    more = SegmentationModule(Network("dpt", VIT14, lora=LoRA(rank=4, alpha=8)),
+                              init_from=str(ckpt))
     more.setup("fit")
     trained = module.model.state_dict()
     assert all(torch.equal(t, trained[n]) for n, t in more.model.state_dict().items())
@@ -200,7 +201,7 @@ def test_lora_fits_round_trips_and_exports_without_peft(synth_root: Path, tmp_pa
                 "--trainer.limit_val_batches", "1", "--trainer.accelerator", "cpu",
                 "--trainer.enable_progress_bar", "false", "--out", str(tmp_path / "val")]
     assert main(evaluate) == 0
-    assert main([*evaluate, "--model.lora.rank", "8"]) == 2
+    assert main([*evaluate, "--model.network.lora.rank", "8"]) == 2
 
     out = tmp_path / "lora.onnx"
     assert main(["export", "--ckpt", str(ckpt), "--out", str(out), "--height", "56",
@@ -216,7 +217,6 @@ def test_lora_fits_round_trips_and_exports_without_peft(synth_root: Path, tmp_pa
     assert (got.argmax(1) == eager.numpy().argmax(1)).mean() > 0.999
 
 
-@pytest.mark.real_network
 def test_merged_adapters_compute_what_the_adapters_did():
     net = build_network("dpt", VIT16)
     net.add_lora(LoRA(rank=4, alpha=8))
@@ -234,13 +234,12 @@ def test_merged_adapters_compute_what_the_adapters_did():
 
 
 def test_lora_targets_that_match_nothing_name_the_layers():
-    with pytest.raises(ConfigError, match="model.lora.targets"):
-        SegmentationModule(lora=LoRA(rank=4))  # the stand-in's encoder has no linear layer
+    with pytest.raises(ConfigError, match="model.network.lora.targets"):
+        SegmentationModule(replace(TINY, lora=LoRA(rank=4)))  # it has no linear layer
     with pytest.raises(ConfigError, match="rank"):
         LoRA(rank=-1)
 
 
-@pytest.mark.real_network
 def test_grad_checkpointing_keeps_the_gradients():
     torch.manual_seed(0)
     x = torch.rand(2, 3, 32, 48) * 255

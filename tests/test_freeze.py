@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -11,6 +12,8 @@ import torch
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.training.freeze import BackboneFreeze
 from desertmind.training.module import SegmentationModule
+from desertmind.training.optimization import ParamGroups
+from tests.stand_in import TINY
 
 
 class Probe(L.Callback):
@@ -37,7 +40,7 @@ class Probe(L.Callback):
 
 def _module(**kw) -> SegmentationModule:
     return SegmentationModule(
-        weights="none", backbone_lr_mult=0.1, bn_momentum=0.1,
+        replace(TINY, bn_momentum=0.1), param_groups=ParamGroups(backbone_lr_mult=0.1),
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3), **kw)
 
 

@@ -14,14 +14,17 @@ from desertmind.data.classes import RAW_IDS
 from desertmind.data.imageio import read_image, read_mask, write_png
 from desertmind.models.network import SegmentationNetwork
 from desertmind.models.prediction import EvalOptions, restrict, sliding_window, tta_probs
+from desertmind.models.registry import Network
 from desertmind.models.trained import load_trained, read_checkpoint, read_settings
 from desertmind.training.module import SegmentationModule
+from tests.stand_in import TINY
 
 
 def module_of(ckpt: Path, options: EvalOptions | None = None) -> SegmentationModule:
     """The checkpoint's network in a SegmentationModule with ``options``, as ``validate``
     builds it (its weights loaded), in eval mode."""
-    module = SegmentationModule(**read_settings(ckpt).network, evaluation=options or EvalOptions())
+    module = SegmentationModule(Network(**read_settings(ckpt).network),
+                                evaluation=options or EvalOptions())
     module.load_state_dict(read_checkpoint(ckpt)["state_dict"])
     return module.eval()
 
@@ -168,7 +171,7 @@ def test_restrict_never_predicts_a_suppressed_class():
     preds = restrict(scores, [8, 9]).argmax(1)
     assert set(preds.unique().tolist()) <= {8, 9}
     with pytest.raises(ValueError, match="Flowers"):
-        SegmentationModule(evaluation={"predict_classes": ["Sky", "Clouds"]})
+        SegmentationModule(TINY, evaluation={"predict_classes": ["Sky", "Clouds"]})
 
 
 def test_tta_module_evaluates_with_averaged_probabilities(trained, synth_root):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -13,6 +14,7 @@ from desertmind.errors import CheckpointError
 from desertmind.models.trained import best_score
 from desertmind.training.checkpoints import load_weights
 from desertmind.training.module import SegmentationModule
+from tests.stand_in import TINY
 
 
 def _fit(tmp_path: Path, root: Path, module: SegmentationModule, epochs: int = 1) -> L.Trainer:
@@ -28,7 +30,7 @@ def _fit(tmp_path: Path, root: Path, module: SegmentationModule, epochs: int = 1
 @pytest.fixture(scope="module")
 def source_ckpt(synth_root: Path, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("src")
-    trainer = _fit(tmp, synth_root, SegmentationModule(weights="none"), epochs=2)
+    trainer = _fit(tmp, synth_root, SegmentationModule(TINY), epochs=2)
     path = tmp / "source.ckpt"
     trainer.save_checkpoint(path)
     return path
@@ -37,7 +39,7 @@ def source_ckpt(synth_root: Path, tmp_path_factory) -> Path:
 def test_init_from_loads_weights_but_not_training_state(tmp_path, synth_root, source_ckpt):
     source = torch.load(source_ckpt, weights_only=True)
     assert source["epoch"] == 2 and source["global_step"] == 4
-    module = SegmentationModule(weights="none", init_from=str(source_ckpt))
+    module = SegmentationModule(TINY, init_from=str(source_ckpt))
     seen = {}
 
     class Spy(L.Callback):
@@ -57,14 +59,14 @@ def test_init_from_loads_weights_but_not_training_state(tmp_path, synth_root, so
 
 
 def test_missing_file_is_refused(tmp_path):
-    module = SegmentationModule(weights="none")
+    module = SegmentationModule(TINY)
     with pytest.raises(CheckpointError, match="previous phase"):
         load_weights(module.model, tmp_path / "nope.ckpt")
 
 
 def test_other_architecture_is_refused_listing_keys(source_ckpt):
     with pytest.raises(CheckpointError, match="unexpected keys|missing keys") as e:
-        load_weights(SegmentationModule(weights="none", aux_weight=0.4).model, source_ckpt)
+        load_weights(SegmentationModule(replace(TINY, aux_weight=0.4)).model, source_ckpt)
     assert "aux_classifier" in str(e.value)
 
 
@@ -75,7 +77,7 @@ def test_shape_mismatch_is_refused_listing_shapes(source_ckpt, tmp_path):
     bad = tmp_path / "bad.ckpt"
     torch.save(ckpt, bad)
     with pytest.raises(CheckpointError, match=rf"{key[len('model.'):]}: checkpoint \(5, 3, 1, 1"):
-        load_weights(SegmentationModule(weights="none").model, bad)
+        load_weights(SegmentationModule(TINY).model, bad)
 
 
 def test_truncated_checkpoint_is_refused(source_ckpt, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +11,9 @@ import torch
 from desertmind.errors import ConfigError
 from desertmind.training.losses import build_loss
 from desertmind.training.module import SegmentationModule
+from desertmind.training.optimization import ParamGroups
 from desertmind.training.schedulers import PolyLR
+from tests.stand_in import TINY
 
 
 def _batch(n: int = 2) -> dict:
@@ -21,7 +24,7 @@ def _batch(n: int = 2) -> dict:
 
 
 def test_aux_loss_is_added_with_its_weight():
-    module = SegmentationModule(weights="none", aux_weight=0.25).eval()
+    module = SegmentationModule(replace(TINY, aux_weight=0.25)).eval()
     module.criterion = build_loss("ce")
     batch = _batch()
     with torch.no_grad():
@@ -33,9 +36,10 @@ def test_aux_loss_is_added_with_its_weight():
 
 
 def test_param_groups_are_named_and_scaled():
-    module = SegmentationModule(weights="none", aux_weight=0.4, backbone_lr_mult=0.1,
+    module = SegmentationModule(replace(TINY, aux_weight=0.4),
+                                param_groups=ParamGroups(backbone_lr_mult=0.1),
                                 optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
-    opt = module.configure_optimizers()
+    opt = _with_trainer(module).configure_optimizers()["optimizer"]
     assert [(g["name"], g["lr"]) for g in opt.param_groups] == [
         ("backbone", pytest.approx(0.05)), ("head", 0.5), ("aux", 0.5)]
     n_params = sum(len(g["params"]) for g in opt.param_groups)
@@ -51,7 +55,7 @@ def _with_trainer(module: SegmentationModule, steps: int = 100,
 
 def test_poly_scheduler_steps_per_batch_over_the_whole_run():
     module = _with_trainer(SegmentationModule(
-        weights="none", optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
+        TINY, optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
         scheduler=lambda o: PolyLR(o, power=1.0, warmup_steps=10, warmup_start=0.1)))
     cfg = module.configure_optimizers()
     sched = cfg["lr_scheduler"]["scheduler"]
@@ -62,7 +66,7 @@ def test_poly_scheduler_steps_per_batch_over_the_whole_run():
 
 def test_plateau_scheduler_follows_the_checkpoint_monitor_and_its_mode():
     def plateau(mode):
-        return SegmentationModule(weights="none", scheduler=lambda o: (
+        return SegmentationModule(TINY, scheduler=lambda o: (
             torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode=mode)))
 
     cfg = _with_trainer(plateau("max")).configure_optimizers()  # no checkpoint: val/mIoU
@@ -82,8 +86,8 @@ def test_channels_last_gives_the_same_logits():
     from desertmind.training.speed import apply_speedups
 
     torch.manual_seed(0)
-    plain = SegmentationModule(weights="none").eval()
-    fast = SegmentationModule(weights="none").eval()
+    plain = SegmentationModule(TINY).eval()
+    fast = SegmentationModule(TINY).eval()
     fast.model.load_state_dict(plain.model.state_dict())
     apply_speedups(fast.model, channels_last=True)
     x = torch.rand(1, 3, 32, 40) * 255
@@ -94,12 +98,12 @@ def test_channels_last_gives_the_same_logits():
 
 def test_weighted_ce_needs_its_weights_and_takes_them_as_an_argument():
     with pytest.raises(ConfigError, match="one per class"):
-        SegmentationModule(weights="none", class_weights=[1.0, 2.0])
-    missing = SegmentationModule(weights="none", loss="weighted_ce")
+        SegmentationModule(TINY, class_weights=[1.0, 2.0])
+    missing = SegmentationModule(TINY, loss="weighted_ce")
     with pytest.raises(ConfigError, match="needs model.class_weights"):
         missing.setup("fit")
     weights = [float(i + 1) for i in range(10)]
-    module = SegmentationModule(weights="none", loss="weighted_ce", class_weights=weights)
+    module = SegmentationModule(TINY, loss="weighted_ce", class_weights=weights)
     module.setup("fit")
     torch.testing.assert_close(module.criterion.losses[0].weight, torch.tensor(weights))
     assert module.hparams.class_weights == weights  # recorded in every checkpoint

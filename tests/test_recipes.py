@@ -37,8 +37,8 @@ def _recipe_param(recipe: Path):
     """Foundation recipes train their real (smallest) network: layer decay and adapters need
     a real encoder, which the stand-in is not (slow: test_foundation.py covers their parts in
     make test)."""
-    real = (pytest.mark.real_network, pytest.mark.slow) if recipe.stem in FOUNDATION else ()
-    return pytest.param(recipe, id=recipe.stem, marks=real)
+    slow = (pytest.mark.slow,) if recipe.stem in FOUNDATION else ()
+    return pytest.param(recipe, id=recipe.stem, marks=slow)
 
 
 @pytest.mark.parametrize("recipe", [_recipe_param(r) for r in RECIPES])
@@ -48,14 +48,17 @@ def test_each_recipe_resolves_and_trains(recipe: Path, synth_root: Path, tmp_pat
         main(["fit", "-c", str(recipe), "--print_config"])
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["trainer"]["logger"]["init_args"]["name"] == f"recipes/{recipe.stem}"
-    shrink = phase_args("phase1", synth_root, tmp_path)[4:]  # the overrides, not the phase file
-    smaller = (["--model.backbone", FOUNDATION[recipe.stem]] if recipe.stem in FOUNDATION
+    # the overrides, not the phase file; the stand-in network unless the recipe is a
+    # foundation one
+    arch = None if recipe.stem in FOUNDATION else "tiny"
+    shrink = phase_args("phase1", synth_root, tmp_path, arch=arch)[4:]
+    smaller = (["--model.network.backbone", FOUNDATION[recipe.stem]] if recipe.stem in FOUNDATION
                else [])
     assert main(["fit", "-c", str(recipe), "-c", str(recipe.parents[1] / "demo.yaml"), *shrink,
-                 *smaller, "--model.weights", "none", "--trainer.precision", "32-true",
+                 *smaller, "--model.network.weights", "none", "--trainer.precision", "32-true",
                  "--trainer.log_every_n_steps", "1"]) == 0
     assert (tmp_path / "recipes" / recipe.stem / "checkpoints" / "best.ckpt").is_file()
-    if cfg["model"]["layer_decay"] < 1:  # the LR monitor plots every layer's group
+    if cfg["model"]["param_groups"]["layer_decay"] < 1:  # the LR monitor plots every layer's group
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
         (run,) = (tmp_path / "recipes" / recipe.stem).glob("version_*")
@@ -64,7 +67,7 @@ def test_each_recipe_resolves_and_trains(recipe: Path, synth_root: Path, tmp_pat
         tags = {t for t in events.Tags()["scalars"] if t.startswith("lr-")}
         assert {"lr-AdamW/backbone.0", "lr-AdamW/backbone.1", "lr-AdamW/head"} <= tags
         decayed = [events.Scalars(f"lr-AdamW/backbone.{k}")[0].value for k in (0, 1)]
-        assert decayed[0] == pytest.approx(decayed[1] * cfg["model"]["layer_decay"])
+        assert decayed[0] == pytest.approx(decayed[1] * cfg["model"]["param_groups"]["layer_decay"])
 
 
 def test_the_recipes_keep_their_published_settings(capsys):
@@ -79,11 +82,13 @@ def test_the_recipes_keep_their_published_settings(capsys):
     assert mobile["model"]["scheduler"]["class_path"].endswith("PolyLR")
     plus = resolved("deeplabv3plus_r101")
     m = plus["model"]
-    assert (m["arch"], m["backbone"], m["loss"]) == ("deeplabv3plus", "resnet101",
-                                                     "0.5 ce + 0.5 dice")
+    net = m["network"]
+    assert (net["arch"], net["backbone"], m["loss"]) == ("deeplabv3plus", "resnet101",
+                                                         "0.5 ce + 0.5 dice")
     assert plus["data"]["image_size"] == [512, 896] and plus["trainer"]["max_epochs"] == 60
     assert plus["freeze"]["unfreeze_at_epoch"] == 5 and plus["trainer"]["precision"] == "bf16-mixed"
-    assert m["optimizer"]["init_args"]["lr"] * m["backbone_lr_mult"] == pytest.approx(3e-5)
+    assert m["optimizer"]["init_args"]["lr"] * m["param_groups"]["backbone_lr_mult"] == \
+        pytest.approx(3e-5)
 
 
 def test_the_foundation_recipes_keep_their_settings(capsys):
@@ -93,15 +98,16 @@ def test_the_foundation_recipes_keep_their_settings(capsys):
         return yaml.safe_load(capsys.readouterr().out)
 
     dpt, lora, convnext = (resolved(name) for name in FOUNDATION)
-    m = dpt["model"]
+    m = dpt["model"]["network"]
     assert (m["arch"], m["backbone"], m["weights"]) == ("dpt", "tu-vit_base_patch16_dinov3",
                                                         "lvd1689m")
-    assert m["layer_decay"] == 0.9 and m["lora"]["rank"] == 0
+    assert dpt["model"]["param_groups"]["layer_decay"] == 0.9 and m["lora"]["rank"] == 0
     assert dpt["data"]["image_size"] is None and dpt["speed"]["grad_checkpointing"] is True
     assert dpt["ema"]["init_args"]["decay"] == 0.999
-    assert lora["model"]["lora"]["rank"] == 16 and lora["model"]["layer_decay"] == 1.0
+    assert lora["model"]["network"]["lora"]["rank"] == 16
+    assert lora["model"]["param_groups"]["layer_decay"] == 1.0
     assert lora["model"]["optimizer"]["init_args"]["weight_decay"] == 0.05
-    assert lora["ema"] == dpt["ema"] and lora["model"]["backbone"] == m["backbone"]
-    c = convnext["model"]
+    assert lora["ema"] == dpt["ema"] and lora["model"]["network"]["backbone"] == m["backbone"]
+    c = convnext["model"]["network"]
     assert (c["arch"], c["backbone"], c["weights"]) == ("upernet", "tu-convnext_base",
                                                         "dinov3_lvd1689m")

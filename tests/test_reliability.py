@@ -23,7 +23,7 @@ from desertmind.models.trained import read_checkpoint
 from desertmind.reports.report import load_report, markdown
 from desertmind.training.checkpoints import AtomicCheckpointIO, LastCheckpoint, PhaseCheckpoint
 from desertmind.training.module import SegmentationModule
-from tests.stand_in import SUBPROCESS_ENV, kill_at
+from tests.stand_in import SUBPROCESS_ENV, TINY, kill_at
 
 EXE = str(Path(sys.executable).with_name("desertmind"))
 POLY = '{"class_path": "desertmind.training.schedulers.PolyLR", "init_args": {"power": 1.0}}'
@@ -36,14 +36,14 @@ def _scalars(run_dir: Path, tag: str) -> dict[int, float]:
 
 
 def _resume_args(phase_args, root: Path, logs: Path) -> list[str]:
-    return [EXE, "fit", *phase_args("phase1", root, logs),
+    """The real network: the killed run is its own process, the resume this one."""
+    return [EXE, "fit", *phase_args("phase1", root, logs, arch=None),
             "--trainer.max_epochs", "4", "--trainer.limit_train_batches", "1.0",
             "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
             "--last_checkpoint.every_n_train_steps", "3", "--model.scheduler", POLY]
 
 
 @pytest.mark.slow
-@pytest.mark.real_network  # the killed run is its own process, the resume this one
 def test_sigkill_mid_epoch_then_resume_from_last(synth_root: Path, tmp_path: Path, phase_args):
     """A real kill -9 while training; that the resumed run then equals an uninterrupted one is
     test_a_resumed_run_ends_exactly_as_an_uninterrupted_one."""
@@ -177,7 +177,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_checkpoints(synth_root: Path, 
                         num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
                         callbacks=[checkpoint, _PoisonAt(1, 1)],
                         plugins=[AtomicCheckpointIO()], accelerator="cpu")
-    module = SegmentationModule(weights="none")
+    module = SegmentationModule(TINY)
     dm = OffroadDataModule(str(synth_root), batch_size=2, num_workers=0, image_size=(32, 48))
     with pytest.raises(NonFiniteLossError, match="NaN or infinite at global step 3 .epoch 1, "
                        "batch 1") as e:
@@ -217,7 +217,7 @@ def test_non_finite_batchnorm_statistics_are_never_checkpointed(synth_root: Path
                         callbacks=[best, last,
                                    _OverflowStatsAt(3)],
                         plugins=[AtomicCheckpointIO()], accelerator="cpu")
-    module = SegmentationModule(weights="none")
+    module = SegmentationModule(TINY)
     dm = OffroadDataModule(str(synth_root), batch_size=2, num_workers=0, image_size=(32, 48))
     with pytest.raises(NonFiniteStateError, match=r"global step 3 .epoch 1.*running_var.*"
                        "1 of them BatchNorm running statistics.*before writing a checkpoint"):

@@ -23,16 +23,16 @@ from desertmind.models.trained import best_score, read_checkpoint
 from desertmind.reports.report import load_report, write_report
 from desertmind.reports.uncertainty import dataset_miou
 from desertmind.runs import VAL_IMAGES_FILE
-from tests.stand_in import real_networks
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "phase_analysis.ipynb"
 
 
-def _two_phases(root: Path, logs: Path, phase_args) -> Path:
-    """phase1 then phase2_1_head, 3 epochs each, with the phase configs' dashboard callbacks."""
+def _two_phases(root: Path, logs: Path, phase_args, arch: str | None = "tiny") -> Path:
+    """phase1 then phase2_1_head, 3 epochs each, with the phase configs' dashboard callbacks
+    (``arch=None``: the configs' real network)."""
     previous: list[str] = []
     for phase in ("phase1", "phase2_1_head"):
-        args = ["fit", *phase_args(phase, root, logs),
+        args = ["fit", *phase_args(phase, root, logs, arch=arch),
                 "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false", *previous]
         assert main(args) == 0
         previous = ["--model.init_from", str(logs / phase / "checkpoints" / "best.ckpt")]
@@ -48,8 +48,8 @@ def tiny_logs(synth_root: Path, tmp_path_factory, phase_args) -> Path:
 @pytest.fixture(scope="module")
 def real_logs(synth_root: Path, tmp_path_factory, phase_args) -> Path:
     """Two phases of the real network, for a notebook kernel (its own process) to load."""
-    with real_networks():
-        return _two_phases(synth_root, tmp_path_factory.mktemp("real") / "logs", phase_args)
+    return _two_phases(synth_root, tmp_path_factory.mktemp("real") / "logs", phase_args,
+                       arch=None)
 
 
 def _events(run_dir: Path) -> EventAccumulator:

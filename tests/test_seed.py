@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from desertmind.models.trained import read_checkpoint
 from desertmind.reports.report import load_report
 from desertmind.training.losses import build_loss
 from desertmind.training.module import SegmentationModule
+from tests.stand_in import TINY
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SEED_PHASES = ("phase1", "phase2_1_head", "phase2_2_backbone", "phase3")
@@ -52,8 +54,9 @@ def _resolved(capsys, phase: str) -> dict:
 
 def _as_table(cfg: dict) -> dict:
     m, d, opt = cfg["model"], cfg["data"], cfg["model"]["optimizer"]["init_args"]
+    net = m["network"]
     frozen = cfg["freeze"]["unfreeze_at_epoch"] is None
-    if m["freeze_bn"]:
+    if net["freeze_bn"]:
         bn = "eval all phase"
     else:  # a frozen backbone's BatchNorm statistics keep training only with train_bn
         bn = "trains" if (not frozen or cfg["freeze"]["train_bn"]) else "frozen with backbone"
@@ -62,7 +65,7 @@ def _as_table(cfg: dict) -> dict:
     return {
         "batch_size": d["batch_size"],
         "head_lr": opt["lr"],
-        "backbone_lr": "frozen" if frozen else opt["lr"] * m["backbone_lr_mult"],
+        "backbone_lr": "frozen" if frozen else opt["lr"] * m["param_groups"]["backbone_lr_mult"],
         "weight_decay": opt["weight_decay"],
         "max_epochs": cfg["trainer"]["max_epochs"],
         "patience": cfg["early_stopping"]["patience"],
@@ -70,10 +73,10 @@ def _as_table(cfg: dict) -> dict:
         "batchnorm": bn,
         "loss": m["loss"],
         "class_weighting": d["class_weighting"],
-        "input_scaling": m["input_scaling"],
+        "input_scaling": net["input_scaling"],
         "precision": cfg["trainer"]["precision"],
         "val_batch_size": d["eval_batch_size"],
-        "starts_from": m["weights"] if init is None else str(Path(init).parents[1].relative_to(
+        "starts_from": net["weights"] if init is None else str(Path(init).parents[1].relative_to(
             "lightning_logs")),
     }
 
@@ -96,7 +99,7 @@ def test_each_seed_config_resolves_to_the_studys_values(capsys, index: int):
 
 
 def test_frozen_batchnorm_stays_frozen_through_training():
-    module = SegmentationModule(weights="none", freeze_bn=True)
+    module = SegmentationModule(replace(TINY, freeze_bn=True))
     module.train()
     bns = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and not any(m.training for m in bns)
@@ -104,7 +107,7 @@ def test_frozen_batchnorm_stays_frozen_through_training():
     module.model(torch.randn(2, 3, 64, 64))
     assert all(torch.equal(a, m.running_mean) for a, m in zip(before, bns, strict=True))
     assert all(p.requires_grad for p in module.parameters())  # affine parameters still train
-    plain = SegmentationModule(weights="none").train()
+    plain = SegmentationModule(TINY).train()
     assert all(m.training for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 

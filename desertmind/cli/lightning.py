@@ -97,12 +97,12 @@ def checkpoint_defaults(settings: TrainedSettings) -> dict[str, object]:
     weights are never fetched: the checkpoint holds every weight."""
     network = {}
     for key, value in settings.network.items():  # a group (lora) as its dotted keys
-        network.update({f"model.{key}.{k}": v for k, v in value.items()}
-                       if isinstance(value, dict) else {f"model.{key}": value})
+        network.update({f"model.network.{key}.{k}": v for k, v in value.items()}
+                       if isinstance(value, dict) else {f"model.network.{key}": value})
     # the test-time adaptation it was trained to be used with (configs/domain_generalisation)
     adaptation = {f"model.evaluation.{k}": getattr(settings.evaluation, k)
                   for k in ADAPTATION_KEYS}
-    return {**network, **adaptation, "model.weights": "none",
+    return {**network, **adaptation, "model.network.weights": "none",
             **{f"data.{k}": v for k, v in settings.data.items()}}
 
 
@@ -111,15 +111,15 @@ def refuse_other_network(config, settings: TrainedSettings) -> None:
     command line or in a config file: it won over the checkpoint's default) is refused."""
     ckpt, network = settings.path, settings.network
     for key, value in network.items():
-        current = config.model.get(key)
+        current = config.model.network.get(key)
         current = current.as_dict() if hasattr(current, "as_dict") else current
         if not same_layout(key, current, value):
             raise ConfigError(
                 f"{ckpt} holds a {network['arch']} {network['backbone']} network with "
-                f"{key}={value!r}; model.{key}={current!r} (given on the command line or in a "
-                f"config file) cannot load its weights: leave model.{key} out, the checkpoint "
-                "sets it")
-    config.model.weights = "none"
+                f"{key}={value!r}; model.network.{key}={current!r} (given on the command line "
+                f"or in a config file) cannot load its weights: leave model.network.{key} out, "
+                "the checkpoint sets it")
+    config.model.network.weights = "none"
 
 
 def named_checkpoint(config, name: str) -> Path:

@@ -39,11 +39,11 @@ class LoRA:
 
     def __post_init__(self) -> None:
         if self.rank < 0:
-            raise ConfigError(f"model.lora.rank={self.rank}: must be >= 0 (0: no adapters)")
+            raise ConfigError(f"model.network.lora.rank={self.rank}: must be >= 0 (0: no adapters)")
         if not 0 <= self.dropout < 1:
-            raise ConfigError(f"model.lora.dropout={self.dropout}: must be in [0, 1)")
+            raise ConfigError(f"model.network.lora.dropout={self.dropout}: must be in [0, 1)")
         if self.rank and not self.targets:
-            raise ConfigError("model.lora.targets: name at least one layer to adapt")
+            raise ConfigError("model.network.lora.targets: name at least one layer to adapt")
         object.__setattr__(self, "targets", tuple(self.targets))
 
     @property
@@ -67,7 +67,7 @@ def add_lora(encoder: nn.Module, options: LoRA) -> None:
     except ValueError as e:  # peft: "Target modules {...} not found in the base model"
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in encoder.named_modules()
                          if isinstance(m, nn.Linear)})
-        raise ConfigError(f"model.lora.targets={list(options.targets)}: {e}; the encoder's "
+        raise ConfigError(f"model.network.lora.targets={list(options.targets)}: {e}; the encoder's "
                           f"linear layers are named {', '.join(linear) or '(none)'}") from e
 
 

@@ -34,7 +34,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def scaling_constants(scaling: str = "imagenet") -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std (3,), in 0-255 units, that map RGB 0-255 to the network's input:
     ImageNet's, or for ``unit`` 0 and 255 (a division by 255 only)."""
-    check_choice("input scaling (model.input_scaling)", scaling, SCALINGS)
+    check_choice("input scaling (model.network.input_scaling)", scaling, SCALINGS)
     if scaling == "unit":
         return torch.zeros(3), torch.full((3,), 255.0)
     return torch.tensor(IMAGENET_MEAN) * 255, torch.tensor(IMAGENET_STD) * 255
@@ -65,7 +65,7 @@ class SegmentationNetwork(nn.Module, ABC):
     Two BatchNorm switches, because they are two different rules of the studies: a frozen
     encoder keeps its own BatchNorm statistics (SMP's ``freeze_encoder``; ``train_bn`` lets
     them train while the weights stay), and the seed's phase 3 froze every BatchNorm of the
-    network for the whole phase while all weights trained (``model.freeze_bn``).
+    network for the whole phase while all weights trained (``model.network.freeze_bn``).
     """
 
     def __init__(self, size_multiple: int = 1, *, input_scaling: Scaling = "imagenet",

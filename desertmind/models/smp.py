@@ -162,8 +162,8 @@ def check_backbone(arch: str, backbone: str) -> None:
             raise ConfigError(f"unknown timm model {model!r} in backbone {backbone!r}; see "
                               "timm.list_models() for valid names")
         if "." in model:
-            raise ConfigError(f"backbone {backbone!r}: give the pretrained tag as model.weights "
-                              f"(backbone tu-{model.split('.')[0]}, weights "
+            raise ConfigError(f"backbone {backbone!r}: give the pretrained tag as "
+                              f"model.network.weights (backbone tu-{model.split('.')[0]}, weights "
                               f"{model.split('.', 1)[1]})")
         if arch == "dpt" and not is_plain_vit(model):
             raise ConfigError(f"arch dpt takes a plain ViT encoder (e.g. "
@@ -172,7 +172,7 @@ def check_backbone(arch: str, backbone: str) -> None:
                               "upernet, fpn, deeplabv3plus or unet")
         if arch != "dpt" and is_plain_vit(model):
             raise ConfigError(f"{backbone} is a plain ViT (one token grid, no feature pyramid), "
-                              f"which {arch} cannot use: use --model.arch dpt")
+                              f"which {arch} cannot use: use --model.network.arch dpt")
         return
     if arch == "dpt":
         raise ConfigError(f"arch dpt takes a timm ViT encoder as tu-<name> (e.g. "

@@ -126,10 +126,10 @@ def _lora(value: Any) -> LoRA | None:
         return None
 
 
-#: model arguments that decide the layout of the weights, always the checkpoint's: key ->
-#: (check, what the check expects)
+#: ``model.network`` values that decide the layout of the weights, always the checkpoint's:
+#: key -> (check, what the check expects)
 NETWORK_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "arch": (lambda v: v in registry.ARCHITECTURES, f"one of {list(registry.ARCHITECTURES)}"),
+    "arch": (lambda v: v in registry.architectures(), "an architecture of the registry"),
     "backbone": (lambda v: isinstance(v, str), "a backbone name"),
     # > 0: the network has torchvision's aux head
     "aux_weight": (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
@@ -192,13 +192,14 @@ def settings_of(path: str | Path, ckpt: dict) -> TrainedSettings:
         raise CheckpointError(
             f"{path}: trained with the class table {table!r}, which differs from this "
             f"desertmind's {class_table()}; its predictions would be mislabelled")
+    saved = hp.get("network") if isinstance(hp.get("network"), dict) else {}
     network = {}
     for key, (ok, expected) in NETWORK_KEYS.items():
-        value = hp.get(key)
+        value = saved.get(key)
         if not ok(value):
-            raise CheckpointError(f"{path}: saved hyperparameter {key}={value!r} is not "
-                                  f"{expected}; the file was not written by desertmind or was "
-                                  "altered")
+            raise CheckpointError(f"{path}: saved hyperparameter network.{key}={value!r} is "
+                                  f"not {expected}; the file was not written by this desertmind "
+                                  "or was altered")
         network[key] = value
     dm = ckpt.get("datamodule_hyper_parameters")
     dm = dm if isinstance(dm, dict) else {}
@@ -224,13 +225,7 @@ def read_settings(path: str | Path) -> TrainedSettings:
 def build_trained_network(network: dict[str, Any]) -> SegmentationNetwork:
     """An untrained network of the layout ``network`` (:data:`NETWORK_KEYS`), built by the
     registry with ``weights="none"``: a checkpoint holds every weight, nothing is fetched."""
-    net = registry.build_network(network["arch"], network["backbone"], weights="none",
-                                 aux_loss=network["aux_weight"] > 0,
-                                 input_scaling=network["input_scaling"])
-    lora = _lora(network["lora"])
-    if lora is not None and lora.enabled:
-        net.add_lora(lora)
-    return net
+    return registry.build(registry.Network(**network, weights="none"))
 
 
 def training_record(ckpt: dict) -> tuple[torch.Tensor, str | None]:

@@ -211,10 +211,12 @@ class LastCheckpoint(PhaseCheckpoint):
         super().__init__(monitor=None, save_top_k=0, save_last=True,
                          every_n_train_steps=every_n_train_steps, every_n_epochs=0,
                          enable_version_counter=False, overwrite=overwrite)
+        self._validated_at: int | None = None  # the global step of the last validation save
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Lightning's save_last also saves here, even under fast_dev_run (which saves nothing)
-        if not trainer.fast_dev_run:
+        # Lightning's save_last also saves here, even under fast_dev_run (which saves
+        # nothing), and after the last validation's save (which already holds this step)
+        if not trainer.fast_dev_run and self._validated_at != trainer.global_step:
             super().on_train_end(trainer, pl_module)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -225,6 +227,7 @@ class LastCheckpoint(PhaseCheckpoint):
             path = str(Path(self.dirpath) / f"{runs.LAST}{runs.CKPT_EXT}")
             self.last_model_path = path  # before saving: it is part of the saved state
             trainer.save_checkpoint(path, self.save_weights_only)  # through the CheckpointIO
+            self._validated_at = trainer.global_step
 
 
 def load_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> None:

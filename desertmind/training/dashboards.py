@@ -118,6 +118,7 @@ def key_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
     named ``change/...`` and the rest ``setup/...``. Booleans stay booleans and LRs numbers;
     integers become text (TensorBoard would print 4 as 4.0000); None becomes ``none``."""
     hp = dict(pl_module.hparams)
+    net = dict(hp.get("network") or {})
     dm = trainer.datamodule
     data = dict(dm.hparams) if dm is not None else {}
     groups = {g.get("name"): g["lr"] for g in (trainer.optimizers[0].param_groups
@@ -139,12 +140,8 @@ def key_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
         "scheduler": type(schedulers[0].scheduler).__name__ if schedulers else "none",
     }
     setup = {
-        "arch": hp.get("arch"),
-        "backbone": hp.get("backbone"),
-        "weights": hp.get("weights"),
-        "aux_weight": hp.get("aux_weight"),
-        "freeze_bn": hp.get("freeze_bn"),
-        "input_scaling": hp.get("input_scaling"),
+        **{k: net.get(k) for k in ("arch", "backbone", "weights", "aux_weight", "freeze_bn",
+                                   "input_scaling")},
         "optimizer": type(trainer.optimizers[0]).__name__ if trainer.optimizers else None,
         "batch_size": data.get("batch_size"),
         "image_size": data.get("image_size"),

@@ -17,7 +17,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from desertmind.data.classes import IGNORE_INDEX, NUM_CLASSES
+from desertmind.data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from desertmind.models.confusion import batched_confusion, iou_from_confusion, miou_from_confusion
 
 #: the metric every phase selects its best checkpoint and stops early on, unless its config's
@@ -106,3 +106,38 @@ class ClassShares(Metric):
 
     def compute(self) -> Tensor:
         return (self.sums / self.pixels.clamp_min(1)).float()
+
+
+class StageMetrics(torch.nn.Module):
+    """The metrics of one evaluation stage (``val``, ``test``): :class:`SegmentationMetrics`
+    of the predictions and, with a class restriction, of the same scores' argmax over all
+    classes (``<stage>/mIoU_all_classes``, logged beside the restricted figure so neither is
+    read for the other)."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__()
+        self.stage = stage
+        self.metrics = SegmentationMetrics(NUM_CLASSES)
+        self.all_classes = SegmentationMetrics(NUM_CLASSES)
+        self.restricted = False
+
+    def update(self, preds: Tensor, scores: Tensor, target: Tensor, restricted: bool) -> None:
+        self.metrics.update(preds, target)
+        self.restricted = restricted
+        if restricted:
+            self.all_classes.update(scores.argmax(1), target)
+
+    def compute(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(what to log, by its name; the computed metrics on the CPU, for dashboards), and a
+        reset for the next epoch."""
+        stage, m = self.stage, self.metrics.compute()
+        values = {f"{stage}/mIoU": m["mIoU"], f"{stage}/mIoU_per_image": m["mIoU_per_image"],
+                  f"{stage}/pixel_acc": m["pixel_acc"], f"{stage}/mean_acc": m["mean_acc"]}
+        for name, iou in zip(CLASS_NAMES, m["iou"], strict=True):
+            if not torch.isnan(iou):  # absent from target and prediction: no IoU to log
+                values[f"{stage}/iou/{name}"] = iou
+        if self.restricted:
+            values[f"{stage}/mIoU_all_classes"] = self.all_classes.compute()["mIoU"]
+        self.metrics.reset()
+        self.all_classes.reset()
+        return values, {k: v.detach().cpu() for k, v in m.items()}
