@@ -17,16 +17,19 @@ RUN_ARGS = --data.root $(DATA) --trainer.logger.init_args.save_dir $(LOGS) $(FIT
 # a phase make runs is not done (no .done stamp): a failed attempt's checkpoints are replaced
 # as the new run saves its own (kept until then)
 PHASE_ARGS = $(RUN_ARGS) --overwrite
-# RECIPE=seed: the study's four phases exactly as it ran them (configs/seed, logs under seed/)
+# RECIPE=study: the study's four phases exactly as it ran them (configs/study, logs under
+# study/); "seed" means randomness only (SEEDS=, --seed_everything)
 RECIPE ?=
-ifeq ($(RECIPE),seed)
-PHASE_CONFIGS := configs/seed
-PHASE_LOGS := $(LOGS)/seed
+ifeq ($(RECIPE),study)
+PHASE_CONFIGS := configs/study
+PHASE_LOGS := $(LOGS)/study
+else ifeq ($(RECIPE),seed)
+$(error RECIPE=seed is now RECIPE=study (the study's own phases); SEEDS="1 2" repeats a chain over random seeds)
 else ifeq ($(RECIPE),)
 PHASE_CONFIGS := configs
 PHASE_LOGS := $(LOGS)
 else
-$(error RECIPE=$(RECIPE): leave it unset for the corrected chain, or use RECIPE=seed)
+$(error RECIPE=$(RECIPE): leave it unset for the corrected chain, or use RECIPE=study)
 endif
 P1 := $(PHASE_LOGS)/phase1/checkpoints/best.ckpt
 P21 := $(PHASE_LOGS)/phase2_1_head/checkpoints/best.ckpt
@@ -41,7 +44,7 @@ D21 := $(call DONE,$(P21))
 D22 := $(call DONE,$(P22))
 D3 := $(call DONE,$(P3))
 # the study's phase 3 started from COCO weights, not from its phase 2.2
-P3_INIT := $(if $(filter seed,$(RECIPE)),,--model.init_from $(P22))
+P3_INIT := $(if $(filter study,$(RECIPE)),,--model.init_from $(P22))
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-full test-lowest test-browser app lint demo check-data bench gpu-check gpu-wheels clean phase1 phase2 phase3 phases \
@@ -145,11 +148,11 @@ $(D3): $(D22)
 	$(DM) fit -c $(PHASE_CONFIGS)/phase3.yaml $(CONFIGS) $(P3_INIT) $(PHASE_ARGS)
 	touch $@
 
-phase1: $(D1) ## phase 1 baseline on DATA (default data/offroad; RECIPE=seed: the study's own)
+phase1: $(D1) ## phase 1 baseline on DATA (default data/offroad; RECIPE=study: the study's own)
 phase2: $(D22) ## phase 2.1 (head only) then 2.2 (backbone), earlier phases first
 phase3: $(D3) ## phase 3 (weighted CE + Dice + crops), earlier phases first
 # SEEDS="1 2 3": the chain once per random seed, under $(LOGS)/random_seed_N (runs.py)
-phases: $(if $(SEEDS),$(STAMP),$(D3)) ## all four phases (RECIPE=seed: the study's; SEEDS="1 2 3": repeated)
+phases: $(if $(SEEDS),$(STAMP),$(D3)) ## all four phases (RECIPE=study: the study's; SEEDS="1 2 3": repeated)
 ifneq ($(SEEDS),)
 	@for s in $(SEEDS); do \
 		$(MAKE) --no-print-directory phases SEEDS= LOGS=$(LOGS)/random_seed_$$s \

@@ -50,8 +50,8 @@ def time_per_call(fn: Callable[[], object], device: torch.device, warmup: int = 
     return sorted(times)[len(times) // 2]
 
 
-class SeedDataset(Dataset):
-    """The seed's loader: PIL, float32 / 255 in the dataset, a boolean pass per class."""
+class StudyDataset(Dataset):
+    """The study's loader: PIL, float32 / 255 in the dataset, a boolean pass per class."""
 
     def __init__(self, samples: list[Sample]) -> None:
         self.samples = samples

@@ -1,7 +1,7 @@
 """Data-loading throughput: desertmind's dataset from the PNGs and from its decoded cache, and a
-faithful re-implementation of the seed's loader.
+faithful re-implementation of the study's loader.
 
-All three read the same synthetic 960x540 Duality-format files. The seed's loader decodes with
+All three read the same synthetic 960x540 Duality-format files. The study's loader decodes with
 PIL, divides a float image by 255 inside the dataset and fills an int64 mask with one boolean
 pass per class (unknown values silently becoming class 0, as it did). Ours decodes with OpenCV,
 remaps with one table lookup and keeps uint8 (normalisation is done later, on the device, and is
@@ -11,7 +11,7 @@ built before the timing.
 Prints one JSON object: images/s for each loader in one process (no DataLoader, each sample
 collated into a batch of one), through a
 DataLoader with 2 workers and through one that loads in the main process (batch 4, collate
-included), with the ratios cached/PNG and PNG/seed. ``transport_ceiling`` is a 2-worker
+included), with the ratios cached/PNG and PNG/study. ``transport_ceiling`` is a 2-worker
 DataLoader over a dataset that returns the same constant 960x540 tensors without reading
 anything: what moving batches from worker processes to the main process costs by itself.
 """
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import SeedDataset, machine
+from _common import StudyDataset, machine
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from desertmind.data.cache import open_cache
@@ -86,7 +86,7 @@ def main() -> None:
                              progress=False)
         loaders = {"png": OffroadDataset(samples), "cached": OffroadDataset(samples,
                                                                            decoded=decoded),
-                   "seed": SeedDataset(samples)}
+                   "study": StudyDataset(samples)}
         for ds in loaders.values():
             _single(ds, 1)  # warm the page cache
         result = {
@@ -107,7 +107,7 @@ def main() -> None:
                 "dataloader_main_process_batch_4_images_per_s"):
         r = {k: round(v, 1) for k, v in result[key].items()}
         r["ratio_cached_over_png"] = round(r["cached"] / r["png"], 2)
-        r["ratio_png_over_seed"] = round(r["png"] / r["seed"], 2)
+        r["ratio_png_over_study"] = round(r["png"] / r["study"], 2)
         result[key] = r
     print(json.dumps(result, indent=1))
 

@@ -1,7 +1,7 @@
-"""Validation metric cost: desertmind's torchmetrics accumulation vs the seed's per-image loop.
+"""Validation metric cost: desertmind's torchmetrics accumulation vs the study's per-image loop.
 
 Both score the same predictions and targets (random class maps at 960x540 with ignored
-pixels, already on the device). The seed's loop builds a boolean mask per class and per image
+pixels, already on the device). The study's loop builds a boolean mask per class and per image
 and calls ``.item()`` for every intersection and union; ours builds every image's confusion
 matrix with one batched bincount and sums them into torchmetrics JaccardIndex's state. Prints
 JSON with images/s for both and the ratio.
@@ -18,8 +18,8 @@ from _common import machine, time_per_call
 from desertmind.training.metrics import SegmentationMetrics
 
 
-def seed_loop(preds: torch.Tensor, targets: torch.Tensor, num_classes: int = 10) -> float:
-    """The seed's evaluation: per image, per class, boolean masks and .item() calls."""
+def study_loop(preds: torch.Tensor, targets: torch.Tensor, num_classes: int = 10) -> float:
+    """The study's evaluation: per image, per class, boolean masks and .item() calls."""
     scores = []
     for p, t in zip(preds, targets, strict=True):
         ious = []
@@ -55,21 +55,21 @@ def main() -> None:
     preds = torch.where(torch.rand(targets.shape, generator=g) < 0.7, targets.clamp(max=9),
                         torch.randint(0, 10, targets.shape, generator=g))
     preds, targets = preds.to(device), targets.to(device)
-    # the seed ignores nothing: give it the same labelled pixels only
+    # the study ignores nothing: give it the same labelled pixels only
     valid = targets != 255
-    seed_t = torch.where(valid, targets, torch.full_like(targets, -1))
-    seed_p = torch.where(valid, preds, torch.full_like(preds, -1))
+    study_t = torch.where(valid, targets, torch.full_like(targets, -1))
+    study_p = torch.where(valid, preds, torch.full_like(preds, -1))
     t_ours = time_per_call(lambda: ours(preds, targets, args.batch), device, 1, 3)
-    t_seed = time_per_call(lambda: seed_loop(seed_p, seed_t), device, 1, 3)
-    same = abs(ours(preds, targets, args.batch) - seed_loop(seed_p, seed_t)) < 1e-6
+    t_study = time_per_call(lambda: study_loop(study_p, study_t), device, 1, 3)
+    same = abs(ours(preds, targets, args.batch) - study_loop(study_p, study_t)) < 1e-6
     print(json.dumps({
         "benchmark": "eval_throughput",
         "machine": machine(),
         "device": str(device),
         "images": f"{args.images} at {args.width}x{args.height}",
         "ours_images_per_s": round(args.images / t_ours, 1),
-        "seed_images_per_s": round(args.images / t_seed, 1),
-        "ratio_ours_over_seed": round(t_seed / t_ours, 2),
+        "study_images_per_s": round(args.images / t_study, 1),
+        "ratio_ours_over_study": round(t_study / t_ours, 2),
         "same_per_image_mIoU": same,
     }, indent=1))
 

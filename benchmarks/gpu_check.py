@@ -10,10 +10,10 @@ cannot eat the others:
    ``best.ckpt``), then phase 1 under ``16-mixed`` (GradScaler); every phase must end with
    finite weights and a ``best.ckpt`` that ``desertmind test`` and ``predict`` read.
 2. ``train_throughput``: images/s of our Lightning fit (PNG path and decoded memory cache)
-   against the seed-style plain loop and the model-only ceiling, for MobileNetV3-L DeepLabV3
+   against the study-style plain loop and the model-only ceiling, for MobileNetV3-L DeepLabV3
    and DeepLabV3+ ResNet-101, with the ceiling also without ``channels_last`` and compiled,
    and the peak GPU memory of each.
-3. ``eval_and_latency``: our fused metrics against the seed's per-image loop, and batch-1
+3. ``eval_and_latency``: our fused metrics against the study's per-image loop, and batch-1
    latency (eager fp32, channels_last, bf16 / fp16 autocast, compiled, ONNX Runtime's CUDA
    provider where installed).
 4. ``determinism``: two short ``--trainer.deterministic true`` runs must give identical
@@ -205,7 +205,7 @@ def train_throughput(dry: bool) -> dict:
 
 def eval_and_latency(dry: bool) -> dict:
     import torch
-    from eval_throughput import ours, seed_loop
+    from eval_throughput import ours, study_loop
     from inference_latency import measure
 
     from desertmind.models import build_network
@@ -220,7 +220,7 @@ def eval_and_latency(dry: bool) -> dict:
     from _common import time_per_call
 
     t_ours = time_per_call(lambda: ours(preds, targets, 4), device, 1, 3)
-    t_seed = time_per_call(lambda: seed_loop(preds, targets), device, 1, 3)
+    t_study = time_per_call(lambda: study_loop(preds, targets), device, 1, 3)
     latency = measure(build_network("deeplabv3", "mobilenet_v3_large"), h, w,
                       device, repeats=3 if dry else 10, onnx=True)
     ms = {k: round(v * 1000, 2) for k, v in latency.items()}
@@ -228,8 +228,8 @@ def eval_and_latency(dry: bool) -> dict:
         ms.setdefault(key, None)  # what needs a GPU (or ONNX Runtime's CUDA provider)
     return {"eval_images": f"{n} at {w}x{h}",
             "eval_ours_images_per_s": round(n / t_ours, 1),
-            "eval_seed_images_per_s": round(n / t_seed, 1),
-            "eval_ratio_ours_over_seed": round(t_seed / t_ours, 2),
+            "eval_study_images_per_s": round(n / t_study, 1),
+            "eval_ratio_ours_over_study": round(t_study / t_ours, 2),
             "latency_ms_batch1": ms, "ok": True}
 
 

@@ -1,10 +1,10 @@
 """Training throughput: `desertmind fit` (Lightning) vs a plain PyTorch loop written like the
-seed's script, on the same model, data and device, plus a model-only ceiling.
+study's script, on the same model, data and device, plus a model-only ceiling.
 
 - Lightning: our data module (uint8 batches, normalised on the device; ``--cache memory|disk``
   serves them from the decoded cache, built before the timing), precision auto (bf16 on a GPU
   that has it), channels_last on a GPU.
-- Plain loop (the seed's): float images divided by 255 in the dataset, an int64 mask built with
+- Plain loop (the study's): float images divided by 255 in the dataset, an int64 mask built with
   a boolean pass per class, autocast + GradScaler on CUDA, AdamW, loss.item() every step.
 - Model-only: random tensors already on the device, forward + backward + step with our
   settings: what the pipeline could reach if data cost nothing.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from _common import SeedDataset, machine, sync
+from _common import StudyDataset, machine, sync
 from torch.utils.data import DataLoader
 
 from desertmind.cli.lightning import resolve_precision
@@ -72,7 +72,7 @@ def lightning_ips(root: Path, args, device: torch.device) -> float:
 
 def plain_ips(root: Path, args, device: torch.device) -> float:
     cuda = device.type == "cuda"
-    loader = DataLoader(SeedDataset(list_split(root, "train")), batch_size=args.batch,
+    loader = DataLoader(StudyDataset(list_split(root, "train")), batch_size=args.batch,
                         shuffle=True, num_workers=args.workers, drop_last=True, pin_memory=cuda,
                         persistent_workers=args.workers > 0)
     model = build_network(args.arch, args.backbone).to(device).train()

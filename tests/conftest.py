@@ -80,6 +80,20 @@ def phase_args() -> Callable[..., list[str]]:
 
 
 @pytest.fixture(scope="session")
+def phase1_run(synth_root: Path, tmp_path_factory: pytest.TempPathFactory,
+               phase_args) -> tuple[Path, Path, list[str]]:
+    """One tiny phase-1 run for every test that needs some trained checkpoint: its
+    ``best.ckpt``, its logs folder (evaluations of it log there too: copy it to change it)
+    and the arguments that trained it."""
+    from desertmind.cli.main import main
+
+    logs = tmp_path_factory.mktemp("phase1") / "logs"
+    args = [*phase_args("phase1", synth_root, logs), "--trainer.enable_progress_bar", "false"]
+    assert main(["fit", *args]) == 0
+    return logs / "phase1" / "checkpoints" / "best.ckpt", logs, args
+
+
+@pytest.fixture(scope="session")
 def fit_once(phase_args) -> Callable[..., tuple[float, dict]]:
     """``fit_once(root, logs, *extra)``: two deterministic epochs of phase 1 with augmentation
     and 2 DataLoader workers; returns the best val mIoU and the last checkpoint's weights."""

@@ -25,19 +25,15 @@ from gradio_client.exceptions import AppError
 
 from desertmind.app import viewer
 from desertmind.app.viewer import launch  # switches analytics off before importing Gradio
-from desertmind.cli.main import main
 from desertmind.data.classes import CLASS_NAMES
 from desertmind.data.imageio import read_image
 from desertmind.inference.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
-def served(synth_root: Path, tmp_path_factory, phase_args):
-    """A tiny phase-1 checkpoint served with the synthetic root: (client, checkpoint)."""
-    logs = tmp_path_factory.mktemp("app") / "logs"
-    assert main(["fit", *phase_args("phase1", synth_root, logs),
-                 "--trainer.enable_progress_bar", "false"]) == 0
-    ckpt = logs / "phase1" / "checkpoints" / "best.ckpt"
+def served(synth_root: Path, tmp_path_factory, phase1_run):
+    """The shared phase-1 checkpoint served with the synthetic root: (client, checkpoint)."""
+    ckpt, _, _ = phase1_run
     page, url = launch(ckpt, str(synth_root), block=False)
     yield Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("dl"))), ckpt
     page.close()

@@ -33,7 +33,7 @@ def test_every_config_parses(capsys, files):
     assert cfg["checkpoint"]["monitor"] == "val/mIoU"  # early stopping is linked to it
 
 
-def test_phase1_matches_the_seed(capsys):
+def test_phase1_matches_the_study(capsys):
     cfg = _print_config(capsys, "phase1")
     m, d = cfg["model"], cfg["data"]
     assert (m["network"]["weights"], m["loss"], m["init_from"], m["scheduler"]) == (
@@ -46,7 +46,7 @@ def test_phase1_matches_the_seed(capsys):
     assert cfg["trainer"]["logger"]["init_args"]["name"] == "phase1"
 
 
-def test_later_phases_change_what_the_seed_changed(capsys):
+def test_later_phases_change_what_the_study_changed(capsys):
     p21 = _print_config(capsys, "phase2_1_head")
     assert p21["model"]["init_from"] == "lightning_logs/phase1/checkpoints/best.ckpt"
     assert p21["freeze"]["unfreeze_at_epoch"] is None
@@ -125,7 +125,7 @@ def test_bad_loss_and_class_count_are_clear_errors(synth_root: Path, tmp_path: P
     assert main([*base, "--model.loss", "ce + focal"]) == 2
     assert "weighted_ce" in capsys.readouterr().err
     assert main([*base, "--model.class_weights", "[1.0, 2.0]"]) == 2
-    assert "one per class" in capsys.readouterr().err
+    assert "one weight >= 0 per class" in capsys.readouterr().err
     missing = str(tmp_path / "phase0" / "best.ckpt")
     assert main([*base, "--model.init_from", missing]) == 2
     assert missing in capsys.readouterr().err

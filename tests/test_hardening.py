@@ -68,10 +68,8 @@ def test_a_broken_link_and_a_root_that_is_a_file_are_named(data_copy: Path, tmp_
 
 
 def test_predict_never_mixes_old_and_new_results(synth_root: Path, tmp_path: Path, capsys,
-                                                 phase_args):
-    logs = tmp_path / "logs"
-    assert main(["fit", *phase_args("phase1", synth_root, logs)]) == 0
-    best = str(logs / "phase1" / "checkpoints" / "best.ckpt")
+                                                 phase1_run):
+    best = str(phase1_run[0])
     out = tmp_path / "out"
     stale = out / "raw" / "an_image_from_before.png"
     stale.parent.mkdir(parents=True)
@@ -453,10 +451,8 @@ def test_a_phase_trained_by_hand_is_done_and_a_restart_keeps_it_until_replaced(
 
 
 def test_an_evaluation_into_a_used_out_folder_is_refused_unless_overwrite(
-        synth_root: Path, tmp_path: Path, capsys, phase_args):
-    logs = tmp_path / "logs"
-    assert main(["fit", *phase_args("phase1", synth_root, logs)]) == 0
-    best = str(logs / "phase1" / "checkpoints" / "best.ckpt")
+        tmp_path: Path, capsys, phase1_run):
+    best = str(phase1_run[0])
     out = tmp_path / "eval"
     validate = ["validate", "--ckpt_path", best, "--out", str(out), "--trainer.accelerator",
                 "cpu", "--trainer.enable_progress_bar", "false"]

@@ -30,13 +30,10 @@ def module_of(ckpt: Path, options: EvalOptions | None = None) -> SegmentationMod
 
 
 @pytest.fixture(scope="module")
-def trained(synth_root: Path, tmp_path_factory, phase_args) -> tuple[Path, list[str]]:
-    """A phase-1 checkpoint from a tiny run, and the overrides that built it."""
-    logs = tmp_path_factory.mktemp("pred") / "logs"
-    args = [*phase_args("phase1", synth_root, logs),
-            "--trainer.enable_progress_bar", "false"]
-    assert main(["fit", *args]) == 0
-    return logs / "phase1" / "checkpoints" / "best.ckpt", args
+def trained(phase1_run) -> tuple[Path, list[str]]:
+    """The shared phase-1 checkpoint, and the overrides that built it."""
+    ckpt, _, args = phase1_run
+    return ckpt, args
 
 
 def test_predict_writes_three_pngs_per_image_at_original_size(synth_root, trained, tmp_path,
@@ -265,3 +262,18 @@ def test_every_caller_predicts_through_one_path_with_per_call_options(trained, s
                                 strict=True):  # at the image's own size
         np.testing.assert_array_equal(saved.predict(read_image(path), options), mask.numpy())
         assert set(np.unique(mask.numpy()).tolist()) <= {8, 9}, name
+
+
+def test_predict_reads_its_checkpoint_once(synth_root, trained, tmp_path, monkeypatch):
+    """The checkpoint read for the evaluation's settings is the one Lightning restores."""
+    ckpt, args = trained
+    real, reads = torch.load, []
+
+    def counted(f, *a, **k):
+        reads.append(str(f))
+        return real(f, *a, **k)
+
+    monkeypatch.setattr(torch, "load", counted)
+    assert main(["predict", *args, "--ckpt_path", str(ckpt), "--data.predict_dir",
+                 str(synth_root / "val"), "--out", str(tmp_path / "out")]) == 0
+    assert reads.count(str(ckpt)) == 1

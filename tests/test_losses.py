@@ -104,8 +104,8 @@ def test_every_loss_works_with_half_precision_logits(dtype, cast_module):
     torch.testing.assert_close(value, reference, rtol=0.02, atol=0.02)
 
 
-@pytest.mark.parametrize("spec", ["ce", "weighted_ce", "dice", "seed_dice",
-                                  "weighted_ce + 0.5 dice", "ce + 0.5 seed_dice"])
+@pytest.mark.parametrize("spec", ["ce", "weighted_ce", "dice", "study_dice",
+                                  "weighted_ce + 0.5 dice", "ce + 0.5 study_dice"])
 def test_a_batch_without_labelled_pixels_gives_zero_loss_with_its_graph(spec):
     logits = torch.randn(2, 10, 6, 8, requires_grad=True)
     target = torch.full((2, 6, 8), 255)  # every mask value unknown: all ignored

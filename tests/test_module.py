@@ -97,8 +97,9 @@ def test_channels_last_gives_the_same_logits():
 
 
 def test_weighted_ce_needs_its_weights_and_takes_them_as_an_argument():
-    with pytest.raises(ConfigError, match="one per class"):
-        SegmentationModule(TINY, class_weights=[1.0, 2.0])
+    for bad in ([1.0, 2.0], [1.0] * 9 + [-1.0], [0.0] * 10):  # too few, negative, all zero
+        with pytest.raises(ConfigError, match="one weight >= 0 per class"):
+            SegmentationModule(TINY, class_weights=bad)
     missing = SegmentationModule(TINY, loss="weighted_ce")
     with pytest.raises(ConfigError, match="needs model.class_weights"):
         missing.setup("fit")

@@ -132,9 +132,10 @@ def test_frozen_encoder_round_trip_and_init_from(arch: str, backbone: str, synth
                for k, v in first.model.state_dict().items())
 
 
-#: exported in make test; DINOv3's DPT (RoPE, no resampled embedding) in make test-full
+#: exported in make test; the DPTs over ViTs (DINOv3: RoPE, no resampled embedding; DINOv2:
+#: its embedding resampled by antialiased bicubic) in make test-full
 EXPORTED = [pytest.param(*NETWORKS[i], id=IDS[i], marks=(pytest.mark.slow,) if
-                         IDS[i] == "dpt-patch16" else ())
+                         IDS[i].startswith("dpt") else ())
             for i in (0, 1, IDS.index("pan"), IDS.index("dpt-patch16"), IDS.index("dpt-patch14"))]
 
 

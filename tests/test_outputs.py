@@ -46,11 +46,10 @@ def tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
 
 
 @pytest.fixture(scope="module")
-def trained(synth_root: Path, tmp_path_factory, phase_args) -> tuple[Path, Path]:
-    logs = tmp_path_factory.mktemp("outputs") / "logs"
-    assert main(["fit", *phase_args("phase1", synth_root, logs),
-                 "--trainer.enable_progress_bar", "false"]) == 0
-    return logs / "phase1" / "checkpoints" / "best.ckpt", logs
+def trained(phase1_run) -> tuple[Path, Path]:
+    """The shared phase-1 checkpoint and its logs folder."""
+    ckpt, logs, _ = phase1_run
+    return ckpt, logs
 
 
 def _one_error_line(capsys) -> str:

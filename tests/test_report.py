@@ -222,7 +222,7 @@ def test_runs_repeated_with_random_seeds_are_summarised_per_phase():
     from desertmind.runs import without_random_seed
 
     assert without_random_seed("demo/random_seed_12/phase3") == ("demo/phase3", 12)
-    assert without_random_seed("seed/phase1") == ("seed/phase1", None)
+    assert without_random_seed("study/phase1") == ("study/phase1", None)
     runs = [RunSummary(run=f"random_seed_{s}/{p}", path=Path("."), best_miou=v, best_epoch=1,
                        pixel_acc=None, miou_per_image=None, epochs_run=2, early_stopped=False,
                        phase=f"random_seed_{s}/{p}")

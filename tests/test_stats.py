@@ -76,7 +76,7 @@ def _split(pixels, presence) -> dict:
     return {"split": "train", "class_pixels": pixels, "class_presence_pixels": presence}
 
 
-def test_inverse_log_weights_follow_the_seed_formula():
+def test_inverse_log_weights_follow_the_study_formula():
     pixels = [50, 0, 10, 5, 5, 1, 4, 5, 400, 520]
     w = stats.class_weights(_split(pixels, [1] * 10), "inverse_log")
     f = np.array(pixels) / 1000

@@ -373,7 +373,7 @@ class Viewer:
             if self.root is not None:
                 with gr.Tab(f"Browse {self.split}"):
                     gr.Markdown("Every image of the split scored by this model, worst mean IoU "
-                                "first (the seed's per-image rule), with each class's IoU in it "
+                                "first (the study's per-image rule), with each class's IoU in it "
                                 "(empty: the class is in neither the ground truth nor the "
                                 "prediction). Click a row to see it.")
                     score = gr.Button("Score the split", elem_id="dm-score")

@@ -26,7 +26,7 @@ from desertmind import runs
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.errors import ConfigError
 from desertmind.inference.writer import OUTPUT_DIRS, PredictionWriter
-from desertmind.models.trained import TrainedSettings, read_settings, same_layout
+from desertmind.models.trained import TrainedSettings, read_checkpoint, same_layout, settings_of
 from desertmind.training.assembly import evaluation_callbacks, fit_callbacks
 from desertmind.training.checkpoints import AtomicCheckpointIO, LastCheckpoint, PhaseCheckpoint
 from desertmind.training.freeze import BackboneFreeze
@@ -192,6 +192,7 @@ class DesertMindCLI(LightningCLI):
                                             for sub in LightningCLI.subcommands()})
         self.subcommand_parsers: dict[str, LightningArgumentParser] = {}
         self._ckpt_path: str | None = None
+        self._preloaded: tuple[str, dict] | None = None  # an evaluation's checkpoint, read once
         super().__init__(SegmentationModule, OffroadDataModule,
                          auto_configure_optimizers=False, **kwargs)
 
@@ -253,7 +254,10 @@ class DesertMindCLI(LightningCLI):
             return
         ckpt = self._checkpoint_of(sub)
         if sub in EVALUATION and ckpt and ckpt not in ("hpc", "registry"):
-            settings = read_settings(ckpt)  # one read of the file, without running code
+            # the one read of the file (without running code): its settings now, its
+            # weights when Lightning asks the CheckpointIO for them
+            self._preloaded = (ckpt, read_checkpoint(ckpt))
+            settings = settings_of(ckpt, self._preloaded[1])
             # an evaluation draws nothing at random: no seed (and no "seed set" lines) unless
             # a config or the command line asks for one
             self.subcommand_parsers[sub].set_defaults({**checkpoint_defaults(settings),
@@ -316,7 +320,7 @@ class DesertMindCLI(LightningCLI):
         plugins = trainer_config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
-            plugins.append(AtomicCheckpointIO())
+            plugins.append(AtomicCheckpointIO(preloaded=self._preloaded))
         user = trainer_config.pop("callbacks", None) or []
         user = list(user) if isinstance(user, list | tuple) else [user]
         if sub in ("fit", None):

@@ -22,7 +22,7 @@ from desertmind.data.stats import (
     class_weights,
     crop_class_pixels,
     scan,
-    seed_class_weights,
+    study_class_weights,
 )
 from desertmind.data.transforms import (
     PRESETS,
@@ -78,8 +78,8 @@ class OffroadDataModule(L.LightningDataModule):
             ``configs/domain_generalisation.yaml`` adds domain randomisation to any phase.
         crop_size: square crop side for the ``crop`` and ``strong`` presets.
         class_weighting: ``none``, ``inverse_log`` or ``median_frequency``, computed from the
-            train split's statistics (see ``desertmind check-data``), or ``seed_inverse_log``,
-            the seed's: counted on one random ``crop_size`` crop per training mask.
+            train split's statistics (see ``desertmind check-data``), or ``study_inverse_log``,
+            the study's: counted on one random ``crop_size`` crop per training mask.
         stats_path: where those statistics are cached; default ``ROOT/desertmind_stats.json``.
         pin_memory: pinned host memory; None means on when CUDA is available.
         cache: ``none`` decodes the PNGs every epoch; ``memory`` or ``disk`` decode each
@@ -230,10 +230,10 @@ class OffroadDataModule(L.LightningDataModule):
         hp = self.hparams
         if hp.class_weighting == "none":
             return None
-        if self._weights is None and hp.class_weighting == "seed_inverse_log":
+        if self._weights is None and hp.class_weighting == "study_inverse_log":
             seed = int(torch.randint(2**31 - 1, ()).item())  # seed_everything decides it
             pixels = crop_class_pixels(list_split(self.root, hp.train_dir), hp.crop_size, seed)
-            self._weights = torch.as_tensor(seed_class_weights(pixels), dtype=torch.float32)
+            self._weights = torch.as_tensor(study_class_weights(pixels), dtype=torch.float32)
         if self._weights is None:
             stats = scan(self.root, [hp.train_dir], hp.stats_path)["splits"][hp.train_dir]
             if stats["problems"]:

@@ -36,7 +36,7 @@ STATS_VERSION = 3  # 2: mean colour per split; 3: known share, no-label problem
 STATS_FILE = "desertmind_stats.json"
 LABELLED_SPLITS = ("train", "val")  # splits that must have masks
 LOW_KNOWN_SHARE = 0.5  # below this share of known mask pixels, check-data warns
-Weighting = Literal["none", "inverse_log", "median_frequency", "seed_inverse_log"]
+Weighting = Literal["none", "inverse_log", "median_frequency", "study_inverse_log"]
 WEIGHTINGS: tuple[str, ...] = get_args(Weighting)
 
 
@@ -201,17 +201,17 @@ def _load_cache(path: Path) -> dict:
 def class_weights(split_stats: dict, method: str) -> np.ndarray | None:
     """Per-class loss weights from a split's statistics; None for ``none``.
 
-    - ``inverse_log``: the seed's ``1 / log(1.02 + f)`` with ``f`` a class's pixel share,
+    - ``inverse_log``: the study's ``1 / log(1.02 + f)`` with ``f`` a class's pixel share,
       normalised to mean 1 over the classes present.
     - ``median_frequency``: ``median(freq) / freq_c`` (Eigen & Fergus), where ``freq_c`` is
       the class's pixels over the pixels of the images it appears in.
     Classes with no pixels in the split get weight 0: they never occur as a target.
-    ``seed_inverse_log`` is counted on crops instead (:func:`crop_class_pixels`,
-    :func:`seed_class_weights`).
+    ``study_inverse_log`` is counted on crops instead (:func:`crop_class_pixels`,
+    :func:`study_class_weights`).
     """
     check_choice("class weighting (data.class_weighting)", method, WEIGHTINGS)
-    if method == "seed_inverse_log":
-        raise ValueError("seed_inverse_log weights come from crop_class_pixels, not split stats")
+    if method == "study_inverse_log":
+        raise ValueError("study_inverse_log weights come from crop_class_pixels, not split stats")
     if method == "none":
         return None
     pixels = np.asarray(split_stats["class_pixels"], dtype=np.float64)
@@ -233,7 +233,7 @@ def class_weights(split_stats: dict, method: str) -> np.ndarray | None:
 
 def crop_class_pixels(samples: list[Sample], size: int, seed: int) -> np.ndarray:
     """Pixels per class in one random ``size`` square crop of each mask (whole masks smaller
-    than the crop), as the seed's phase 3 counted them: through its training dataset, crops
+    than the crop), as the study's phase 3 counted them: through its training dataset, crops
     included."""
     rng = np.random.default_rng(seed)
     counts = np.zeros(NUM_CLASSES, dtype=np.int64)
@@ -247,8 +247,8 @@ def crop_class_pixels(samples: list[Sample], size: int, seed: int) -> np.ndarray
     return counts
 
 
-def seed_class_weights(pixels: np.ndarray) -> np.ndarray:
-    """The seed's phase-3 weights: ``1 / log(1.02 + f)``, normalised to mean 1 over all 10
+def study_class_weights(pixels: np.ndarray) -> np.ndarray:
+    """The study's phase-3 weights: ``1 / log(1.02 + f)``, normalised to mean 1 over all 10
     classes (an absent class gets the largest weight, 1 / log(1.02), as in the study)."""
     pixels = np.asarray(pixels, dtype=np.float64)
     if pixels.sum() == 0:

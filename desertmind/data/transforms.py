@@ -16,7 +16,7 @@ import numpy as np
 from desertmind.data.classes import IGNORE_INDEX
 from desertmind.errors import check_choice
 
-Preset = Literal["none", "flip_color", "crop", "scale_crop", "strong", "seed_flip_color",
+Preset = Literal["none", "flip_color", "crop", "scale_crop", "strong", "study_flip_color",
                  "domain_random"]
 PRESETS: tuple[str, ...] = get_args(Preset)
 #: the presets that take a random ``crop_size`` crop (the others ignore it)
@@ -86,9 +86,9 @@ def build_transform(
 
     - ``none``: resize to ``image_size`` (H, W), or keep the full size when it is None.
     - ``flip_color``: + horizontal flip and brightness/contrast, each half the time.
-    - ``seed_flip_color``: the seed's phase 2.2: horizontal flip half the time, and every image
+    - ``study_flip_color``: the study's phase 2.2: horizontal flip half the time, and every image
       multiplied in brightness and contrast by factors drawn from U(0.8, 1.2).
-    - ``crop``: + random ``crop_size`` square crop and horizontal flip (the seed's phase 3).
+    - ``crop``: + random ``crop_size`` square crop and horizontal flip (the study's phase 3).
     - ``scale_crop``: random rescale 0.5-2.0, ``crop_size`` crop and horizontal flip.
     - ``strong``: random rescale 0.5-2.0, crop, flip and photometric distortion
       (MMSegmentation's default recipe).
@@ -109,7 +109,7 @@ def build_transform(
     steps = _resize(image_size)
     if preset == "flip_color":
         steps += [A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(0.2, 0.2, p=0.5)]
-    elif preset == "seed_flip_color":
+    elif preset == "study_flip_color":
         # brightness and contrast factors drawn from U(0.8, 1.2) on every image, the way
         # torchvision's adjust_brightness / adjust_contrast apply them
         steps += [A.HorizontalFlip(p=0.5),

@@ -21,7 +21,7 @@ from desertmind.models.evaluation import Evaluation
 
 @dataclass(frozen=True)
 class ImageScore:
-    """One image of the split: its index in the dataset, its name, its mean IoU (the seed's
+    """One image of the split: its index in the dataset, its name, its mean IoU (the study's
     per-image rule; NaN when nothing in it is labelled) and each class's IoU in it (NaN for a
     class neither in its ground truth nor in its prediction)."""
 
@@ -52,7 +52,7 @@ class SplitRanking:
             preds = self._predict(torch.stack([it["image"] for it in items]))
             targets = torch.stack([it["mask"] for it in items]).long()
             iou = iou_from_confusion(batched_confusion(preds, targets, NUM_CLASSES))
-            miou = iou.nanmean(-1)  # the seed's per-image rule (training.metrics)
+            miou = iou.nanmean(-1)  # the study's per-image rule (training.metrics)
             found += [ImageScore(i, it["name"], float(m), tuple(float(v) for v in row))
                       for i, it, m, row in zip(indices, items, miou, iou, strict=True)]
             if progress is not None:

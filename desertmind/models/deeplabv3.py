@@ -1,4 +1,4 @@
-"""torchvision DeepLabV3 with the seed's backbones and offline-safe pretrained weights."""
+"""torchvision DeepLabV3 with the study's backbones and offline-safe pretrained weights."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def build_deeplabv3(backbone: str, *, num_classes: int, weights: str, aux_loss: 
     """DeepLabV3 with ``num_classes`` outputs; names are checked by the registry.
 
     ``weights``: ``none`` (random), ``imagenet`` (backbone only) or ``coco`` (torchvision's
-    COCO-with-VOC-labels segmentation weights, the seed's ``weights="DEFAULT"``; the last layer
+    COCO-with-VOC-labels segmentation weights, the study's ``weights="DEFAULT"``; the last layer
     of the classifier and of the aux head are replaced for ``num_classes``). Weights that cannot
     be downloaded raise :class:`WeightsUnavailableError`; there is no fallback to random ones.
     """

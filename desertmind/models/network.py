@@ -24,7 +24,7 @@ from torch import nn
 from desertmind.errors import ConfigError, check_choice
 from desertmind.models.adapters import LoRA, add_lora, is_lora_parameter, merge_lora
 
-#: how RGB 0-255 becomes the network's input: ImageNet mean/std, or only / 255 (the seed's)
+#: how RGB 0-255 becomes the network's input: ImageNet mean/std, or only / 255 (the study's)
 Scaling = Literal["imagenet", "unit"]
 SCALINGS: tuple[str, ...] = get_args(Scaling)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -64,7 +64,7 @@ class SegmentationNetwork(nn.Module, ABC):
 
     Two BatchNorm switches, because they are two different rules of the studies: a frozen
     encoder keeps its own BatchNorm statistics (SMP's ``freeze_encoder``; ``train_bn`` lets
-    them train while the weights stay), and the seed's phase 3 froze every BatchNorm of the
+    them train while the weights stay), and the study's phase 3 froze every BatchNorm of the
     network for the whole phase while all weights trained (``model.network.freeze_bn``).
     """
 

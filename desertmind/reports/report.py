@@ -48,7 +48,7 @@ from desertmind.training.metrics import MONITOR
 
 TRAIN_LOSS, VAL_LOSS = "train/loss_epoch", "val/loss"
 
-#: the seed study's published val mIoU per phase (per-image mean of per-class IoU)
+#: the study's published val mIoU per phase (per-image mean of per-class IoU)
 STUDY_MIOU = {"phase1": 0.496, "phase2_1_head": 0.502, "phase2_2_backbone": 0.507,
               "phase3": 0.487}
 
@@ -93,7 +93,7 @@ class RunSummary:
 
     @property
     def study(self) -> float | None:
-        """The seed study's published val mIoU for this phase (its per-image definition)."""
+        """The study's published val mIoU for this phase (its per-image definition)."""
         return STUDY_MIOU.get(Path(self.phase).name)
 
 
@@ -413,7 +413,7 @@ def markdown(runs: list[RunSummary], problems: list[str]) -> str:
     lines += ["", f"The {pct} interval resamples the validation images ({RESAMPLES} bootstrap "
               "resamples); the change is paired: each resample draws the same images for a run "
               "and the run it started from. A verdict is significant only when the whole "
-              "interval of the change lies on one side of zero. 'study' is the seed study's "
+              "interval of the change lies on one side of zero. 'study' is the study's "
               "published figure, which uses its per-image definition: compare it with the "
               "'mIoU per image' column, not with the dataset-level one. The intervals cover the "
               "choice of validation images, not training randomness: only runs repeated with "
@@ -447,7 +447,7 @@ def markdown(runs: list[RunSummary], problems: list[str]) -> str:
                 _fmt(r.per_class_delta.get(name), signed=True) for r in changed) + " |")
     lines += ["", "val mIoU is dataset-level: intersections and unions summed over the whole "
               "validation set, averaged over the classes present in the target or the prediction. "
-              "'mIoU per image' is the seed's definition (mean over images of each image's mean "
+              "'mIoU per image' is the study's definition (mean over images of each image's mean "
               "IoU), kept for comparison with its published numbers. Epochs count from 0."]
     if runs and (worst := worst_images(best)):
         lines += ["", f"## Worst validation images of {best.run} (best epoch)", "",

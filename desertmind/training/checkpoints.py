@@ -36,8 +36,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     Lightning's default writes straight into ``best.ckpt`` / ``last.ckpt``: a kill during the
     write leaves a truncated file. Here the old file stays intact until the new one is
-    complete on disk.
+    complete on disk. ``preloaded``: a checkpoint already read (``(path, contents)``, what
+    an evaluation read to learn its settings), handed to Lightning instead of a second read.
     """
+
+    def __init__(self, preloaded: tuple[str, dict[str, Any]] | None = None) -> None:
+        super().__init__()
+        self.preloaded = preloaded
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH,
                         storage_options: Any | None = None) -> None:
@@ -59,6 +64,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                         weights_only: bool | None = None) -> dict[str, Any]:
         """A ``--ckpt_path`` resume reads through :func:`read_checkpoint`: no code runs, and a
         bad file is named in one line (Lightning moves the tensors to the device after)."""
+        if self.preloaded is not None and Path(self.preloaded[0]) == Path(path):
+            (_, ckpt), self.preloaded = self.preloaded, None  # once: its memory goes with it
+            return ckpt
         return read_checkpoint(path)
 
 

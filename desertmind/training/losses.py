@@ -1,7 +1,7 @@
 """Segmentation losses by name: ``ce``, ``weighted_ce``, ``dice`` and weighted sums of them.
 
 A loss spec is a sum of terms, each an optional coefficient and a name, e.g. ``"ce"`` or
-``"weighted_ce + 0.5 dice"`` (the seed's phase 3). Pixels equal to the ignore index never
+``"weighted_ce + 0.5 dice"`` (the study's phase 3). Pixels equal to the ignore index never
 contribute.
 """
 
@@ -16,7 +16,7 @@ from torch import nn
 from desertmind.data.classes import IGNORE_INDEX
 from desertmind.errors import ConfigError
 
-LOSSES = ("ce", "weighted_ce", "dice", "seed_dice")
+LOSSES = ("ce", "weighted_ce", "dice", "study_dice")
 _TERM = re.compile(r"^\s*(?:(\d+(?:\.\d*)?|\.\d+)\s*\*?\s*)?([a-z_]+)\s*$")
 
 
@@ -26,7 +26,7 @@ class SoftDiceLoss(nn.Module):
     Probabilities are the softmax over classes, computed in float32. Ignored pixels are
     removed from both sums. The mean runs over the classes present in the batch's target, so
     classes that are absent do not reward predicting nothing; ``all_classes`` averages over
-    every class instead (the seed's ``seed_dice``: eps 1e-6, an absent class scores about 1
+    every class instead (the study's ``study_dice``: eps 1e-6, an absent class scores about 1
     when nothing is predicted for it and about 0 when anything is).
     """
 
@@ -126,7 +126,7 @@ def build_loss(spec: str, class_weights: torch.Tensor | None = None,
                 raise ConfigError("loss 'weighted_ce' needs class weights: set "
                                  "data.class_weighting to inverse_log or median_frequency")
             module = CrossEntropy(class_weights, ignore_index)
-        elif name == "seed_dice":
+        elif name == "study_dice":
             module = SoftDiceLoss(ignore_index, eps=1e-6, all_classes=True)
         else:
             module = SoftDiceLoss(ignore_index)

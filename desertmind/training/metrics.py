@@ -5,7 +5,7 @@ set (one confusion matrix), then IoU is averaged over the classes that occur in 
 target or in the prediction. A class absent from both has no IoU (NaN) and is excluded from the
 mean instead of being scored 0.
 
-``mIoU_per_image`` is the seed's definition, kept so our numbers can be compared with its
+``mIoU_per_image`` is the study's definition, kept so our numbers can be compared with its
 published ones: for each image, the mean IoU over the classes present in that image (target or
 prediction), then the mean over images. It is not the standard and is usually lower.
 """
@@ -47,7 +47,7 @@ class SegmentationMetrics(MulticlassJaccardIndex):
     matrix with one bincount: their sum feeds JaccardIndex's own ``confmat`` state (so its
     DDP synchronisation is torchmetrics'; the IoU rule is :func:`iou_from_confusion`, the same
     for the headline, the per-image mean and the report), and each image's mean IoU feeds
-    the seed's per-image definition. ``compute()`` returns a dict: ``iou`` (per class, NaN
+    the study's per-image definition. ``compute()`` returns a dict: ``iou`` (per class, NaN
     where absent), ``mIoU``, ``mIoU_per_image``, ``pixel_acc`` (correct labelled pixels /
     labelled pixels), ``mean_acc`` (recall averaged over the classes present in the target) and
     ``confmat`` (rows: target, columns: prediction).

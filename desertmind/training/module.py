@@ -90,9 +90,11 @@ class SegmentationModule(L.LightningModule):
         network, param_groups = _as(Network, network), _as(ParamGroups, param_groups)
         evaluation, self_training = _as(EvalOptions, evaluation), _as(SelfTraining, self_training)
         parse_loss(loss)  # fail on a bad loss spec now, not after the data is loaded
-        if class_weights is not None and len(class_weights) != NUM_CLASSES:
-            raise ConfigError(f"model.class_weights: {len(class_weights)} values; one per class "
-                              f"is needed ({NUM_CLASSES}: {', '.join(CLASS_NAMES)})")
+        if class_weights is not None and (len(class_weights) != NUM_CLASSES or min(
+                class_weights) < 0 or not any(class_weights)):
+            raise ConfigError(f"model.class_weights={class_weights}: one weight >= 0 per class "
+                              f"is needed ({NUM_CLASSES}: {', '.join(CLASS_NAMES)}), not all 0 "
+                              "(a negative weight would ascend its class's loss)")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.hparams.update(network=network.as_dict(), param_groups=asdict(param_groups),
                             evaluation=asdict(evaluation), self_training=asdict(self_training))

@@ -1,4 +1,4 @@
-"""The study's own phases (configs/seed) and the options its fidelity needs."""
+"""The study's own phases (configs/study) and the options its fidelity needs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from desertmind.cli.main import main
 from desertmind.data.classes import NUM_CLASSES, RAW_IDS
 from desertmind.data.imageio import write_png
 from desertmind.data.layout import Sample
-from desertmind.data.stats import crop_class_pixels, seed_class_weights
+from desertmind.data.stats import crop_class_pixels, study_class_weights
 from desertmind.data.transforms import build_transform
 from desertmind.models.trained import read_checkpoint
 from desertmind.reports.report import load_report
@@ -23,7 +23,7 @@ from desertmind.training.module import SegmentationModule
 from tests.stand_in import TINY
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-SEED_PHASES = ("phase1", "phase2_1_head", "phase2_2_backbone", "phase3")
+STUDY_PHASES = ("phase1", "phase2_1_head", "phase2_2_backbone", "phase3")
 PER_IMAGE = "val/mIoU_per_image"
 
 # the study's values (issue 12's table), phase by phase
@@ -34,20 +34,20 @@ TABLE = {
     "weight_decay": (0.01, 0.01, 0.01, 1e-4),
     "max_epochs": (10, 6, 6, 12),
     "patience": (2, 2, 2, 3),
-    "augmentation": ("none", "none", "seed_flip_color", "crop 512"),
+    "augmentation": ("none", "none", "study_flip_color", "crop 512"),
     "batchnorm": ("trains", "trains", "trains", "eval all phase"),
-    "loss": ("ce", "ce", "ce", "weighted_ce + 0.5 seed_dice"),
-    "class_weighting": ("none", "none", "none", "seed_inverse_log"),
+    "loss": ("ce", "ce", "ce", "weighted_ce + 0.5 study_dice"),
+    "class_weighting": ("none", "none", "none", "study_inverse_log"),
     "input_scaling": ("unit",) * 4,
     "precision": ("16-mixed",) * 4,
     "val_batch_size": (1, 1, 1, 1),
-    "starts_from": ("coco", "seed/phase1", "seed/phase2_1_head", "coco"),
+    "starts_from": ("coco", "study/phase1", "study/phase2_1_head", "coco"),
 }
 
 
 def _resolved(capsys, phase: str) -> dict:
     with pytest.raises(SystemExit) as e:
-        main(["fit", "-c", str(CONFIGS / "seed" / f"{phase}.yaml"), "--print_config"])
+        main(["fit", "-c", str(CONFIGS / "study" / f"{phase}.yaml"), "--print_config"])
     assert e.value.code in (0, None)
     return yaml.safe_load(capsys.readouterr().out)
 
@@ -81,9 +81,9 @@ def _as_table(cfg: dict) -> dict:
     }
 
 
-@pytest.mark.parametrize("index", range(4), ids=SEED_PHASES)
-def test_each_seed_config_resolves_to_the_studys_values(capsys, index: int):
-    cfg = _resolved(capsys, SEED_PHASES[index])
+@pytest.mark.parametrize("index", range(4), ids=STUDY_PHASES)
+def test_each_study_config_resolves_to_the_studys_values(capsys, index: int):
+    cfg = _resolved(capsys, STUDY_PHASES[index])
     got = _as_table(cfg)
     for key, values in TABLE.items():
         expected = values[index]
@@ -95,7 +95,7 @@ def test_each_seed_config_resolves_to_the_studys_values(capsys, index: int):
     # scheduler are linked to it (not settable apart: tested on a run below)
     assert cfg["checkpoint"]["monitor"] == PER_IMAGE
     assert "monitor" not in cfg["early_stopping"]
-    assert cfg["trainer"]["logger"]["init_args"]["name"] == f"seed/{SEED_PHASES[index]}"
+    assert cfg["trainer"]["logger"]["init_args"]["name"] == f"study/{STUDY_PHASES[index]}"
 
 
 def test_frozen_batchnorm_stays_frozen_through_training():
@@ -111,7 +111,7 @@ def test_frozen_batchnorm_stays_frozen_through_training():
     assert all(m.training for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
-def test_seed_dice_is_the_studys_formula():
+def test_study_dice_is_the_studys_formula():
     torch.manual_seed(0)
     logits = torch.randn(2, NUM_CLASSES, 8, 8)
     target = torch.randint(0, 3, (2, 8, 8))  # seven classes absent
@@ -119,12 +119,12 @@ def test_seed_dice_is_the_studys_formula():
     onehot = torch.nn.functional.one_hot(target, NUM_CLASSES).permute(0, 3, 1, 2).float()
     inter, denom = (probs * onehot).sum((0, 2, 3)), (probs + onehot).sum((0, 2, 3))
     expected = 1 - ((2 * inter + 1e-6) / (denom + 1e-6)).mean()
-    got = build_loss("seed_dice")(logits, target)
+    got = build_loss("study_dice")(logits, target)
     torch.testing.assert_close(got, expected)
     assert got > build_loss("dice")(logits, target)  # absent classes count against it
 
 
-def test_seed_class_weights_count_random_crops(tmp_path: Path):
+def test_study_class_weights_count_random_crops(tmp_path: Path):
     masks = []
     for i in range(3):  # left half class 0 (raw 100), right half class 9 (raw 10000)
         raw = np.full((40, 60), RAW_IDS[9], dtype=np.uint16)
@@ -137,33 +137,33 @@ def test_seed_class_weights_count_random_crops(tmp_path: Path):
     crops = crop_class_pixels(samples, 20, seed=0)
     assert crops.sum() == 3 * 20 * 20
     assert (crop_class_pixels(samples, 20, seed=0) == crops).all()  # seeded
-    weights = seed_class_weights(whole)
+    weights = study_class_weights(whole)
     share = whole / whole.sum()
     expected = 1 / np.log(1.02 + share)
     np.testing.assert_allclose(weights, expected / expected.mean())
     assert weights.mean() == pytest.approx(1.0) and weights[1] == weights.max()  # absent: largest
 
 
-def test_seed_flip_color_scales_every_image():
-    transform = build_transform("seed_flip_color", seed=0)
+def test_study_flip_color_scales_every_image():
+    transform = build_transform("study_flip_color", seed=0)
     image = np.full((8, 8, 3), 100, dtype=np.uint8)  # flat: contrast changes nothing
     values = [int(transform(image=image)["image"][0, 0, 0]) for _ in range(30)]
     assert all(80 <= v <= 120 for v in values) and len(set(values)) > 10
 
 
-def test_the_seed_chain_trains_end_to_end(synth_root: Path, tmp_path: Path, phase_args):
+def test_the_study_chain_trains_end_to_end(synth_root: Path, tmp_path: Path, phase_args):
     previous = None
-    for phase in SEED_PHASES:
-        args = ["fit", *phase_args(f"seed/{phase}", synth_root, tmp_path)]
+    for phase in STUDY_PHASES:
+        args = ["fit", *phase_args(f"study/{phase}", synth_root, tmp_path)]
         if previous and phase != "phase3":  # the study's phase 3 starts from COCO weights
             args += ["--model.init_from", str(previous)]
         assert main(args) == 0, phase
-        previous = tmp_path / "seed" / phase / "checkpoints" / "best.ckpt"
+        previous = tmp_path / "study" / phase / "checkpoints" / "best.ckpt"
         assert previous.is_file()
     # phase 3's plateau scheduler follows the per-image metric too: it asks the checkpoint
     from desertmind.cli.lightning import DesertMindCLI
 
-    cli = DesertMindCLI(args=phase_args("seed/phase3", synth_root, tmp_path / "x"),
+    cli = DesertMindCLI(args=phase_args("study/phase3", synth_root, tmp_path / "x"),
                         run=False)
     cli.model.trainer = cli.trainer
     scheduler = cli.model.configure_optimizers()["lr_scheduler"]
@@ -171,12 +171,12 @@ def test_the_seed_chain_trains_end_to_end(synth_root: Path, tmp_path: Path, phas
     assert scheduler["monitor"] == PER_IMAGE
 
 
-def test_every_best_epoch_of_a_seed_run_is_the_one_best_ckpt_holds(synth_root: Path,
+def test_every_best_epoch_of_a_study_run_is_the_one_best_ckpt_holds(synth_root: Path,
                                                                    tmp_path: Path, phase_args,
                                                                    capsys):
-    assert main(["fit", *phase_args("seed/phase1", synth_root, tmp_path),
+    assert main(["fit", *phase_args("study/phase1", synth_root, tmp_path),
                  "--trainer.max_epochs", "3", "--early_stopping.patience", "5"]) == 0
-    folder = tmp_path / "seed" / "phase1"
+    folder = tmp_path / "study" / "phase1"
     best = read_checkpoint(folder / "checkpoints" / "best.ckpt")
     last = read_checkpoint(folder / "checkpoints" / "last.ckpt")
     states = {k.split("{")[0]: (k, v) for k, v in last["callbacks"].items()}
@@ -191,5 +191,5 @@ def test_every_best_epoch_of_a_seed_run_is_the_one_best_ckpt_holds(synth_root: P
     (run,), _ = load_report(tmp_path)
     assert run.best_epoch == best["epoch"]
     assert main(["scores", "--logs", str(tmp_path)]) == 0  # says which score it shows
-    (row,) = [r for r in capsys.readouterr().out.splitlines() if r.startswith("seed/phase1 ")]
+    (row,) = [r for r in capsys.readouterr().out.splitlines() if r.startswith("study/phase1 ")]
     assert row.split()[1:] == [f"{score:.4f}", PER_IMAGE, str(best["epoch"])]
