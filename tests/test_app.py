@@ -25,6 +25,7 @@ from gradio_client.exceptions import AppError
 
 from desertmind.app import viewer
 from desertmind.app.viewer import launch  # switches analytics off before importing Gradio
+from desertmind.cli.main import main
 from desertmind.data.classes import CLASS_NAMES
 from desertmind.data.imageio import read_image
 from desertmind.inference.predictor import Predictor
@@ -326,3 +327,15 @@ def test_a_terminated_viewer_leaves_no_folder(served, synth_root, tmp_path):
     finally:
         proc.kill()
     assert not list(tmp_path.glob("desertmind-viewer-*"))
+
+
+def test_a_busy_port_or_an_impossible_one_is_one_line(served, monkeypatch, capsys):
+    client, ckpt = served
+    # a second viewer in this process takes GRADIO_TEMP_DIR for itself: given back after
+    monkeypatch.setenv("GRADIO_TEMP_DIR", os.environ["GRADIO_TEMP_DIR"])
+    port = int(client.src.rstrip("/").rsplit(":", 1)[1])
+    with pytest.raises(viewer.ConfigError, match=f"cannot serve at 127.0.0.1:{port}: the port"):
+        launch(ckpt, port=port, block=False)
+    with pytest.raises(SystemExit) as e:
+        main(["app", "--ckpt_path", str(ckpt), "--port", "99999"])
+    assert e.value.code == 2 and "at most 65535" in capsys.readouterr().err

@@ -104,11 +104,15 @@ def test_a_hit_decodes_nothing_and_a_changed_file_rebuilds(data_copy: Path, tmp_
     assert np.array_equal(rebuilt.pair(2)[1], remap(mask))
 
 
-def test_a_damaged_cache_is_rebuilt_with_a_warning(synth_root: Path, tmp_path: Path):
+@pytest.mark.parametrize("damage", ["truncated images", "index not JSON", "index a list"])
+def test_a_damaged_cache_is_rebuilt_with_a_warning(synth_root: Path, tmp_path: Path, damage):
     _open(synth_root, "disk", tmp_path)
     (folder,) = tmp_path.iterdir()
-    images = folder / "images.u8"
-    images.write_bytes(images.read_bytes()[:-100])  # a truncated copy
+    if damage == "truncated images":
+        images = folder / "images.u8"
+        images.write_bytes(images.read_bytes()[:-100])  # a truncated copy
+    else:
+        (folder / "index.json").write_text("{not json" if damage == "index not JSON" else "[1]")
     with pytest.warns(UserWarning, match="damaged; rebuilding"):
         decoded = _open(synth_root, "disk", tmp_path)
     ref = OffroadDataset(list_split(synth_root, "train"))[0]["image"].permute(1, 2, 0)

@@ -505,3 +505,20 @@ def test_one_pixel_limit_read_from_headers_for_every_reader(data_copy: Path, tmp
     monkeypatch.setenv("DESERTMIND_MAX_PIXELS", "lots")
     with pytest.raises(Exception, match="DESERTMIND_MAX_PIXELS='lots': a positive number"):
         read_image(normal)
+
+
+def test_a_checkpoint_that_is_a_list_is_named_in_one_line(synth_root: Path, tmp_path: Path,
+                                                           capsys, phase_args):
+    import torch
+
+    bad = tmp_path / "phase" / "checkpoints" / "best.ckpt"
+    bad.parent.mkdir(parents=True)
+    torch.save([1, 2, 3], bad)
+    for args in (["validate", "--ckpt_path", str(bad)],
+                 ["export", "--ckpt", str(bad), "--out", str(tmp_path / "m.onnx")],
+                 ["fit", *phase_args("phase1", synth_root, tmp_path / "logs"),
+                  "--model.init_from", str(bad)]):
+        assert main(args) == 2
+        assert f"{bad}: not a Lightning checkpoint (it holds a list" in capsys.readouterr().err
+    assert main(["scores", "--logs", str(tmp_path)]) == 1
+    assert "not a Lightning checkpoint" in capsys.readouterr().err

@@ -405,9 +405,14 @@ def launch(ckpt: str | Path, root: str | None = None, split: str | None = None,
     viewer = Viewer(ckpt, root, split, device, evaluation=evaluation)
     page = viewer.build()
     guard = Middleware(UploadGuard, folder=viewer.uploads, accepted=page.upload_file_set)
-    _, url, _ = page.launch(server_name=host, server_port=port, prevent_thread_lock=True,
-                            show_error=False, quiet=True, footer_links=["api"], css=CSS,
-                            max_file_size=MAX_FILE_SIZE, app_kwargs={"middleware": [guard]})
+    try:
+        _, url, _ = page.launch(server_name=host, server_port=port, prevent_thread_lock=True,
+                                show_error=False, quiet=True, footer_links=["api"], css=CSS,
+                                max_file_size=MAX_FILE_SIZE, app_kwargs={"middleware": [guard]})
+    except OSError as e:  # Gradio's words name its environment variables, not our options
+        raise ConfigError(f"cannot serve at {host}:{port}: the port is in use or the host is "
+                          "not an address of this machine; choose another --port, or --host "
+                          "127.0.0.1") from e
     print(f"desertmind app: serving {ckpt} at {url} (Ctrl+C to stop)", flush=True)
     if block:
         # a SIGTERM (a service manager, kill) ends the process as Ctrl+C does, so that the

@@ -125,11 +125,12 @@ def _scores(args: argparse.Namespace) -> int:
     return 1 if unreadable else 0
 
 
-def _int_at_least(low: int):
+def _int_at_least(low: int, high: int | None = None):
     def parse(text: str) -> int:
         value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(
+                f"must be at least {low}{f' and at most {high}' if high else ''}, got {value}")
         return value
     return parse
 
@@ -221,7 +222,7 @@ def _tool_parser() -> argparse.ArgumentParser:
                    help="the split under the root (default: the checkpoint's val_dir)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: %(default)s, this machine only)")
-    p.add_argument("--port", type=_int_at_least(1), default=7860)
+    p.add_argument("--port", type=_int_at_least(1, 65535), default=7860)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
     p.add_argument("--evaluation", choices=["default", "checkpoint"], default="default",
                    help="default: predict as `desertmind validate` does without options; "

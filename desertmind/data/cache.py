@@ -289,6 +289,7 @@ def _damaged_sample(split: DecodedSplit, crcs: list, names: list[str]) -> str | 
 
 def _read_index(folder: Path, count: int) -> DecodedSplit | None:
     """The cache in ``folder`` if it is complete and consistent, else None (it is rebuilt)."""
+    problem = "incomplete or damaged"  # also a damaged index.json, unreadable as JSON
     try:
         index = json.loads((folder / INDEX).read_text())
         shapes = np.asarray(index["shapes"], dtype=np.int64).reshape(-1, 2)
@@ -297,7 +298,6 @@ def _read_index(folder: Path, count: int) -> DecodedSplit | None:
               and len(index["crc32"]) == count
               and (folder / IMAGES).stat().st_size == 3 * pixels
               and (folder / MASKS).stat().st_size == pixels)
-        problem = "incomplete or damaged"
         if ok:
             unknown = [{int(k): v for k, v in u.items()} for u in index["unknown"]]
             split = DecodedSplit(shapes, unknown, folder=folder)
@@ -308,7 +308,7 @@ def _read_index(folder: Path, count: int) -> DecodedSplit | None:
                 problem = f"damaged (the bytes of {damaged} differ from when it was built)"
                 if ok:
                     _VERIFIED[folder] = version
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:
         _VERIFIED.pop(folder, None)
