@@ -277,3 +277,28 @@ def test_predict_reads_its_checkpoint_once(synth_root, trained, tmp_path, monkey
     assert main(["predict", *args, "--ckpt_path", str(ckpt), "--data.predict_dir",
                  str(synth_root / "val"), "--out", str(tmp_path / "out")]) == 0
     assert reads.count(str(ckpt)) == 1
+
+
+def test_predict_at_full_size_decodes_each_image_once(synth_root, trained, tmp_path,
+                                                      monkeypatch):
+    """The writer draws the overlay from the batch when the network saw the image at its own
+    size, and reads the file again only when it was resized."""
+    import desertmind.inference.writer as writer
+    from desertmind.data.classes import remap
+    from desertmind.data.palette import overlay
+
+    ckpt, args = trained
+    reads = []
+    real = writer.read_image
+    monkeypatch.setattr(writer, "read_image", lambda p: reads.append(p) or real(p))
+    folder = synth_root / "val" / "Color_Images"
+    for size, expected in (("null", 0), ("[32, 48]", 4)):
+        out = tmp_path / f"out-{expected}"
+        assert main(["predict", *args, "--ckpt_path", str(ckpt), "--data.predict_dir",
+                     str(folder), "--out", str(out), "--data.image_size", size]) == 0
+        assert len(reads) == expected
+        reads.clear()
+        for image in folder.iterdir():  # the overlay is drawn over the image's own pixels
+            ids = remap(read_mask(out / "raw" / image.name))
+            np.testing.assert_array_equal(read_image(out / "overlay" / image.name),
+                                          overlay(read_image(image), ids, 0.5))

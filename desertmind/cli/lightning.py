@@ -342,6 +342,7 @@ class DesertMindCLI(LightningCLI):
                                      "callbacks": callbacks})
 
     def before_fit(self) -> None:
+        _quiet_lightning_notices()
         self.datamodule.check_fit()
         hp = self.model.hparams
         self.model.target_use = self.datamodule.target_use()  # kept in its checkpoints
@@ -362,10 +363,10 @@ class DesertMindCLI(LightningCLI):
                                   "exist; leave --ckpt_path out to start the phase")
 
     def before_validate(self) -> None:
-        _quiet_missing_callback_states()
+        _quiet_lightning_notices()
 
     def before_test(self) -> None:
-        _quiet_missing_callback_states()
+        _quiet_lightning_notices()
 
     def after_validate(self) -> None:
         self._say_where("validate")
@@ -379,7 +380,7 @@ class DesertMindCLI(LightningCLI):
                   f"to {self.config[sub].out}")
 
     def before_predict(self) -> None:
-        _quiet_missing_callback_states()
+        _quiet_lightning_notices()
         # the writer saves every batch; keeping all predictions in memory too would not scale
         self.config_init.predict.return_predictions = False
 
@@ -397,11 +398,13 @@ class DesertMindCLI(LightningCLI):
             config.trainer.precision = resolve_precision(config.trainer.accelerator)
 
 
-def _quiet_missing_callback_states() -> None:
-    """An evaluation restores only the weights of a training checkpoint: Lightning's notice
-    that the training callbacks' states it holds have no callback to go to says nothing the
-    user can act on."""
+def _quiet_lightning_notices() -> None:
+    """Lightning's notices a user can do nothing about, left out of a run's output: that an
+    evaluation (which restores only a training checkpoint's weights) has no callback for the
+    training callbacks' states, and Lightning 2.6's deprecation warning about its own use of
+    torch's pytree API (torch >= 2.10)."""
     warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`")
 
 
 def check_predict_out(out: str | None, overwrite: bool) -> None:

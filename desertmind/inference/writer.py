@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from desertmind.data.classes import TRAIN_TO_RAW
@@ -65,9 +66,16 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            prediction: dict, batch_indices: Sequence[int] | None, batch: dict,
                            batch_idx: int, dataloader_idx: int = 0) -> None:
-        for name, path, pred in zip(prediction["name"], prediction["path"], prediction["pred"],
-                                    strict=True):
-            write_prediction(self.staging, name, read_image(path), pred.numpy(), self.alpha)
+        for i, (name, path, pred) in enumerate(zip(prediction["name"], prediction["path"],
+                                                   prediction["pred"], strict=True)):
+            image = batch["image"][i]
+            if tuple(image.shape[-2:]) == tuple(pred.shape):
+                # evaluated at the image's own size: the batch holds its pixels (RGB 0-255),
+                # so each image is decoded once
+                rgb = image.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            else:  # resized for the network: the overlay is drawn at the original size
+                rgb = read_image(path)
+            write_prediction(self.staging, name, rgb, pred.numpy(), self.alpha)
             self.written += 1
 
 
