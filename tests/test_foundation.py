@@ -42,6 +42,7 @@ def test_dpt_pads_to_the_patch_times_the_decoder_factor(backbone: str, multiple:
             assert net(torch.rand(1, 3, h, w) * 255).shape == (1, 10, h, w)
 
 
+@pytest.mark.slow  # real ConvNeXt networks in three decoders: make test-full
 def test_a_convnext_encoder_works_in_the_cnn_decoders():
     for arch in ("upernet", "fpn", "deeplabv3plus", "unet"):
         net = build_network(arch, "tu-convnext_tiny").eval()

@@ -151,6 +151,7 @@ def test_study_flip_color_scales_every_image():
     assert all(80 <= v <= 120 for v in values) and len(set(values)) > 10
 
 
+@pytest.mark.slow  # four phases of the study's configs: make test-full
 def test_the_study_chain_trains_end_to_end(synth_root: Path, tmp_path: Path, phase_args):
     previous = None
     for phase in STUDY_PHASES:
