@@ -113,7 +113,8 @@ def run_folder(trainer: Any, what: str) -> Path | None:
     """The run's log folder (``trainer.log_dir``, a collective under DDP: every rank must ask),
     or None when the run has none (``logger: false``, ``fast_dev_run``): rank 0 then says once
     per trainer that ``what`` is skipped, and the caller skips it."""
-    log_dir = trainer.log_dir
+    # without a logger Lightning's log_dir is the working folder: not a run's folder
+    log_dir = trainer.log_dir if trainer.loggers else None
     if log_dir is not None:
         return Path(log_dir)
     noted = _NOTED.setdefault(trainer, set())

@@ -364,6 +364,22 @@ def test_check_data_fails_a_split_without_one_labelled_pixel(data_copy: Path, ca
     assert "no problems found" not in out
 
 
+def test_a_val_split_without_one_labelled_pixel_stops_fit_and_validate(data_copy: Path,
+                                                                        tmp_path: Path, capsys,
+                                                                        phase1_run, phase_args):
+    for path in (data_copy / "val" / "Segmentation").glob("*.png"):
+        write_png(path, np.full_like(read_mask(path), 4242))
+    logs = tmp_path / "logs"
+    assert main(["fit", *phase_args("phase1", data_copy, logs)]) == 2
+    assert "the val split has not one labelled pixel" in capsys.readouterr().err
+    assert not list(logs.rglob("best.ckpt"))  # none chosen on NaN
+    out = tmp_path / "eval"
+    assert main(["validate", "--ckpt_path", str(phase1_run[0]), "--data.root", str(data_copy),
+                 "--out", str(out), "--trainer.accelerator", "cpu"]) == 2
+    assert "the val split has not one labelled pixel" in capsys.readouterr().err
+    assert not (out / "metrics.json").exists()
+
+
 def test_check_data_warns_when_few_mask_pixels_are_known(data_copy: Path, capsys):
     for path in (data_copy / "train" / "Segmentation").glob("*.png"):
         mask = read_mask(path)
@@ -522,3 +538,15 @@ def test_a_checkpoint_that_is_a_list_is_named_in_one_line(synth_root: Path, tmp_
         assert f"{bad}: not a Lightning checkpoint (it holds a list" in capsys.readouterr().err
     assert main(["scores", "--logs", str(tmp_path)]) == 1
     assert "not a Lightning checkpoint" in capsys.readouterr().err
+
+
+def test_no_logger_and_a_checkpoint_folder_write_only_there(synth_root: Path, tmp_path: Path,
+                                                            monkeypatch, phase_args):
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", *phase_args("phase1", synth_root, tmp_path / "logs"),
+            "--trainer.logger", "false", "--checkpoint.dirpath", "ck"]
+    assert main(args) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no config.yaml, provenance
+    assert sorted(p.name for p in (tmp_path / "ck").glob("*.ckpt")) == ["best.ckpt",
+                                                                         "last.ckpt"]
+    assert main([*args, "--overwrite"]) == 0  # the next such run is not refused

@@ -334,7 +334,10 @@ class DesertMindCLI(LightningCLI):
             if sub == "predict":
                 check_predict_out(config.get("out"), config.get("overwrite"))
             callbacks = evaluation_callbacks(sub, config.get("out"), user)
-        if self.save_config_callback and not trainer_config.get("fast_dev_run"):
+        # config.yaml goes beside the run's logs: without a logger there is no such folder
+        # (Lightning would write it into the working folder)
+        if (self.save_config_callback and not trainer_config.get("fast_dev_run")
+                and trainer_config.get("logger") is not False):
             callbacks.append(self.save_config_callback(
                 self.subcommand_parsers.get(sub, self.parser),
                 self.config[sub] if sub else self.config, **self.save_config_kwargs))
@@ -352,6 +355,13 @@ class DesertMindCLI(LightningCLI):
         for callback in self.trainer.checkpoint_callbacks:
             if isinstance(callback, PhaseCheckpoint):
                 callback.resolve_dirpath(self.trainer)
+        # last.ckpt beside best.ckpt, wherever --checkpoint.dirpath put it (with no logger,
+        # Lightning's default would be the working folder's checkpoints/)
+        best = next((c for c in self.trainer.checkpoint_callbacks
+                     if type(c) is PhaseCheckpoint and c.dirpath), None)
+        for callback in self.trainer.checkpoint_callbacks:
+            if isinstance(callback, LastCheckpoint) and best is not None:
+                callback.dirpath = best.dirpath
         if self.config.fit.get("ckpt_path") == runs.LAST:
             # Lightning would warn and train from scratch: a resume that resumes nothing
             found = [Path(c.dirpath) / f"{runs.LAST}{runs.CKPT_EXT}"

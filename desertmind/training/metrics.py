@@ -18,6 +18,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from desertmind.data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from desertmind.errors import DatasetError
 from desertmind.models.confusion import batched_confusion, iou_from_confusion, miou_from_confusion
 
 #: the metric every phase selects its best checkpoint and stops early on, unless its config's
@@ -127,10 +128,18 @@ class StageMetrics(torch.nn.Module):
         if restricted:
             self.all_classes.update(scores.argmax(1), target)
 
-    def compute(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def compute(self, complete: bool = True) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """(what to log, by its name; the computed metrics on the CPU, for dashboards), and a
-        reset for the next epoch."""
+        reset for the next epoch. A ``complete`` pass (not Lightning's sanity check) without
+        one labelled pixel is refused: its mIoU would be NaN, and a best checkpoint chosen on
+        it meaningless."""
         stage, m = self.stage, self.metrics.compute()
+        if complete and int(m["confmat"].sum()) == 0:
+            self.metrics.reset()
+            raise DatasetError(
+                f"the {stage} split has not one labelled pixel (every mask value is unknown or "
+                "ignored), so its scores would be NaN; check its Segmentation/ masks against "
+                "the class table (desertmind check-data ROOT)")
         values = {f"{stage}/mIoU": m["mIoU"], f"{stage}/mIoU_per_image": m["mIoU_per_image"],
                   f"{stage}/pixel_acc": m["pixel_acc"], f"{stage}/mean_acc": m["mean_acc"]}
         for name, iou in zip(CLASS_NAMES, m["iou"], strict=True):

@@ -234,7 +234,8 @@ class SegmentationModule(L.LightningModule):
                 "pred": self.evaluation.maps(batch["image"], sizes)}
 
     def _log_metrics(self, metrics: StageMetrics) -> None:
-        values, self.last_eval[metrics.stage] = metrics.compute()
+        values, self.last_eval[metrics.stage] = metrics.compute(
+            complete=not self.trainer.sanity_checking)
         headline = f"{metrics.stage}/mIoU"
         self.log(headline, values.pop(headline), prog_bar=True)
         self.log_dict(values)
@@ -248,8 +249,7 @@ class SegmentationModule(L.LightningModule):
         self._log_metrics(self.test_metrics)
 
     def configure_optimizers(self) -> dict:
-        # a scheduler asks the trainer for its length and the monitor; without one, no
-        # trainer is needed (a plain call, as the tests make)
+        # only a scheduler asks the trainer (for the run's length and the monitor)
         trainer = self.trainer if self.scheduler is not None else None
         return optimization.configure(self.model, self.groups, self.optimizer, self.scheduler,
                                       trainer)
