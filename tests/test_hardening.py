@@ -550,3 +550,26 @@ def test_no_logger_and_a_checkpoint_folder_write_only_there(synth_root: Path, tm
     assert sorted(p.name for p in (tmp_path / "ck").glob("*.ckpt")) == ["best.ckpt",
                                                                          "last.ckpt"]
     assert main([*args, "--overwrite"]) == 0  # the next such run is not refused
+
+
+def test_a_checkpoint_damaged_in_place_is_refused(tmp_path: Path, capsys, phase1_run):
+    """Bytes of a weight record changed, the file's size kept: torch.load would read other
+    weights; the archive's CRC-32 of the record says it is damaged."""
+    import shutil
+    import struct
+    import zipfile
+
+    ckpt = tmp_path / "best.ckpt"
+    shutil.copy(phase1_run[0], ckpt)
+    with zipfile.ZipFile(ckpt) as archive:  # the largest record: weights
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    data = bytearray(ckpt.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:
+                                                    info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len  # the record's own bytes
+    for i in range(start, start + min(64, info.file_size)):
+        data[i] ^= 0xFF
+    ckpt.write_bytes(bytes(data))
+    assert main(["validate", "--ckpt_path", str(ckpt), "--trainer.accelerator", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"{ckpt}: damaged: the record {info.filename} no longer matches" in err

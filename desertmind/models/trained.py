@@ -23,6 +23,7 @@ start from) and how training used target images (:data:`TARGET_USE_KEY`).
 from __future__ import annotations
 
 import pickle
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ def read_checkpoint(path: str | Path) -> dict:
             f"checkpoint {path} not found (init_from must point to a finished run's "
             f"checkpoint, e.g. {runs.best_checkpoint('lightning_logs', 'phase1')}; run the "
             "previous phase first)")
+    _check_records(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # torch's text would suggest weights_only=False
@@ -73,6 +75,22 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: not a Lightning checkpoint (it holds a "
                               f"{type(ckpt).__name__}, not a dict of weights and state)")
     return ckpt
+
+
+def _check_records(path: Path) -> None:
+    """Refuse a checkpoint whose records no longer match the CRC-32 the zip archive keeps for
+    each (torch.load does not check them: bytes damaged in place would load as other weights).
+    Reads the file once more, at disk speed; a file that is no zip archive is left to
+    torch.load to name."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return
+    if damaged is not None:
+        raise CheckpointError(f"{path}: damaged: the record {damaged} no longer matches the "
+                              "checksum written with it (the file was changed on disk or in a "
+                              "copy); use an intact copy of the checkpoint")
 
 
 def copy_weights(model: nn.Module, state: dict[str, Any], source: str | Path,
