@@ -26,9 +26,11 @@ from typing import Any
 from desertmind.data.imageio import read_header
 from desertmind.errors import DatasetError
 
-#: the most bytes one upload request may send (one image of at most the viewer's file size,
-#: plus the multipart envelope)
-MAX_REQUEST_BYTES = 32 * 2**20 + 64 * 2**10
+#: the largest file an upload may hold (Gradio's ``max_file_size``; a 960x540 PNG is about
+#: 1 MB, a 25 MP photo's JPEG about 10)
+MAX_FILE_BYTES = 32 * 2**20
+#: the most bytes one upload request may send: one such file plus the multipart envelope
+MAX_REQUEST_BYTES = MAX_FILE_BYTES + 64 * 2**10
 #: the most bytes the upload folder keeps; older uploads are deleted to stay under it
 MAX_TOTAL_BYTES = 256 * 2**20
 #: uploads answered at once

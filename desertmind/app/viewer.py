@@ -37,7 +37,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from desertmind.app.uploads import UploadGuard
+from desertmind.app.uploads import MAX_FILE_BYTES, UploadGuard
 from desertmind.data.classes import CLASS_NAMES, CLASSES
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.data.imageio import read_image
@@ -63,8 +63,6 @@ MAX_QUEUE = 32
 #: in all: a 960x540 image with flip is 1 MP, a 512 window over it 6 passes
 MAX_WINDOWS = 256
 MAX_FORWARD_PIXELS = 32_000_000
-#: the largest upload Gradio accepts (a 960x540 PNG is about 1 MB, a 25 MP photo's JPEG 10)
-MAX_FILE_SIZE = "32mb"
 #: the most images of the shown split a checkpoint's test-time adaptation reads at start-up
 ADAPT_IMAGES = 64
 
@@ -408,7 +406,7 @@ def launch(ckpt: str | Path, root: str | None = None, split: str | None = None,
     try:
         _, url, _ = page.launch(server_name=host, server_port=port, prevent_thread_lock=True,
                                 show_error=False, quiet=True, footer_links=["api"], css=CSS,
-                                max_file_size=MAX_FILE_SIZE, app_kwargs={"middleware": [guard]})
+                                max_file_size=MAX_FILE_BYTES, app_kwargs={"middleware": [guard]})
     except OSError as e:  # Gradio's words name its environment variables, not our options
         raise ConfigError(f"cannot serve at {host}:{port}: the port is in use or the host is "
                           "not an address of this machine; choose another --port, or --host "

@@ -9,11 +9,11 @@ import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import CombinedLoader
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from desertmind.data.cache import CACHES, Cache, open_cache
 from desertmind.data.dataset import OffroadDataset, collate
+from desertmind.data.imageio import read_header
 from desertmind.data.layout import Sample, list_images, list_split
 from desertmind.data.sampling import EpochSampler
 from desertmind.data.stats import (
@@ -40,9 +40,8 @@ def _mixed_sizes(samples: list[Sample]) -> bool:
     sizes = set()
     for s in samples:
         try:
-            with Image.open(s.image) as im:
-                sizes.add(im.size)
-        except (OSError, SyntaxError):
+            sizes.add(read_header(s.image))
+        except DatasetError:
             continue
         if len(sizes) > 1:
             return True

@@ -66,15 +66,16 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            prediction: dict, batch_indices: Sequence[int] | None, batch: dict,
                            batch_idx: int, dataloader_idx: int = 0) -> None:
+        # evaluated at the images' own size, the batch holds their pixels (RGB 0-255): each
+        # image is decoded once (one transfer for the batch); resized for the network, the
+        # overlay is drawn over the file read again at its original size
+        own_size = all(tuple(batch["image"].shape[-2:]) == tuple(pred.shape)
+                       for pred in prediction["pred"])
+        images = batch["image"].to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy() \
+            if own_size else None
         for i, (name, path, pred) in enumerate(zip(prediction["name"], prediction["path"],
                                                    prediction["pred"], strict=True)):
-            image = batch["image"][i]
-            if tuple(image.shape[-2:]) == tuple(pred.shape):
-                # evaluated at the image's own size: the batch holds its pixels (RGB 0-255),
-                # so each image is decoded once
-                rgb = image.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-            else:  # resized for the network: the overlay is drawn at the original size
-                rgb = read_image(path)
+            rgb = images[i] if images is not None else read_image(path)
             write_prediction(self.staging, name, rgb, pred.numpy(), self.alpha)
             self.written += 1
 
