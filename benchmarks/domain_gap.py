@@ -265,7 +265,7 @@ def summarise(per_seed: list[dict]) -> dict:
                 if tool != reference and tool != "baseline":
                     change = paired_change_over_seeds(
                         [(seed[desert][tool][split], seed[desert][reference][split])
-                         for seed in per_seed])
+                         for seed in per_seed], design="nested")
                     row["against"] = reference
                     row[f"{split}_change"] = round(change.value, 4)
                     row[f"{split}_interval"] = [round(change.low, 4), round(change.high, 4)]

@@ -104,6 +104,28 @@ def test_a_hit_decodes_nothing_and_a_changed_file_rebuilds(data_copy: Path, tmp_
     assert np.array_equal(rebuilt.pair(2)[1], remap(mask))
 
 
+def test_a_label_edit_that_keeps_size_and_mtime_rebuilds(data_copy: Path, tmp_path: Path):
+    """``cp -p`` / ``rsync -a`` of a corrected mask keeps its mtime; the key reads mask bytes."""
+    import cv2
+
+    def store(mask: np.ndarray) -> None:  # uncompressed: the file's size depends on shape only
+        assert cv2.imwrite(str(target), mask, [cv2.IMWRITE_PNG_COMPRESSION, 0])
+
+    target = sorted((data_copy / "train" / "Segmentation").iterdir())[1]
+    original = read_mask(target)
+    store(original)
+    cache_dir = tmp_path / "cache"
+    _open(data_copy, "disk", cache_dir)
+    stat = target.stat()
+    edited = original.copy()
+    edited[:2, :2] = 800 if original[0, 0] != 800 else 100
+    store(edited)
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (target.stat().st_size, target.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    rebuilt = _open(data_copy, "disk", cache_dir)
+    assert np.array_equal(rebuilt.pair(1)[1], remap(edited))
+
+
 @pytest.mark.parametrize("damage", ["truncated images", "index not JSON", "index a list"])
 def test_a_damaged_cache_is_rebuilt_with_a_warning(synth_root: Path, tmp_path: Path, damage):
     _open(synth_root, "disk", tmp_path)

@@ -228,12 +228,48 @@ def test_runs_repeated_with_random_seeds_are_summarised_per_phase():
                        phase=f"random_seed_{s}/{p}")
             for s, p, v in ((1, "phase1", 0.40), (2, "phase1", 0.44), (3, "phase1", 0.45),
                             (1, "phase3", 0.5))]
-    groups = across_seeds(runs)
+    groups, notes = across_seeds(runs)
+    assert notes == []
     assert list(groups) == ["phase1"] and len(groups["phase1"]) == 3  # phase3: one seed only
     row = next(line for line in markdown(runs, []).splitlines() if line.startswith("| phase1 |"))
     values = np.array([0.40, 0.44, 0.45])
     assert f"| 3 | {values.mean():.4f} | {values.std(ddof=1):.4f} | 0.4000 | 0.4500 |" in row
     assert row.endswith("| - | - |")  # no paired changes kept: no verdict over seeds
+
+
+def test_seeds_are_the_recorded_ones_not_the_folder_names():
+    from desertmind.reports.report import RunSummary, across_seeds, markdown
+
+    runs = [RunSummary(run=f"random_seed_{s}/phase1", path=Path("."), best_miou=v, best_epoch=1,
+                       pixel_acc=None, miou_per_image=None, epochs_run=2, early_stopped=False,
+                       phase=f"random_seed_{s}/phase1", config={"seed_everything": recorded})
+            for s, recorded, v in ((1, 42, 0.40), (2, 42, 0.40), (3, 7, 0.45))]
+    groups, notes = across_seeds(runs)
+    assert [r.run for r in groups["phase1"]] == ["random_seed_1/phase1", "random_seed_3/phase1"]
+    assert len(notes) == 1 and "random_seed_2/phase1" in notes[0] and "42" in notes[0]
+    text = markdown(runs, [])
+    assert notes[0] in text and "| phase1 | 2 |" in text
+
+
+def test_a_nan_run_and_a_config_that_is_a_list_leave_the_others_reported(
+        tiny_logs: Path, tmp_path: Path, capsys):
+    import shutil
+
+    logs = tmp_path / "logs"
+    shutil.copytree(tiny_logs, logs)
+    nan_run = logs / "diverged" / "version_0"
+    writer = SummaryWriter(str(nan_run))
+    for step in range(3):
+        writer.add_scalar("val/mIoU", float("nan"), step)
+    writer.close()
+    (first, *_), _ = load_report(tiny_logs)
+    listed = logs / first.path.relative_to(tiny_logs) / "config.yaml"
+    listed.write_text("- 1\n- 2\n")
+    assert main(["report", "--logs", str(logs), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "diverged" in err and "NaN" in err and "Traceback" not in err
+    runs, _ = load_report(logs)
+    assert len(runs) == 2 and runs[0].config == {}
 
 
 def test_a_change_judged_over_seeds_resamples_seeds_and_images():
@@ -258,7 +294,8 @@ def test_a_change_judged_over_seeds_resamples_seeds_and_images():
                          change=paired_change(child, parent))
         runs.append(run)
     row = next(line for line in markdown(runs, []).splitlines() if line.startswith("| phase3 |"))
-    over = paired_change_over_seeds([(r.image_cms, r.parent_cms) for r in runs])
+    over = paired_change_over_seeds([(r.image_cms, r.parent_cms) for r in runs],
+                                    design="crossed")
     assert f"[{over.low:+.4f}, {over.high:+.4f}] | {over.verdict} |" in row
     # one seed gains, two lose: each seed's verdict is clear, the one over seeds is not
     assert "significant gain" in row and "significant regression" in row

@@ -13,10 +13,15 @@ already mapped to train ids) into two flat uint8 buffers, and samples are views 
   ``share_memory_``), built per run and per process, never written to disk: workers, forked or
   spawned, receive a handle, not a copy.
 
-The content key hashes every file's path, size and modification time, and the class table:
-a changed, added or removed file gives a new key, so the split is rebuilt and the old version is
-deleted. Before decoding, the size is read from the PNG headers and the build is refused when
-it would not fit, saying how much it needs and where.
+The content key hashes every file's path, size and modification time, the class table, and
+every mask's bytes: a changed, added or removed file gives a new key, so the split is rebuilt and
+the old version is deleted. Masks are read in full because a label edit that keeps the size and
+the modification time (``cp -p``, ``rsync -a`` of a corrected mask) would otherwise train on the
+old labels; masks are small PNGs and a CRC-32 runs at about 3.8 GB/s on one of our CPU cores,
+so the read costs little next to training. An image edited that
+way is not seen (touch it, or delete the cache folder). Before decoding, the size is read from
+the PNG headers and the build is refused when it would not fit, saying how much it needs and
+where.
 
 The cache's own files can be damaged too (a disk error, a stray write of the same size): the
 index holds a CRC-32 of every sample's image and mask bytes, checked once per process and
@@ -136,15 +141,18 @@ def open_cache(samples: list[Sample], mode: Cache, split_dir: Path,
 
 
 def content_key(samples: list[Sample]) -> str:
-    """Hash of the format, the class table and every file's path, size and mtime."""
+    """Hash of the format, the class table, every file's path, size and mtime, and every
+    mask's bytes (a same-size label edit with its mtime kept still changes the key)."""
     h = hashlib.sha256(json.dumps([FORMAT, class_table()]).encode())
     for s in samples:
         for path in (s.image, s.mask):
             try:
                 st = path.stat()
+                crc = zlib.crc32(path.read_bytes()) if path == s.mask else 0
             except OSError as e:
                 raise DatasetError(f"{path}: cannot read file ({e.strerror or e})") from e
-            h.update(f"{s.name}\0{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(f"{s.name}\0{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{crc}\n"
+                     .encode())
     return h.hexdigest()[:16]
 
 

@@ -142,11 +142,15 @@ def load_run(path: Path, label: str) -> RunSummary:
     curve = [(epoch_at.get(e.step, i), float(e.value)) for i, e in enumerate(curve_events)]
     config = _read_yaml(path / CONFIG_FILE)
     # the best epoch is the one best.ckpt holds: chosen by the run's checkpoint.monitor
-    checkpoint = config.get("checkpoint") if isinstance(config, dict) else None
-    monitor = (checkpoint or {}).get("monitor") or MONITOR
+    checkpoint = section(config, "checkpoint")
+    monitor = checkpoint.get("monitor") or MONITOR
     chooser = events.Scalars(monitor) if monitor in tags else curve_events
     values = [float(e.value) for e in chooser]
-    pick = np.nanargmin if (checkpoint or {}).get("mode") == "min" else np.nanargmax
+    if not np.isfinite(values).any() or not np.isfinite([v for _, v in curve]).any():
+        raise ReportError(f"run {label} ({path}): every {monitor} it logged is NaN or "
+                          "infinite (no labelled val pixel, or a diverged run): nothing to "
+                          "report")
+    pick = np.nanargmin if checkpoint.get("mode") == "min" else np.nanargmax
     best_step = chooser[int(pick(values))].step
     steps = [e.step for e in curve_events]
     best_index = steps.index(best_step) if best_step in steps else int(
@@ -188,10 +192,19 @@ def latest_image(run_path: str | Path, tag: str) -> bytes | None:
 
 
 def _read_yaml(path: Path) -> dict:
+    """A run's config as a mapping; {} when it is missing, unreadable or not a mapping."""
     try:
-        return yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        config = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return {}
+    return config if isinstance(config, dict) else {}
+
+
+def section(config: dict, key: str) -> dict:
+    """``config[key]`` when it is a mapping, else {} (a hand-edited config.yaml may hold
+    anything)."""
+    value = config.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def _read_json(path: Path) -> dict:
@@ -213,7 +226,7 @@ def _latest_test(run_path: Path) -> tuple[str | None, float | None]:
             value = events.Scalars("test/mIoU")[-1].value
         except Exception:  # no test/mIoU, or an unreadable file: try an older run
             continue
-        split = (_read_yaml(run / CONFIG_FILE).get("data") or {}).get("test_dir")
+        split = section(_read_yaml(run / CONFIG_FILE), "data").get("test_dir")
         return split, float(value)
     return None, None
 
@@ -255,7 +268,7 @@ def load_report(logs: str | Path = "lightning_logs") -> tuple[list[RunSummary], 
         else:
             by_phase[phase] = run  # the latest training run of a phase is what others start from
     for r in runs:
-        init_from = (r.config.get("model") or {}).get("init_from")
+        init_from = section(r.config, "model").get("init_from")
         if init_from:
             source_dir = phase_of_checkpoint(init_from)
             try:
@@ -343,18 +356,31 @@ def _change(r: RunSummary) -> str:
     return f"{_fmt(r.delta, signed=True)} {_interval(r.change, signed=True)}"
 
 
-def across_seeds(runs: list[RunSummary]) -> dict[str, list[RunSummary]]:
+def across_seeds(runs: list[RunSummary]) -> tuple[dict[str, list[RunSummary]], list[str]]:
     """Runs of the same phase trained with different random seeds (``random_seed_N/``
-    folders), by phase, for phases with at least two seeds."""
+    folders), by phase, for phases with at least two seeds; and a note for each run left out
+    because its config records the same ``seed_everything`` as a run already kept (a folder's
+    name is not a seed: only the recorded seed says the run is another draw)."""
     groups: dict[str, list[RunSummary]] = {}
+    notes: list[str] = []
     for r in runs:
         phase, seed = without_random_seed(r.phase)
-        if seed is not None and not r.evaluation_only:
-            groups.setdefault(phase, []).append(r)
-    return {p: g for p, g in groups.items() if len(g) >= 2}
+        if seed is None or r.evaluation_only:
+            continue
+        recorded = r.config.get("seed_everything")
+        twin = next((o for o in groups.get(phase, []) if isinstance(recorded, int)
+                     and not isinstance(recorded, bool)
+                     and o.config.get("seed_everything") == recorded), None)
+        if twin is not None:
+            notes.append(f"{r.run} left out of the seeds of {phase}: its config records "
+                         f"seed_everything {recorded}, like {twin.run} (the same seed, not "
+                         "another draw)")
+            continue
+        groups.setdefault(phase, []).append(r)
+    return {p: g for p, g in groups.items() if len(g) >= 2}, notes
 
 
-def _seed_lines(groups: dict[str, list[RunSummary]]) -> list[str]:
+def _seed_lines(groups: dict[str, list[RunSummary]], notes: list[str]) -> list[str]:
     pct = f"{LEVEL:.0%}"
     lines = ["", "## Across random seeds", "",
              "| phase | seeds | mean val mIoU | std | min | max | mean change | verdicts "
@@ -366,7 +392,7 @@ def _seed_lines(groups: dict[str, list[RunSummary]]) -> list[str]:
         verdicts = Counter(r.change.verdict for r in group if r.change is not None)
         pairs = [(r.image_cms, r.parent_cms) for r in group
                  if r.change is not None and r.parent_cms is not None]
-        over = paired_change_over_seeds(pairs) if len(pairs) >= 2 else None
+        over = paired_change_over_seeds(pairs, design="crossed") if len(pairs) >= 2 else None
         lines.append(
             f"| {phase} | {len(group)} | {best.mean():.4f} | {best.std(ddof=1):.4f} | "
             f"{best.min():.4f} | {best.max():.4f} | "
@@ -376,8 +402,12 @@ def _seed_lines(groups: dict[str, list[RunSummary]]) -> list[str]:
     lines += ["", "std is the sample standard deviation over seeds: the spread that retraining "
               "alone produces, which a change between phases has to exceed to be trusted. "
               "Each seed's own verdict covers the sampling of validation images only; the "
-              "verdict over seeds resamples the seeds and, within each, the images (a "
-              "two-level bootstrap of the mean paired change), so it also covers retraining."]
+              "verdict over seeds resamples the seeds and the images (a two-level bootstrap of "
+              "the mean paired change), so it also covers retraining. Every seed was scored on "
+              "the same validation images, so each resample draws one set of images for all "
+              "seeds (a crossed design): the images' luck is counted once, not once per seed. "
+              "Seeds are the ones each run's config records, not its folder's name."]
+    lines += [f"- {n}" for n in notes]
     return lines
 
 
@@ -424,8 +454,9 @@ def markdown(runs: list[RunSummary], problems: list[str]) -> str:
     for name in CLASS_NAMES:
         lines.append(f"| {name} | " + " | ".join(_fmt(r.per_class.get(name)) for r in runs)
                      + " |")
-    if groups := across_seeds(runs):
-        lines += _seed_lines(groups)
+    groups, seed_notes = across_seeds(runs)
+    if groups or seed_notes:
+        lines += _seed_lines(groups, seed_notes)
     tested = [r for r in runs if r.test_miou is not None]
     if tested:
         lines += ["", "## Validation and test side by side", "",
