@@ -133,3 +133,44 @@ def test_a_fit_onto_a_full_disk_names_the_checkpoint_and_the_space(synth_root, t
     line = _one_error_line(capsys)
     assert "cannot write the checkpoint (the disk is full" in line, line
     assert "MiB free on its disk" in line and not list(logs.rglob("*.ckpt"))
+
+
+def test_a_full_disk_that_breaks_the_loggers_finalize_too_is_still_the_checkpoints_line(
+        synth_root, tmpfs, capsys, phase_args, monkeypatch):
+    """Lightning's teardown finalises TensorBoard while the checkpoint's error is raised; when
+    that fails too (the same full disk), the first error is the one line, not a chain."""
+    import errno
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    def full(self, status):
+        raise OSError(errno.ENOSPC, "No space left on device", str(logs / "events.out"))
+
+    monkeypatch.setattr(TensorBoardLogger, "finalize", full)
+    logs = tmpfs("logs", size="256k")
+    assert main(["fit", *phase_args("phase1", synth_root, logs, arch=None),
+                 "--trainer.enable_progress_bar", "false"]) == 2
+    line = _one_error_line(capsys)
+    assert "best.ckpt: cannot write the checkpoint (the disk is full" in line, line
+
+
+def test_outputs_outside_the_atomic_writer_are_one_line(trained, synth_root, tmp_path, tmpfs,
+                                                       capsys, phase_args):
+    ckpt, logs = trained
+    folder = tmpfs("ro", read_only=True)
+    cases = {
+        "predict": ["predict", "--ckpt_path", str(ckpt), "--data.predict_dir",
+                    str(synth_root / "val"), "--out", str(folder / "pred"), *CPU],
+        "report": ["report", "--logs", str(logs), "--out", str(folder / "reports")],
+        "fit": ["fit", *phase_args("phase1", synth_root, folder / "logs"),
+                "--trainer.enable_progress_bar", "false"],
+    }
+    for name, args in cases.items():
+        assert main(args) == 2, name
+        line = _one_error_line(capsys)
+        assert str(folder) in line and "Read-only file system" in line, (name, line)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep")
+    assert main(["report", "--logs", str(logs), "--out", str(a_file)]) == 2
+    assert f"--out {a_file}: is a file" in _one_error_line(capsys)
+    assert a_file.read_text() == "keep"

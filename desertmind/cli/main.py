@@ -8,12 +8,15 @@ tools that do not import Lightning.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
+from pathlib import Path
 
 from desertmind import __version__, runs
 from desertmind.cli import evaluation_help
 from desertmind.errors import DesertMindError
+from desertmind.files import cannot_write
 
 LIGHTNING = ("fit", "validate", "test", "predict")
 EVALUATION = ("validate", "test", "predict")  # their --help is the short one
@@ -256,9 +259,40 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         args = _tool_parser().parse_args(argv)
         return args.func(args)
-    except DesertMindError as e:  # the user's to fix: the message, not a traceback
-        print(f"desertmind {argv[0]}: error: {one_line(e)}", file=sys.stderr)
+    except Exception as e:
+        message = users_to_fix(e)
+        if message is None:
+            raise
+        print(f"desertmind {argv[0]}: error: {message}", file=sys.stderr)
         return 2
+
+
+def users_to_fix(error: BaseException) -> str | None:
+    """The one line to print for an error the user can fix, or None for a bug (a traceback).
+
+    The whole chain is searched: on a full disk Lightning's teardown (TensorBoard's finalize)
+    fails again while the checkpoint's own error is being raised, and the one line the user
+    needs is the first error, buried under the second's traceback. An OSError naming a file
+    (a read-only or full disk, a file where a folder should be) is the user's too."""
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    for e in chain:
+        if isinstance(e, DesertMindError):
+            return one_line(e)
+    for e in chain:
+        if isinstance(e, OSError) and e.filename and e.errno in _USERS_ERRNOS:
+            path = Path(e.filename)
+            return str(cannot_write(path, e)) if e.errno in _FULL_OR_READ_ONLY else (
+                f"{path}: {e.strerror}; choose another path")
+    return None
+
+
+_FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+_USERS_ERRNOS = _FULL_OR_READ_ONLY | {errno.EEXIST, errno.ENOTDIR, errno.EISDIR,
+                                      errno.ENAMETOOLONG}
 
 
 def one_line(error: DesertMindError) -> str:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from desertmind.data.classes import CLASS_NAMES
 from desertmind.errors import DesertMindError, ReportError
 from desertmind.figures import confusion_matrix_figure, new_figure, save
-from desertmind.files import write_text
+from desertmind.files import cannot_write, write_text
 from desertmind.models.trained import read_checkpoint
 from desertmind.reports.uncertainty import (
     LEVEL,
@@ -587,12 +587,17 @@ def per_class_figure(runs: list[RunSummary]) -> Figure:
 def write_report(logs: str | Path = "lightning_logs", out: str | Path = "reports") -> dict:
     """Write summary.md, summary.csv, curves.png, per_class_iou.png and the best run's
     confusion.png (when it kept its validation images); return their paths."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out}: is a file; give a folder for the report's files")
     runs, problems = load_report(logs)
     if not runs:
         detail = "; ".join(problems) if problems else "no runs with event files"
         raise ReportError(f"nothing to report under {logs}: {detail}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise cannot_write(out, e) from e
     paths = {"summary.md": out / "summary.md", "summary.csv": out / "summary.csv"}
     for key, text in (("summary.md", markdown(runs, problems)), ("summary.csv", csv_text(runs))):
         write_text(paths[key], text)
