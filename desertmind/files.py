@@ -104,8 +104,9 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    return write_bytes(path, text.encode("utf-8"))
+    """Write ``text`` (UTF-8) to ``path`` atomically. A file name that is not UTF-8 (Python
+    holds its bytes as surrogates) is written back as the same bytes, not refused."""
+    return write_bytes(path, text.encode("utf-8", errors="surrogateescape"))
 
 
 def write_json(path: str | Path, data: Any) -> Path:

@@ -126,6 +126,19 @@ def test_a_label_edit_that_keeps_size_and_mtime_rebuilds(data_copy: Path, tmp_pa
     assert np.array_equal(rebuilt.pair(1)[1], remap(edited))
 
 
+def test_a_cache_deleted_while_a_run_uses_it_is_one_line(synth_root: Path, tmp_path: Path):
+    """A new DataLoader worker (every epoch, without persistent workers) maps the files again:
+    when they are gone it says so, naming the folder, instead of numpy's traceback."""
+    import pickle
+    import shutil
+
+    decoded = _open(synth_root, "disk", tmp_path)
+    in_worker = pickle.loads(pickle.dumps(decoded))
+    shutil.rmtree(decoded.folder)
+    with pytest.raises(DatasetError, match="removed or changed while this run used it"):
+        in_worker.pair(0)
+
+
 @pytest.mark.parametrize("damage", ["truncated images", "index not JSON", "index a list"])
 def test_a_damaged_cache_is_rebuilt_with_a_warning(synth_root: Path, tmp_path: Path, damage):
     _open(synth_root, "disk", tmp_path)

@@ -573,3 +573,49 @@ def test_a_checkpoint_damaged_in_place_is_refused(tmp_path: Path, capsys, phase1
     assert main(["validate", "--ckpt_path", str(ckpt), "--trainer.accelerator", "cpu"]) == 2
     err = capsys.readouterr().err
     assert f"{ckpt}: damaged: the record {info.filename} no longer matches" in err
+
+
+@pytest.mark.parametrize("content", ["null", "[1]", '{"a": 1}',
+                                     '{"version": 3, "splits": {"train": 5}}'])
+def test_a_stats_file_that_is_not_ours_is_named_and_kept(synth_root: Path, tmp_path: Path,
+                                                         capsys, content: str):
+    stats = tmp_path / "mine.json"
+    stats.write_text(content)
+    assert main(["check-data", str(synth_root), "--workers", "1", "--stats", str(stats)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert f"{stats}: not a desertmind statistics file" in line and "\n" not in line
+    assert stats.read_text() == content
+
+
+def test_an_optimizer_value_torch_refuses_stops_before_a_run_folder(synth_root: Path,
+                                                                     tmp_path: Path, capsys,
+                                                                     phase_args):
+    assert main(["fit", *phase_args("phase1", synth_root, tmp_path / "logs"),
+                 "--model.optimizer.init_args.lr", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].endswith("Invalid learning rate: -1.0")
+    assert "Traceback" not in err
+    assert not list((tmp_path / "logs").rglob("version_*"))
+
+
+def test_a_file_name_that_is_not_utf8_is_trained_scored_and_predicted(data_copy: Path,
+                                                                       tmp_path: Path,
+                                                                       phase_args):
+    name = b"caf\xe9_scene.png"  # Latin-1, as an old camera or a Windows share writes it
+    for sub in (b"Color_Images", b"Segmentation"):
+        folder = os.fsencode(data_copy / "val") + b"/" + sub
+        source = sorted(os.listdir(folder))[0]
+        with open(folder + b"/" + source, "rb") as f, open(folder + b"/" + name, "wb") as g:
+            g.write(f.read())
+    logs = tmp_path / "logs"
+    assert main(["check-data", str(data_copy), "--workers", "1"]) == 0
+    assert main(["fit", *phase_args("phase1", data_copy, logs), "--data.cache", "disk",
+                 "--data.cache_dir", str(tmp_path / "cache")]) == 0
+    ckpt = logs / "phase1" / "checkpoints" / "best.ckpt"
+    assert main(["validate", "--ckpt_path", str(ckpt), "--out", str(tmp_path / "ev"),
+                 "--trainer.accelerator", "cpu"]) == 0
+    assert b"caf\xe9_scene" in (tmp_path / "ev" / "per_image.csv").read_bytes()
+    assert main(["predict", "--ckpt_path", str(ckpt), "--data.predict_dir",
+                 str(data_copy / "val"), "--out", str(tmp_path / "pred"),
+                 "--trainer.accelerator", "cpu"]) == 0
+    assert name in os.listdir(os.fsencode(tmp_path / "pred" / "raw"))

@@ -160,7 +160,24 @@ def test_sliding_window_equals_whole_image_for_a_local_model():
     images = torch.rand(1, 3, 37, 53) * 255
     with torch.no_grad():
         torch.testing.assert_close(sliding_window(net, images, 16), net(images))
-        torch.testing.assert_close(sliding_window(net, images, 64), net(images))  # padded
+        torch.testing.assert_close(sliding_window(net, images, 64), net(images))  # clamped
+
+
+def test_an_absurd_window_or_scale_costs_one_pass_or_one_line():
+    """A window larger than the image is clamped to it (MMSeg's rule): one pass, not a canvas
+    of the window's size; a scale that leaves no image, or too large a one, is refused."""
+    from desertmind.errors import ConfigError
+    from desertmind.models.prediction import window_count
+    from tests.stand_in import tiny_network
+
+    net = tiny_network().eval()
+    images = torch.rand(1, 3, 37, 53) * 255
+    assert window_count(540, 960, 100_000) == 1
+    with torch.no_grad():
+        torch.testing.assert_close(sliding_window(net, images, 100_000), net(images))
+        for scale, shown in ((0.001, "0x0"), (1000.0, "53000x37000")):
+            with pytest.raises(ConfigError, match=f"{scale} makes a 53x37 image {shown}"):
+                tta_probs(net, images, scales=[1.0, scale])
 
 
 def test_restrict_never_predicts_a_suppressed_class():

@@ -195,7 +195,7 @@ class Viewer:
         h, w = self.predictor.image_size or image.shape[:2]
         passes = (2 if tta_flip else 1) * len(self.predictor.evaluation.options.tta_scales or [1.0])
         windows = window_count(h, w, size) if size else 1
-        pixels = passes * windows * (size * size if size else h * w)
+        pixels = passes * windows * (min(size, h) * min(size, w) if size else h * w)
         if windows > MAX_WINDOWS or pixels > MAX_FORWARD_PIXELS:
             raise _error(f"this request needs {passes * windows} forward passes over "
                          f"{pixels / 1e6:.1f} MP, more than this viewer answers in one request "

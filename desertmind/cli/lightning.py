@@ -33,6 +33,7 @@ from desertmind.training.freeze import BackboneFreeze
 from desertmind.training.losses import needs_class_weights
 from desertmind.training.metrics import MONITOR
 from desertmind.training.module import SegmentationModule
+from desertmind.training.optimization import check_optimizer
 from desertmind.training.speed import Speedups
 
 
@@ -348,6 +349,7 @@ class DesertMindCLI(LightningCLI):
         _quiet_lightning_notices()
         self.datamodule.check_fit()
         hp = self.model.hparams
+        check_optimizer(self.model.optimizer, self.model.scheduler)
         self.model.target_use = self.datamodule.target_use()  # kept in its checkpoints
         if needs_class_weights(hp.loss) and hp.class_weights is None:
             weights = self.datamodule.class_weights()  # None: class_weighting none, refused

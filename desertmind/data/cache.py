@@ -102,8 +102,14 @@ class DecodedSplit:
         if self._maps is None:
             if self.folder is not None:
                 # copy-on-write: writable views whose changes stay private to the process
-                self._maps = (np.memmap(self.folder / IMAGES, np.uint8, "c"),
-                              np.memmap(self.folder / MASKS, np.uint8, "c"))
+                try:
+                    self._maps = (np.memmap(self.folder / IMAGES, np.uint8, "c"),
+                                  np.memmap(self.folder / MASKS, np.uint8, "c"))
+                except (OSError, ValueError) as e:  # each new worker maps the files again
+                    raise DatasetError(
+                        f"{self.folder}: the decoded cache was removed or changed while this "
+                        f"run used it ({e}); run again (it is rebuilt), and leave the cache "
+                        "folder alone while a run uses it") from e
             else:
                 self._maps = (self.images.numpy(), self.masks.numpy())
         return self._maps
@@ -152,7 +158,7 @@ def content_key(samples: list[Sample]) -> str:
             except OSError as e:
                 raise DatasetError(f"{path}: cannot read file ({e.strerror or e})") from e
             h.update(f"{s.name}\0{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{crc}\n"
-                     .encode())
+                     .encode(errors="surrogateescape"))  # a name that is not UTF-8
     return h.hexdigest()[:16]
 
 
@@ -160,7 +166,7 @@ def _label(split_dir: Path) -> str:
     """``<split>-<hash of its absolute path>``: two roots' ``train`` never share a cache."""
     path = str(Path(split_dir).resolve())
     name = re.sub(r"[^A-Za-z0-9_.]+", "_", Path(split_dir).name) or "split"
-    return f"{name}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+    return f"{name}-{hashlib.sha256(path.encode(errors='surrogateescape')).hexdigest()[:8]}"
 
 
 def _header_shapes(samples: list[Sample]) -> np.ndarray:

@@ -45,7 +45,7 @@ def default_stats_path(root: str | Path) -> Path:
     root = Path(root).resolve()
     if os.access(root, os.W_OK):
         return root / STATS_FILE
-    digest = hashlib.sha1(str(root).encode()).hexdigest()[:16]
+    digest = hashlib.sha1(str(root).encode(errors="surrogateescape")).hexdigest()[:16]
     return Path.home() / ".cache" / "desertmind" / f"stats-{digest}.json"
 
 
@@ -58,7 +58,8 @@ def fingerprint(root: str | Path, split: str) -> str:
         except OSError as e:  # a broken symbolic link, a file removed meanwhile
             raise DatasetError(f"{entry.path}: cannot read file ({e.strerror or e}); a broken "
                                "symbolic link? fix or remove it") from e
-        h.update(f"{sub}/{entry.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        h.update(f"{sub}/{entry.name}:{st.st_size}:{st.st_mtime_ns}\n"
+                     .encode(errors="surrogateescape"))  # a name that is not UTF-8
     return h.hexdigest()
 
 
@@ -191,11 +192,27 @@ def scan(root: str | Path, splits: list[str], stats_path: str | Path | None = No
 
 
 def _load_cache(path: Path) -> dict:
+    """The statistics saved at ``path``: {} when there are none, or when they are of an older
+    version (then rewritten). A file that is not desertmind's statistics is refused, not
+    overwritten: ``--stats`` may name any file, and a user's own JSON is not ours to replace."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        text = path.read_text()
+    except FileNotFoundError:
         return {}
-    return data if data.get("version") == STATS_VERSION else {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: cannot read the statistics file ({e}); give another "
+                           "--stats / data.stats_path") from e
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    splits = data.get("splits") if isinstance(data, dict) else None
+    if not (isinstance(data, dict) and "version" in data and isinstance(splits, dict)
+            and all(isinstance(v, dict) for v in splits.values())):
+        raise DatasetError(f"{path}: not a desertmind statistics file (no version and splits); "
+                           "it is left as it is: give another --stats / data.stats_path, or "
+                           "delete it if it is an old statistics file")
+    return data if data["version"] == STATS_VERSION else {}
 
 
 def class_weights(split_stats: dict, method: str) -> np.ndarray | None:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from desertmind.data.classes import CLASS_NAMES
+from desertmind.data.imageio import MAX_PIXELS_ENV, max_pixels
 from desertmind.errors import ConfigError
 from desertmind.models.adaptation import shift_scores
 from desertmind.models.network import SegmentationNetwork
@@ -104,6 +105,17 @@ class EvalOptions:
                 if self.predict_classes else None)
 
 
+def check_scaled(height: int, width: int, scale: float) -> None:
+    """Refuse a TTA scale that leaves a ``height`` x ``width`` image no pixel on a side, or
+    makes it larger than the pixel limit every reader obeys."""
+    h, w = int(height * scale), int(width * scale)
+    if min(h, w) < 1 or h * w > max_pixels():
+        raise ConfigError(f"model.evaluation.tta_scales: {scale} makes a {width}x{height} image "
+                          f"{w}x{h}; a scale must leave at least one pixel a side and "
+                          f"at most {max_pixels() / 1e6:.0f} MP ({MAX_PIXELS_ENV}), e.g. "
+                          "[0.75, 1.0, 1.25]")
+
+
 def _starts(length: int, size: int, stride: int) -> list[int]:
     return list(range(0, length - size, stride)) + [length - size]
 
@@ -112,34 +124,31 @@ def window_count(height: int, width: int, size: int, stride: int | None = None) 
     """How many forward passes :func:`sliding_window` makes over one ``height`` x ``width``
     image (what a request costs, known before any of them runs)."""
     stride = stride or max(1, size * 2 // 3)
-    hh, ww = max(height, size), max(width, size)
-    return len(_starts(hh, size, stride)) * len(_starts(ww, size, stride))
+    return (len(_starts(height, min(size, height), stride))
+            * len(_starts(width, min(size, width), stride)))
 
 
 def sliding_window(network: SegmentationNetwork, images: torch.Tensor, size: int,
                    stride: int | None = None) -> torch.Tensor:
     """Logits from overlapping ``size`` x ``size`` windows, averaged where they overlap.
 
-    Images smaller than a window are padded with the network's mean colour (what zero is
-    after its normalisation), and the padding cropped off the result.
+    A window is clamped to the image (as MMSegmentation's slide inference does): a side shorter
+    than ``size`` is taken whole, so an absurd window costs one pass over the image, never a
+    canvas of the window's size (100000 pixels square would be 120 GB).
     """
     stride = stride or max(1, size * 2 // 3)
-    n, c, h, w = images.shape
-    hh, ww = max(size, h), max(size, w)
-    x = images
-    if (hh, ww) != (h, w):
-        x = network.mean.to(images.dtype).expand(n, c, hh, ww).clone()
-        x[..., :h, :w] = images
+    n, _, h, w = images.shape
+    sh, sw = min(size, h), min(size, w)
     total = counts = None
-    for y in _starts(hh, size, stride):
-        for x0 in _starts(ww, size, stride):
-            logits = network(x[..., y:y + size, x0:x0 + size]).float()
+    for y in _starts(h, sh, stride):
+        for x0 in _starts(w, sw, stride):
+            logits = network(images[..., y:y + sh, x0:x0 + sw]).float()
             if total is None:
-                total = logits.new_zeros((n, logits.shape[1], hh, ww))
-                counts = logits.new_zeros((1, 1, hh, ww))
-            total[..., y:y + size, x0:x0 + size] += logits
-            counts[..., y:y + size, x0:x0 + size] += 1
-    return (total / counts)[..., :h, :w]
+                total = logits.new_zeros((n, logits.shape[1], h, w))
+                counts = logits.new_zeros((1, 1, h, w))
+            total[..., y:y + sh, x0:x0 + sw] += logits
+            counts[..., y:y + sh, x0:x0 + sw] += 1
+    return total / counts
 
 
 def tta_probs(network: SegmentationNetwork, images: torch.Tensor,
@@ -149,6 +158,7 @@ def tta_probs(network: SegmentationNetwork, images: torch.Tensor,
     h, w = images.shape[-2:]
     total, count = None, 0
     for scale in scales:
+        check_scaled(h, w, scale)
         x = images if scale == 1.0 else F.interpolate(
             images, scale_factor=scale, mode="bilinear", align_corners=False)
         for flipped in ((False, True) if flip else (False,)):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import lightning as L
+import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
@@ -68,6 +69,18 @@ class ParamGroups:
         if aux:
             groups.append({"name": "aux", "params": aux, "lr_mult": 1.0})
         return groups
+
+
+def check_optimizer(optimizer: OptimizerCallable, scheduler: LRSchedulerCallable | None) -> None:
+    """Build the optimizer (and scheduler) once over a stand-in parameter, so that a value
+    torch refuses (``lr: -1``, a bad beta) is one line before a run folder exists, not a
+    traceback from inside ``fit``."""
+    try:
+        opt = optimizer([torch.nn.Parameter(torch.zeros(1))])
+        if scheduler is not None:
+            scheduler(opt)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model.optimizer / model.scheduler: {e}") from e
 
 
 def configure(network: SegmentationNetwork, groups: ParamGroups,

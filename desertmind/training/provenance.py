@@ -30,7 +30,8 @@ def dataset_fingerprint(root: str | Path, splits: list[str]) -> dict:
         images = root / split / IMAGE_DIR
         sizes[split] = sum(1 for p in images.iterdir() if p.is_file()) if images.is_dir() else 0
         for sub, entry in split_files(root, split):
-            h.update(f"{split}/{sub}/{entry.name}:{entry.stat().st_size}\n".encode())
+            h.update(f"{split}/{sub}/{entry.name}:{entry.stat().st_size}\n"
+                     .encode(errors="surrogateescape"))  # a name that is not UTF-8
     return {"root": str(root.resolve()), "images_per_split": sizes, "sha256": h.hexdigest()}
 
 
