@@ -7,6 +7,7 @@ one, never a half-written file; the temporary file is removed when writing fails
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -68,10 +69,12 @@ def cannot_write(path: Path, error: OSError) -> OutputError:
     """One line for a write that failed: which file, why, and the disk's free space (a full
     disk and a read-only folder say so in their own words)."""
     folder = next((p for p in (path, *path.parents) if p.exists()), Path("."))
-    try:
-        free = f"; {shutil.disk_usage(folder).free / 2**20:.0f} MiB free on its disk"
-    except OSError:
-        free = ""
+    free = ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):  # what a read-only folder has is beside it
+        try:
+            free = f"; {shutil.disk_usage(folder).free / 2**20:.0f} MiB free on its disk"
+        except OSError:
+            pass
     out = OutputError(f"{path}: cannot write ({error.strerror or error}){free}; nothing was "
                       "replaced: choose a writable folder with space, or free some")
     out.errno, out.reason = error.errno, error.strerror

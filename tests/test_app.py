@@ -198,6 +198,18 @@ def test_options_the_cli_refuses_are_refused_by_the_api(served, synth_root, wind
                        api_name="/predict")
 
 
+def test_an_absurd_window_is_one_pass_and_a_non_number_one_line(served, synth_root):
+    client, ckpt = served
+    path = str(next((synth_root / "val" / "Color_Images").iterdir()))
+    shown, *_ = client.predict(handle_file(path), False, 1e12, 0.5, list(CLASS_NAMES),
+                               api_name="/predict")  # clamped to the image: one pass
+    assert Path(shown).is_file()
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="a whole number of pixels"):  # what a raw API may send
+        viewer.Viewer(ckpt).options(np.zeros((32, 48, 3), np.uint8), False, float("inf"))
+
+
 @pytest.mark.parametrize("cap, value, window", [
     ("MAX_WINDOWS", 4, 16),  # 15 windows of 16 px over the checkpoint's 32x48
     ("MAX_FORWARD_PIXELS", 3000, 0),  # a flipped 32x48 image is 3072 pixels

@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pytest
+import yaml
 
 from desertmind.cli.main import main
 from desertmind.data.imageio import read_image, read_mask, write_png
@@ -140,7 +141,11 @@ def test_a_corrupt_checkpoint_is_named_in_one_line_never_with_torchs_advice(
     assert main(["fit", *phase_args("phase1", synth_root, tmp_path / "a"),
                  "--ckpt_path", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert f"{bad}: not a readable checkpoint" in err and "weights_only=False" not in err
+    assert f"{bad}: not a checkpoint (" in err and "weights_only=False" not in err
+    text = tmp_path / "notes.ckpt"
+    text.write_text("hello\n")  # torch's own words were "cannot read checkpoint (101)"
+    assert main(["validate", "--ckpt_path", str(text)]) == 2
+    assert f"{text}: not a checkpoint (torch.save writes a zip archive" in capsys.readouterr().err
     logs = tmp_path / "logs"
     assert main(["fit", *phase_args("phase1", synth_root, logs)]) == 0
     broken = logs / "broken" / "checkpoints" / "best.ckpt"
@@ -149,7 +154,7 @@ def test_a_corrupt_checkpoint_is_named_in_one_line_never_with_torchs_advice(
     assert main(["scores", "--logs", str(logs)]) == 1  # the readable phase is still listed
     out, err = capsys.readouterr()
     assert "phase1" in out and "broken" in out and "unreadable" in out
-    assert f"{broken}: not a readable checkpoint" in err
+    assert f"{broken}: not a checkpoint (" in err
 
 
 def test_make_keeps_a_failed_phases_checkpoints_and_runs_it_again(tmp_path: Path):
@@ -619,3 +624,32 @@ def test_a_file_name_that_is_not_utf8_is_trained_scored_and_predicted(data_copy:
                  str(data_copy / "val"), "--out", str(tmp_path / "pred"),
                  "--trainer.accelerator", "cpu"]) == 0
     assert name in os.listdir(os.fsencode(tmp_path / "pred" / "raw"))
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--trainer.limit_train_batches", "0", "limit_train_batches 0 trains nothing"),
+    ("--early_stopping.patience", "-1", "early_stopping.patience=-1"),
+    ("--data.target_transfer_p", "5", "data.target_transfer_p=5.0: a probability"),
+])
+def test_values_that_would_train_nothing_or_make_no_sense_are_refused_before_a_run(
+        synth_root: Path, tmp_path: Path, capsys, phase_args, option, value, expected):
+    logs = tmp_path / "logs"
+    assert main(["fit", *phase_args("phase1", synth_root, logs), option, value]) == 2
+    assert expected in capsys.readouterr().err
+    assert not list(logs.rglob("version_*"))
+
+
+def test_synth_of_nothing_and_a_random_seed_say_what_happened(synth_root: Path,
+                                                              tmp_path: Path, capsys,
+                                                              phase_args):
+    assert main(["synth", str(tmp_path / "none"), "--n-train", "0", "--n-val", "0"]) == 2
+    assert "nothing to generate" in capsys.readouterr().err
+    seeds = []
+    for run in ("a", "b"):
+        logs = tmp_path / run
+        assert main(["fit", *phase_args("phase1", synth_root, logs),
+                     "--seed_everything", "true"]) == 0
+        (config,) = logs.rglob("config.yaml")
+        seeds.append(yaml.safe_load(config.read_text())["seed_everything"])
+        assert f"drew seed {seeds[-1]}" in capsys.readouterr().err
+    assert seeds[0] != seeds[1] and all(isinstance(s, int) for s in seeds)

@@ -133,6 +133,7 @@ def test_a_fit_onto_a_full_disk_names_the_checkpoint_and_the_space(synth_root, t
     line = _one_error_line(capsys)
     assert "cannot write the checkpoint (the disk is full" in line, line
     assert "MiB free on its disk" in line and not list(logs.rglob("*.ckpt"))
+    assert "--ckpt_path last" not in line and "run the phase again" in line  # no last.ckpt
 
 
 def test_a_full_disk_that_breaks_the_loggers_finalize_too_is_still_the_checkpoints_line(

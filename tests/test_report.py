@@ -270,6 +270,10 @@ def test_a_nan_run_and_a_config_that_is_a_list_leave_the_others_reported(
     assert "diverged" in err and "NaN" in err and "Traceback" not in err
     runs, _ = load_report(logs)
     assert len(runs) == 2 and runs[0].config == {}
+    (runs[0].path / "val_images.npz").write_bytes(b"damaged")
+    runs, problems = load_report(logs)
+    assert len(runs) == 1 and any("val_images.npz is damaged" in p for p in problems)
+    assert "allow_pickle" not in " ".join(problems)
 
 
 def test_a_change_judged_over_seeds_resamples_seeds_and_images():

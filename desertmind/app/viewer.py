@@ -192,6 +192,9 @@ class Viewer:
             size = check_window(int(window or 0) or None)
         except DesertMindError as e:
             raise _error(_message(e)) from e
+        except (OverflowError, ValueError, TypeError) as e:  # inf, nan, a raw API's text
+            raise _error(f"window {window!r}: a whole number of pixels (at least 16), or "
+                         "empty for whole images") from e
         h, w = self.predictor.image_size or image.shape[:2]
         passes = (2 if tta_flip else 1) * len(self.predictor.evaluation.options.tta_scales or [1.0])
         windows = window_count(h, w, size) if size else 1

@@ -4,6 +4,7 @@ evaluation from a checkpoint alone."""
 from __future__ import annotations
 
 import logging
+import random
 import re
 import shutil
 import sys
@@ -265,6 +266,12 @@ class DesertMindCLI(LightningCLI):
                                                        "seed_everything": False})
             super().parse_arguments(parser, args)
             refuse_other_network(self.config[sub], settings)
+        if self.config[sub].get("seed_everything") is True:
+            # Lightning's seed_everything() without a seed picks 0, every time, silently
+            seed = random.SystemRandom().randrange(2**31)
+            self.config[sub].seed_everything = seed
+            print(f"desertmind {sub}: seed_everything true: drew seed {seed} (kept in the "
+                  "run's config.yaml; give it to repeat this run)", file=sys.stderr)
         # Lightning would next replace every model value with the checkpoint's saved
         # hyperparameters (the user's options and class paths included): the path is held
         # back until the classes are instantiated (before_instantiate_classes)
@@ -350,6 +357,14 @@ class DesertMindCLI(LightningCLI):
         self.datamodule.check_fit()
         hp = self.model.hparams
         check_optimizer(self.model.optimizer, self.model.scheduler)
+        if self.trainer.limit_train_batches == 0:
+            raise ConfigError("--trainer.limit_train_batches 0 trains nothing (the checkpoints "
+                              "would hold the starting weights); to score a model, use "
+                              "desertmind validate --ckpt_path CKPT")
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, EarlyStopping) and callback.patience < 0:
+                raise ConfigError(f"early_stopping.patience={callback.patience}: the number of "
+                                  "validations without improvement to wait, 0 or more")
         self.model.target_use = self.datamodule.target_use()  # kept in its checkpoints
         if needs_class_weights(hp.loss) and hp.class_weights is None:
             weights = self.datamodule.class_weights()  # None: class_weighting none, refused

@@ -126,6 +126,9 @@ class OffroadDataModule(L.LightningDataModule):
         check_choice("data.class_weighting", class_weighting, WEIGHTINGS)
         check_choice("data.cache", cache, CACHES)
         check_choice("data.target_transfer", target_transfer, TRANSFERS)
+        if not 0 <= target_transfer_p <= 1:
+            raise ConfigError(f"data.target_transfer_p={target_transfer_p}: a probability, "
+                              "between 0 and 1")
         if target_transfer != "none" and target_dir is None:
             raise ConfigError(f"data.target_transfer={target_transfer} needs unlabelled target "
                               "images: set data.target_dir to a folder of them")

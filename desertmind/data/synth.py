@@ -192,6 +192,9 @@ def generate(out: str | Path, n_train: int = 40, n_val: int = 10, height: int = 
     splits = [(split, n, dom, split_id) for split_id, (split, n, dom) in enumerate(
         (("train", n_train, domain), ("val", n_val, domain),
          (SHIFTED_SPLIT, n_shifted, "shifted"), (DUSK_SPLIT, n_dusk, "dusk"))) if n > 0]
+    if not splits:
+        raise DatasetError("nothing to generate: every split was asked for 0 scenes; give "
+                           "--n-train, --n-val, --n-shifted or --n-dusk a positive number")
     for split, *_ in splits:
         if (out / split).exists() and not overwrite:
             raise DatasetError(f"{out / split} already exists; pass --overwrite to replace it")

@@ -57,9 +57,9 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
-            f"checkpoint {path} not found (init_from must point to a finished run's "
-            f"checkpoint, e.g. {runs.best_checkpoint('lightning_logs', 'phase1')}; run the "
-            "previous phase first)")
+            f"checkpoint {path} not found: give a finished run's checkpoint, e.g. "
+            f"{runs.best_checkpoint('lightning_logs', 'phase1')} (`desertmind scores` lists "
+            "them), or train that phase first")
     _check_records(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -80,12 +80,16 @@ def read_checkpoint(path: str | Path) -> dict:
 def _check_records(path: Path) -> None:
     """Refuse a checkpoint whose records no longer match the CRC-32 the zip archive keeps for
     each (torch.load does not check them: bytes damaged in place would load as other weights).
-    Reads the file once more, at disk speed; a file that is no zip archive is left to
-    torch.load to name."""
+    Reads the file once more, at disk speed. A file that is no zip archive is not a
+    checkpoint (``torch.save`` has written zip archives since torch 1.6; Lightning always)."""
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except zipfile.BadZipFile as e:
+        raise CheckpointError(f"{path}: not a checkpoint (torch.save writes a zip archive; "
+                              "this file is not one: another kind of file, or a truncated "
+                              "copy); give a .ckpt file a fit wrote") from e
+    except (OSError, ValueError):
         return
     if damaged is not None:
         raise CheckpointError(f"{path}: damaged: the record {damaged} no longer matches the "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,8 +178,10 @@ def _read_val_images(path: Path, label: str) -> tuple[list[str], np.ndarray | No
     try:
         with np.load(file) as data:
             names, cms = [str(n) for n in data["names"]], data["cms"].astype(np.int64)
-    except (OSError, ValueError, KeyError) as e:
-        raise ReportError(f"run {label}: cannot read {file} ({e})") from e
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise ReportError(f"run {label}: {file} is damaged (not the names and confusion "
+                          "matrices a fit saves); delete it to report the run without its "
+                          "intervals") from e
     return (names, cms) if len(names) >= 2 else ([], None)
 
 

@@ -55,10 +55,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 str(e).splitlines()[0] if str(e) else type(e).__name__)
             if "unexpected pos" in detail:  # torch's words for a write cut short
                 detail = f"the disk is full: torch says {detail.split('] . ')[-1]!r}"
+            last = path.with_name(f"{runs.LAST}{runs.CKPT_EXT}")
+            then = ("resume with --ckpt_path last" if last.is_file() else
+                    "run the phase again (it had saved no checkpoint to resume from)")
             raise CheckpointError(
                 f"{path}: cannot write the checkpoint ({detail}); {free:.0f} MiB free on its "
                 f"disk. The previous {path.name}, if any, is untouched; free some space and "
-                "resume with --ckpt_path last") from e
+                f"{then}") from e
 
     def load_checkpoint(self, path: _PATH, map_location: Any | None = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
