@@ -20,6 +20,10 @@ def _run(folder: Path, *options: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600, cwd=folder)
 
 
+def _tables(output: dict) -> dict:
+    return {**output["development"], **output["sealed"]}
+
+
 @pytest.mark.slow  # subprocesses that train
 def test_kept_seeds_are_read_back_and_other_settings_are_refused(tmp_path: Path):
     keep = tmp_path / "kept"
@@ -31,7 +35,10 @@ def test_kept_seeds_are_read_back_and_other_settings_are_refused(tmp_path: Path)
     assert more.returncode == 0, more.stderr[-3000:]
     assert f"seed 0 read from {keep / 'seed0.npz'}" in more.stderr
     assert "seed 1 done" in more.stderr and (keep / "seed1.npz").exists()
-    one, two = json.loads(first.stdout)["results"], json.loads(more.stdout)["results"]
+    one, two = (_tables(json.loads(run.stdout)) for run in (first, more))
+    # the overlay is confirmed once on the sealed desert, against the baseline only
+    assert set(json.loads(first.stdout)["sealed"]["test_sealed"]) == {"baseline", "overlay"}
+    assert set(json.loads(first.stdout)["development"]) == {"test_shifted", "test_dusk"}
     for desert, arms in one.items():  # seed 0's figures come back as they were
         for tool, row in arms.items():
             assert two[desert][tool]["val_mIoU"][0] == row["val_mIoU"][0]

@@ -60,7 +60,7 @@ def test_init_from_loads_weights_but_not_training_state(tmp_path, synth_root, so
 
 def test_missing_file_is_refused(tmp_path):
     module = SegmentationModule(TINY)
-    with pytest.raises(CheckpointError, match="not found: give a finished run.s checkpoint.*train that phase first"):
+    with pytest.raises(CheckpointError, match="not found: .* or train that phase first"):
         load_weights(module.model, tmp_path / "nope.ckpt")
 
 

@@ -10,6 +10,7 @@ from desertmind.cli.main import main
 from desertmind.data.classes import RAW_IDS, remap
 from desertmind.data.imageio import read_image, read_mask
 from desertmind.data.synth import generate
+from desertmind.errors import DatasetError
 
 
 def _same_tree(a: Path, b: Path) -> bool:
@@ -108,3 +109,30 @@ def test_the_dusk_desert_is_a_second_shift_with_other_absent_classes(tmp_path: P
     assert main(["synth", str(tmp_path / "cli"), "--n-train", "0", "--n-val", "0",
                  "--n-dusk", "2", "--height", "32", "--width", "48"]) == 0
     assert len(list((tmp_path / "cli" / "test_dusk" / "Color_Images").glob("*.png"))) == 2
+
+
+def test_the_sealed_desert_is_a_third_look_from_its_own_seed_stream(tmp_path: Path):
+    """Cooler light, another camera (half resolution, JPEG blocking), a third set of absent
+    classes; its own seed stream, so no scene repeats another split's; never trained on."""
+    root = generate(tmp_path / "d", n_train=16, n_val=0, height=72, width=128, seed=3,
+                    n_sealed=16)
+    (src_rgb, src_share), (sealed_rgb, sealed_share) = (_split_stats(root, "train"),
+                                                        _split_stats(root, "test_sealed"))
+    assert sealed_rgb[2] / sealed_rgb[0] > src_rgb[2] / src_rgb[0]  # cooler light
+    assert sealed_share[[1, 3, 6]].sum() == 0 and src_share[[1, 3, 6]].min() > 0
+    assert sealed_share[5] > 0 and sealed_share[4] > 0  # Flowers, Clutter: absent elsewhere
+    sealed = [read_image(p) for p in sorted((root / "test_sealed" / "Color_Images").iterdir())]
+    # the camera: lower resolution, so neighbouring pixels differ less than the source's
+    source = [read_image(p) for p in sorted((root / "train" / "Color_Images").iterdir())]
+
+    def step(images):
+        return np.mean([np.abs(np.diff(i.astype(float), axis=1)).mean() for i in images])
+    assert step(sealed) < 0.7 * step(source)
+    again = generate(tmp_path / "again", n_train=0, n_val=0, height=72, width=128, seed=3,
+                     n_sealed=16)
+    assert _same_tree(root / "test_sealed", again / "test_sealed")
+    with pytest.raises(DatasetError, match="domain 'sealed'"):
+        generate(tmp_path / "no", n_train=2, n_val=0, height=32, width=48, domain="sealed")
+    assert main(["synth", str(tmp_path / "cli"), "--n-train", "0", "--n-val", "0",
+                 "--n-sealed", "2", "--height", "32", "--width", "48"]) == 0
+    assert len(list((tmp_path / "cli" / "test_sealed" / "Color_Images").glob("*.png"))) == 2

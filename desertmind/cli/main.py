@@ -65,9 +65,10 @@ def _synth(args: argparse.Namespace) -> int:
     from desertmind.data.synth import generate
 
     out = generate(args.out, args.n_train, args.n_val, args.height, args.width, args.seed,
-                   args.overwrite, args.n_shifted, args.domain, args.n_dusk)
+                   args.overwrite, args.n_shifted, args.domain, args.n_dusk, args.n_sealed)
     extra = [f"{n} {split} scenes" for n, split in ((args.n_shifted, "test_shifted"),
-                                                      (args.n_dusk, "test_dusk")) if n]
+                                                      (args.n_dusk, "test_dusk"),
+                                                      (args.n_sealed, "test_sealed")) if n]
     shifted = f" and {' and '.join(extra)}" if extra else ""
     print(f"wrote {args.n_train} train and {args.n_val} val scenes ({args.domain} domain)"
           f"{shifted} ({args.width}x{args.height}, seed {args.seed}) to {out}")
@@ -177,6 +178,10 @@ def _tool_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-dusk", type=_int_at_least(0), default=0,
                    help="also write a labelled test_dusk split of the dusk domain (a second "
                    "shift: dim warm light, haze, grey soil, no Trees, Lush Bushes or Flowers)")
+    p.add_argument("--n-sealed", type=_int_at_least(0), default=0,
+                   help="also write a labelled test_sealed split: a desert no tool was chosen "
+                   "on, for confirming a choice once (overcast, dark volcanic ground, another "
+                   "camera; no Lush Bushes, Dry Bushes or Logs)")
     p.add_argument("--domain", choices=("source", "shifted", "dusk"), default="source",
                    help="the domain of train and val: source (default) or shifted (darker, "
                    "rocky, no Ground Clutter / Flowers / Logs: like the real test desert)")

@@ -197,7 +197,7 @@ def _load_cache(path: Path) -> dict:
     overwritten: ``--stats`` may name any file, and a user's own JSON is not ours to replace."""
     try:
         text = path.read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing saved there (yet)
         return {}
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: cannot read the statistics file ({e}); give another "
