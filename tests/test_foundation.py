@@ -97,6 +97,29 @@ def test_offline_weights_stop_with_repository_command_and_cache(
         assert code == 2 and f"hf download {repo}" in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # a ViT-S
+def test_weight_decay_only_hits_matrices_that_are_not_embeddings_or_tokens():
+    """DPT over DINOv3 ViT-S/16 with layer decay 0.9, AdamW 0.05: every group that decays holds
+    weights of rank >= 2 only, and none is a position embedding or a token; ConvNeXt's
+    layers for layer decay are its stem and four stages."""
+    module = SegmentationModule(Network("dpt", "tu-vit_small_patch16_dinov3"),
+                                param_groups=ParamGroups(layer_decay=0.9),
+                                optimizer=lambda p: torch.optim.AdamW(p, weight_decay=0.05))
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    decayed = [(names[id(p)], p) for g in groups if g["weight_decay"] > 0 for p in g["params"]]
+    assert decayed and all(p.ndim >= 2 for _, p in decayed)
+    assert not [n for n, _ in decayed if n.endswith(("token", "tokens", "pos_embed"))]
+    spared = {names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    vit = module.model.encoder.model
+    assert {n for n in spared if n.endswith(("cls_token", "reg_token"))} == {
+        n for n in names.values() if n.endswith(("cls_token", "reg_token"))} != set()
+    norms_biases_gammas = {names[id(p)] for p in vit.parameters() if p.ndim == 1}
+    assert len(norms_biases_gammas) > 100 and norms_biases_gammas <= spared
+    convnext = SegmentationModule(Network("upernet", "tu-convnext_tiny"))
+    assert len(convnext.model.encoder_layers()) == 5
+
+
 @pytest.mark.parametrize("backbone", [VIT16, VIT14])
 def test_layer_decay_gives_each_block_its_lr_and_every_parameter_once(backbone: str):
     module = SegmentationModule(Network("dpt", backbone),
@@ -105,7 +128,7 @@ def test_layer_decay_gives_each_block_its_lr_and_every_parameter_once(backbone: 
     groups = module.configure_optimizers()["optimizer"].param_groups
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(module.model.parameters()))
-    assert groups[-1]["name"] == "head" and groups[-1]["lr"] == 1.0
+    assert groups[-1]["name"] == "head.no_decay" and groups[-1]["lr"] == 1.0
     vit = module.model.encoder.model
     blocks = len(vit.blocks)
     group_of = {id(p): g for g in groups for p in g["params"]}

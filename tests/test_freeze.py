@@ -33,7 +33,9 @@ class Probe(L.Callback):
             "head_requires_grad": {
                 p.requires_grad for p in pl_module.model.head_parameters()},
             "bn_training": {m.training for m in bns},
-            "groups": [(g["name"], g["lr"]) for g in opt.param_groups],
+            # each group's decayed half (its .no_decay half has the same LR)
+            "groups": [(g["name"], g["lr"]) for g in opt.param_groups
+                       if not g["name"].endswith(".no_decay")],
             "backbone": next(bb.parameters()).detach().clone(),
         }
 

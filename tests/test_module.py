@@ -41,9 +41,26 @@ def test_param_groups_are_named_and_scaled():
                                 optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
     opt = _with_trainer(module).configure_optimizers()["optimizer"]
     assert [(g["name"], g["lr"]) for g in opt.param_groups] == [
-        ("backbone", pytest.approx(0.05)), ("head", 0.5), ("aux", 0.5)]
+        ("backbone", pytest.approx(0.05)), ("backbone.no_decay", pytest.approx(0.05)),
+        ("head", 0.5), ("head.no_decay", 0.5), ("aux", 0.5), ("aux.no_decay", 0.5)]
     n_params = sum(len(g["params"]) for g in opt.param_groups)
     assert n_params == len(list(module.model.parameters()))  # every parameter, once
+
+
+def test_weight_decay_spares_norms_biases_and_tokens():
+    """BEiT / MMSeg / timm's rule: AdamW's decay hits weights of rank >= 2 only; a parameter
+    named as a token or position embedding is spared whatever its rank."""
+    module = SegmentationModule(TINY, optimizer=lambda p: torch.optim.AdamW(p, lr=0.1,
+                                                                           weight_decay=0.05))
+    module.model.encoder.register_parameter("cls_token", torch.nn.Parameter(torch.zeros(1, 1, 4)))
+    opt = _with_trainer(module).configure_optimizers()["optimizer"]
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    for group in opt.param_groups:
+        spared = group["name"].endswith(".no_decay")
+        assert group["weight_decay"] == (0.0 if spared else 0.05)
+        for p in group["params"]:
+            assert spared == (p.ndim <= 1 or names[id(p)].endswith("cls_token")), names[id(p)]
+    assert any(names[id(p)].endswith("cls_token") for g in opt.param_groups for p in g["params"])
 
 
 def _with_trainer(module: SegmentationModule, steps: int = 100,

@@ -72,18 +72,20 @@ def test_param_groups_cover_every_parameter_once_with_their_lr(arch: str, backbo
                                 optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
     opt = module.configure_optimizers()["optimizer"]
     assert [(g["name"], g["lr"]) for g in opt.param_groups] == [
-        ("backbone", pytest.approx(0.05)), ("head", 0.5)]
+        ("backbone", pytest.approx(0.05)), ("backbone.no_decay", pytest.approx(0.05)),
+        ("head", 0.5), ("head.no_decay", 0.5)]
     ids = [id(p) for g in opt.param_groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(module.model.parameters()))
     encoder = {id(p) for p in module.model.encoder.parameters()}
-    assert {id(p) for p in opt.param_groups[0]["params"]} == encoder
+    assert {id(p) for g in opt.param_groups[:2] for p in g["params"]} == encoder
 
 
 def test_deeplabv3_aux_head_is_its_own_group():
     module = SegmentationModule(Network(aux_weight=0.4),
                                 optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
     names = [g["name"] for g in module.configure_optimizers()["optimizer"].param_groups]
-    assert names == ["backbone", "head", "aux"]
+    assert names == ["backbone", "backbone.no_decay", "head", "head.no_decay", "aux",
+                     "aux.no_decay"]
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -34,7 +34,7 @@ from desertmind.training.freeze import BackboneFreeze
 from desertmind.training.losses import needs_class_weights
 from desertmind.training.metrics import MONITOR
 from desertmind.training.module import SegmentationModule
-from desertmind.training.optimization import check_optimizer
+from desertmind.training.optimization import check_optimizer, describe
 from desertmind.training.speed import Speedups
 
 
@@ -240,6 +240,9 @@ class DesertMindCLI(LightningCLI):
                             "--out; fit: "
                             "start a phase again over its earlier checkpoints (each replaced when "
                             "the new run saves its own)")
+        parser.add_argument("--print_param_groups", action=ActionYesNo, default=False,
+                            help="fit: print the optimizer's parameter groups (learning rate, "
+                            "weight decay, tensors) and exit without training")
         # --overwrite: each checkpoint callback decides about its folder's earlier files
         parser.link_arguments("overwrite", "checkpoint.overwrite")
         parser.link_arguments("overwrite", "last_checkpoint.overwrite")
@@ -357,6 +360,9 @@ class DesertMindCLI(LightningCLI):
         self.datamodule.check_fit()
         hp = self.model.hparams
         check_optimizer(self.model.optimizer, self.model.scheduler)
+        if self.config.fit.get("print_param_groups"):
+            print(describe(self.model.model, self.model.groups, self.model.optimizer))
+            raise SystemExit(0)  # as --print_config does: a look, not a run
         if self.trainer.limit_train_batches == 0:
             raise ConfigError("--trainer.limit_train_batches 0 trains nothing (the checkpoints "
                               "would hold the starting weights); to score a model, use "

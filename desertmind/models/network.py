@@ -40,6 +40,11 @@ def scaling_constants(scaling: str = "imagenet") -> tuple[torch.Tensor, torch.Te
     return torch.tensor(IMAGENET_MEAN) * 255, torch.tensor(IMAGENET_STD) * 255
 
 
+#: the endings of parameter names that are embeddings or tokens (timm, torchvision, HF names)
+_EXEMPT_SUFFIXES = ("token", "tokens", "pos_embed", "position_embeddings",
+                    "relative_position_bias_table")
+
+
 class SegmentationNetwork(nn.Module, ABC):
     """A network from RGB images in 0-255 (float, N x 3 x H x W) to class logits (N, C, H, W).
 
@@ -152,6 +157,23 @@ class SegmentationNetwork(nn.Module, ABC):
         """The encoder's parameters by depth, input side first (for layer-wise LR decay);
         one layer when the encoder's depth order is not known."""
         return [list(self.encoder.parameters())]
+
+    def no_weight_decay(self) -> set[int]:
+        """``id``s of the parameters that weight decay must not touch, by the rule the recipes
+        cite (BEiT, MMSeg's layer-decay constructor, timm's optimizer factory): every parameter
+        of rank <= 1 (norm weights, biases, LayerScale gammas), position embeddings, and
+        cls / register / mask tokens. Decaying them pulls a norm's scale or a token toward 0,
+        which no prior asks for; :meth:`encoder_no_weight_decay` names the encoder's own."""
+        named = set(self.encoder_no_weight_decay())
+        exempt = {id(p) for p in self.parameters() if p.ndim <= 1}
+        exempt |= {id(p) for n, p in self.encoder.named_parameters()
+                   if n in named or n.rsplit(".", 1)[-1].endswith(_EXEMPT_SUFFIXES)}
+        return exempt
+
+    def encoder_no_weight_decay(self) -> set[str]:
+        """Names (in ``self.encoder``) of parameters its model exempts from weight decay
+        beyond the rank and name rule (timm models list theirs); none by default."""
+        return set()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute the encoder's activations in the backward pass instead of keeping them."""

@@ -78,7 +78,9 @@ class SMPNetwork(SegmentationNetwork):
     def encoder_layers(self) -> list[list[nn.Parameter]]:
         """A timm encoder's layers as timm groups them for layer-wise decay (a ViT: the patch
         embedding and tokens, then each block, the final norm with the last block), or for
-        timm's multi-scale feature wrappers, their stem and stages in order."""
+        timm's multi-scale feature wrappers, their stem and stages in order (the wrapper lists a
+        stem's conv and its norm apart: ConvNeXt's stem_0 / stem_1, ResNet's conv1 / bn1; a
+        child holding only norm parameters joins the layer before it)."""
         model = self._timm_model()
         if model is None:
             return super().encoder_layers()
@@ -87,14 +89,29 @@ class SMPNetwork(SegmentationNetwork):
 
             groups = group_parameters(model, model.group_matcher(coarse=False))
             names = [groups[k] for k in sorted(groups)]
-        else:
-            names = [[f"{child}.{n}" for n, _ in module.named_parameters()]
-                     for child, module in model.named_children()]
+        else:  # the wrapper's children in order; a norm belongs to the layer before it
+            names = []
+            for child, module in model.named_children():
+                params = list(module.named_parameters())
+                own = [f"{child}.{n}" for n, _ in params]
+                if names and params and all(p.ndim <= 1 for _, p in params):
+                    names[-1] += own  # a stem's norm (stem_1 of ConvNeXt, bn1 of ResNet)
+                else:
+                    names.append(own)
         params = dict(model.named_parameters())
         layers = [[params[n] for n in group] for group in names if group]
         covered = {id(p) for layer in layers for p in layer}
         layers[-1].extend(p for p in self.encoder.parameters() if id(p) not in covered)
         return layers
+
+    def encoder_no_weight_decay(self) -> set[str]:
+        """timm's own list (``no_weight_decay()``: a ViT's pos_embed, cls and register
+        tokens), as names in the encoder."""
+        model = self._timm_model()
+        if model is None or not hasattr(model, "no_weight_decay"):
+            return set()
+        prefix = next(n for n, m in self.encoder.named_modules() if m is model)
+        return {f"{prefix}.{n}" if prefix else n for n in model.no_weight_decay()}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         model = self._timm_model()

@@ -16,6 +16,9 @@ from desertmind.models.network import SegmentationNetwork
 from desertmind.training.metrics import followed_monitor
 from desertmind.training.schedulers import PolyLR
 
+#: the suffix of a group's exempt half (norms, biases, tokens: no weight decay)
+NO_DECAY = "no_decay"
+
 
 @dataclass(frozen=True)
 class ParamGroups:
@@ -53,7 +56,8 @@ class ParamGroups:
 
     def groups(self, network: SegmentationNetwork) -> list[dict]:
         """Named groups: backbone (the encoder, with ``lr_mult``; with layer decay one
-        ``backbone.<k>`` per encoder layer), head and, if any, aux."""
+        ``backbone.<k>`` per encoder layer), head and, if any, aux; each beside its
+        ``.no_decay`` half (norms, biases, embeddings and tokens, weight decay 0)."""
         mult, decay = self.backbone_lr_mult, self.layer_decay
         if decay == 1:
             groups = [{"name": "backbone", "params": list(network.encoder.parameters()),
@@ -68,7 +72,40 @@ class ParamGroups:
         aux = list(network.aux_parameters())
         if aux:
             groups.append({"name": "aux", "params": aux, "lr_mult": 1.0})
-        return groups
+        return _without_decay(groups, network.no_weight_decay())
+
+
+def _without_decay(groups: list[dict], exempt: set[int]) -> list[dict]:
+    """Each group split in two: its parameters that weight decay applies to, under its own
+    name, and those the rule exempts (:meth:`SegmentationNetwork.no_weight_decay`) in
+    ``<name>.no_decay`` with ``weight_decay`` 0 and the same LR; empty halves are left out."""
+    split = []
+    for group in groups:
+        decayed = [p for p in group["params"] if id(p) not in exempt]
+        kept = [p for p in group["params"] if id(p) in exempt]
+        if decayed:
+            split.append({**group, "params": decayed})
+        if kept:
+            split.append({**group, "name": f"{group['name']}.{NO_DECAY}", "params": kept,
+                          "weight_decay": 0.0})
+    return split
+
+
+def describe(network: SegmentationNetwork, groups: ParamGroups,
+             optimizer: OptimizerCallable) -> str:
+    """The optimizer's parameter groups as a markdown table (``fit --print_param_groups``):
+    each group's learning rate and weight decay as the optimizer holds them, how many tensors
+    and values, and its first tensor's name."""
+    opt = configure(network, groups, optimizer, None, None)["optimizer"]
+    names = {id(p): n for n, p in network.named_parameters()}
+    lines = ["| group | lr | weight decay | tensors | values | first tensor |",
+             "|---|---:|---:|---:|---:|---|"]
+    for group in opt.param_groups:
+        params = group["params"]
+        lines.append(f"| {group['name']} | {group['lr']:.3g} | {group.get('weight_decay', 0):g} "
+                     f"| {len(params)} | {sum(p.numel() for p in params):,} "
+                     f"| {names.get(id(params[0]), '?')} |")
+    return "\n".join(lines)
 
 
 def check_optimizer(optimizer: OptimizerCallable, scheduler: LRSchedulerCallable | None) -> None:
