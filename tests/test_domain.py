@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -14,6 +15,8 @@ from desertmind.data.imageio import read_image
 from desertmind.data.synth import generate
 from desertmind.data.transforms import build_transform
 from desertmind.errors import ConfigError
+from desertmind.training.module import SegmentationModule
+from tests.stand_in import TINY
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +224,32 @@ def test_the_domain_generalisation_overlay_trains_and_a_shifted_split_is_scored(
     assert metrics["predict_classes"] == ["Trees", "Lush Bushes", "Dry Grass", "Dry Bushes",
                                           "Rocks", "Landscape", "Sky"]
     assert 0 <= metrics["test/mIoU_all_classes"] <= 1
+
+
+def test_a_python_fit_with_target_images_records_it_in_its_checkpoint(two_deserts: Path,
+                                                                      tmp_path: Path):
+    """No CLI: a plain Trainer.fit of the module and data module (as benchmarks/domain_gap.py
+    does) writes the target use into its checkpoint, and a phase started from it says so
+    too; evaluating it reports a transductive run."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from desertmind.models.trained import load_trained
+
+    def fit(module: SegmentationModule, folder: str, **data) -> Path:
+        dm = OffroadDataModule(str(two_deserts), batch_size=2, num_workers=0, **data)
+        saved = ModelCheckpoint(dirpath=tmp_path / folder, save_last=True)
+        L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                  enable_model_summary=False, num_sanity_val_steps=0, limit_train_batches=2,
+                  limit_val_batches=1, callbacks=[saved]).fit(module, dm)
+        return Path(saved.last_model_path)
+
+    first = fit(SegmentationModule(TINY), "first", target_transfer="histogram",
+                target_dir="test_shifted/Color_Images")
+    record = load_trained(first).evaluation().record
+    assert record["transductive"] is True
+    assert record["training"] == "histogram transfer from test_shifted/Color_Images"
+    later = fit(SegmentationModule(TINY, init_from=str(first)), "later")
+    training = load_trained(later).evaluation().record["training"]
+    assert training.startswith("histogram transfer from test_shifted") and str(first) in training
+    plain = fit(SegmentationModule(TINY), "plain")
+    assert load_trained(plain).evaluation().record["transductive"] is False

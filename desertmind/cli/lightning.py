@@ -371,7 +371,6 @@ class DesertMindCLI(LightningCLI):
             if isinstance(callback, EarlyStopping) and callback.patience < 0:
                 raise ConfigError(f"early_stopping.patience={callback.patience}: the number of "
                                   "validations without improvement to wait, 0 or more")
-        self.model.target_use = self.datamodule.target_use()  # kept in its checkpoints
         if needs_class_weights(hp.loss) and hp.class_weights is None:
             weights = self.datamodule.class_weights()  # None: class_weighting none, refused
             hp.class_weights = None if weights is None else weights.tolist()

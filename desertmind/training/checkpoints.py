@@ -241,8 +241,9 @@ class LastCheckpoint(PhaseCheckpoint):
             self._validated_at = trainer.global_step
 
 
-def load_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> None:
-    """Copy the weights under ``prefix`` of a Lightning checkpoint into ``model``, strictly.
+def load_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> dict:
+    """Copy the weights under ``prefix`` of a Lightning checkpoint into ``model``, strictly,
+    and return the checkpoint (for its training record).
 
     Only weights are taken: no optimizer, epoch, scheduler or callback state. Into a network
     with low-rank adapters, a network's weights without them go under the adapters.
@@ -252,3 +253,4 @@ def load_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> 
     if getattr(model, "lora", None) is not None:
         state = plain_to_lora(state, {prefix + k: v for k, v in model.state_dict().items()})
     copy_weights(model, state, path, prefix)
+    return ckpt

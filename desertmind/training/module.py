@@ -119,8 +119,10 @@ class SegmentationModule(L.LightningModule):
 
     @property
     def target_use(self) -> str | None:
-        """How training used the unlabelled target images (None: it did not); the CLI sets it
-        from the data module before fit (OffroadDataModule.target_use)."""
+        """How training used the unlabelled target images (None: it did not): set when a fit
+        starts, however it was started (CLI, Python, benchmark), from the data module's
+        ``target_use()`` and what the ``init_from`` checkpoint records (weights that saw target
+        images carry that into every phase after them); kept in the checkpoints."""
         return self.evaluation.target_use
 
     @target_use.setter
@@ -138,8 +140,16 @@ class SegmentationModule(L.LightningModule):
                                   "split) or give the ten weights")
             weights = None if hp.class_weights is None else torch.tensor(hp.class_weights)
             self.criterion = build_loss(hp.loss, weights)
+        inherited = None
         if hp.init_from:
-            load_weights(self.model, hp.init_from)
+            _, inherited = training_record(load_weights(self.model, hp.init_from))
+        try:  # a module set up by hand (tests, notebooks) has no trainer and no data
+            datamodule = self.trainer.datamodule
+        except RuntimeError:
+            datamodule = None
+        own = datamodule.target_use() if hasattr(datamodule, "target_use") else None
+        self.target_use = "; ".join(filter(None, (
+            own, inherited and f"{inherited} (in the weights of {hp.init_from})"))) or None
         if self.self_training.enabled and self.pseudo is None:
             if not hp.init_from:
                 raise ConfigError("model.self_training needs a teacher: set model.init_from to "
