@@ -33,13 +33,31 @@ def _sgd(params):
     return torch.optim.SGD(params, lr=1.0)
 
 
-@pytest.mark.parametrize(("backbone", "multiple"), [(VIT16, 32), (VIT14, 28)])
-def test_dpt_pads_to_the_patch_times_the_decoder_factor(backbone: str, multiple: int):
+@pytest.mark.parametrize(("backbone", "patch"), [(VIT16, 16), (VIT14, 14)])
+def test_dpt_pads_the_image_to_whole_patches_and_the_token_grid_after_attention(
+        backbone: str, patch: int, monkeypatch):
+    """The image is padded to whole patches only; the decoder's even grid is made after the
+    encoder. So a token grid of odd size (3 x 5) has no token of padding alone in attention,
+    and changing the padding's content changes no prediction (the old padding to 2 patches
+    added a row and a column of such tokens, and flipped predictions anywhere)."""
     net = build_network("dpt", backbone).eval()
-    assert net.size_multiple == multiple
+    assert net.size_multiple == patch and net.factor == 2
     with torch.no_grad():  # 1 x 1 token grids up to sizes neither 14 nor 16 divides
         for h, w in ((14, 16), (61, 83), (144, 256)):
             assert net(torch.rand(1, 3, h, w) * 255).shape == (1, 10, h, w)
+    real_pad = torch.nn.functional.pad
+
+    def predict(fill: float) -> torch.Tensor:  # the image's padding filled with ``fill``
+        def pad(x, amounts, *args, **kwargs):
+            return real_pad(x, amounts, value=fill) if x.shape[1] == 3 else real_pad(
+                x, amounts, *args, **kwargs)
+        monkeypatch.setattr(torch.nn.functional, "pad", pad)
+        with torch.no_grad():
+            return net(image)
+
+    image = torch.rand(1, 3, 3 * patch, 5 * patch, generator=torch.Generator().manual_seed(0))
+    image = image * 255
+    torch.testing.assert_close(predict(0.0), predict(3.0), rtol=0, atol=0)
 
 
 @pytest.mark.slow  # real ConvNeXt networks in three decoders: make test-full

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from desertmind.data.classes import IGNORE_INDEX
 from desertmind.errors import ConfigError
 from desertmind.training.losses import SoftDiceLoss, build_loss, parse_loss
 
@@ -113,3 +115,38 @@ def test_a_batch_without_labelled_pixels_gives_zero_loss_with_its_graph(spec):
     assert torch.isfinite(loss)
     loss.backward()  # the graph is kept: the step runs, the weights do not move
     assert torch.isfinite(logits.grad).all() and loss.item() == 0
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_deterministic_cross_entropy_equals_torchs_and_is_used_when_asked(weighted: bool,
+                                                                          monkeypatch):
+    """Under ``torch.use_deterministic_algorithms(True)`` (``trainer.deterministic``) the
+    losses take a form with deterministic CUDA kernels; value and gradient are torch's."""
+    from desertmind.training.losses import deterministic_cross_entropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 10, 12, 16, requires_grad=True)
+    target = torch.randint(0, 10, (2, 12, 16))
+    target[0, :3] = IGNORE_INDEX
+    weight = torch.rand(10) + 0.1 if weighted else None
+    expected = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX)
+    (grad_expected,) = torch.autograd.grad(expected, logits)
+    ours = deterministic_cross_entropy(logits, target, weight, IGNORE_INDEX)
+    (grad_ours,) = torch.autograd.grad(ours, logits)
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(grad_ours, grad_expected, atol=1e-6, rtol=0)
+    spec = "weighted_ce + 0.5 dice" if weighted else "ce + 0.5 dice"
+    loss = build_loss(spec, weight)
+    before = torch.are_deterministic_algorithms_enabled()
+    reference = loss(logits, target)
+    calls = []
+    real = F.cross_entropy
+    monkeypatch.setattr(F, "cross_entropy", lambda *a, **k: calls.append(1) or real(*a, **k))
+    try:
+        torch.use_deterministic_algorithms(True)
+        value = loss(logits, target)
+        value.backward()
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert calls == []  # the deterministic form, not nll_loss2d
+    torch.testing.assert_close(value, reference, atol=1e-6, rtol=0)

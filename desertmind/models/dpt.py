@@ -6,9 +6,16 @@ down-sampling and fuses them by exact doubling, so a patch-14 ViT (DINOv2) gives
 factors and grids that never line up, and a patch-16 grid of odd size fails at the stride-2
 stage. Here the decoder is always built for a stride-16 grid, whatever the patch: it fuses the
 token grid as if each token covered 16 pixels, and its logits (16/patch times the padded
-input) are resampled to the padded input. The input is padded to ``patch x`` the decoder's
-coarsest down-sampling factor (the token grid must split evenly there), derived from the
-built decoder, not hard-coded.
+input) are resampled to the padded input.
+
+Padding stays out of attention. The input is padded only to a multiple of the patch (less
+than one patch, with the mean colour), so no token is padding alone and every token the ViT
+attends over holds image pixels. The decoder's coarsest stage still needs the token grid to
+split evenly by its down-sampling factor (derived from the built decoder, not hard-coded): the
+grid is padded *after* the encoder, with zero features, and the logits of those positions are
+cropped off. Padding the image to ``patch x factor`` instead (up to a whole token row and
+column of nothing but mean colour) let those tokens take part in attention, and changing only
+their content changed predictions anywhere in the image.
 
 The decoder's widths follow the encoder's (Depth Anything's DPT heads: reassembled features of
 E/8, E/4, E/2 and E channels for an encoder of width E, fused at E/6), not SMP's fixed 256-1024
@@ -85,11 +92,18 @@ class DPTNetwork(SMPNetwork):
                                                     upsampling=2)
         initialize_decoder(net.decoder)
         initialize_head(net.segmentation_head)
-        self.size_multiple = self.patch * decoder_factor(net.decoder)
+        self.factor = decoder_factor(net.decoder)
+        self.size_multiple = self.patch  # the image is padded to whole patches only
 
     def forward_padded(self, images: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, None]:
         features, prefix_tokens = self.net.encoder(images)
+        gh, gw = features[0].shape[-2:]
+        f = self.factor  # the token grid padded for the decoder, after attention, with zeros
+        pad_h, pad_w = (f - gh % f) % f, (f - gw % f) % f
+        features = [F.pad(x, (0, pad_w, 0, pad_h)) for x in features]
         logits = self.net.segmentation_head(self.net.decoder(features, prefix_tokens))
+        per_token = logits.shape[-1] // (gw + pad_w)  # decoder pixels per token (16)
+        logits = logits[..., :gh * per_token, :gw * per_token]
         if self.patch != DECODER_STRIDE:  # the decoder saw 16-pixel tokens: back to the input
             logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear",
                                    align_corners=False)

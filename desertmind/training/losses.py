@@ -77,8 +77,27 @@ class CrossEntropy(nn.Module):
             # stop training; zero keeps the graph and lets the batch pass
             return logits.float().sum() * 0.0
         weight = None if self.weight is None else self.weight.float()
+        if torch.are_deterministic_algorithms_enabled():
+            return deterministic_cross_entropy(logits.float(), target, weight, self.ignore_index)
         return F.cross_entropy(logits.float(), target, weight=weight,
                                ignore_index=self.ignore_index)
+
+
+def deterministic_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
+                                weight: torch.Tensor | None, ignore_index: int) -> torch.Tensor:
+    """``F.cross_entropy(logits, target, weight, ignore_index)`` (mean reduction) from
+    operations with deterministic CUDA kernels: CUDA's ``nll_loss2d`` has none, so under
+    ``torch.use_deterministic_algorithms(True)`` (``trainer.deterministic: true``) the plain
+    call raises. The target's log-probability is picked by a one-hot product (not a gather,
+    whose backward is a scatter-add) and the weighted mean is written out."""
+    valid = target != ignore_index
+    safe = target.masked_fill(~valid, 0)
+    onehot = F.one_hot(safe, logits.shape[1]).movedim(-1, 1).to(logits.dtype)
+    picked = (logits.log_softmax(1) * onehot).sum(1)  # log p(target) per pixel
+    pixel_weight = valid.to(logits.dtype)
+    if weight is not None:
+        pixel_weight = pixel_weight * weight[safe]
+    return -(picked * pixel_weight).sum() / pixel_weight.sum()
 
 
 class CombinedLoss(nn.Module):
