@@ -79,6 +79,18 @@ def kill_at(**where: int) -> list[str]:
     return [f"--trainer.callbacks+={json.dumps(spec)}"]
 
 
+class Pause(L.Callback):
+    """Sleep at the end of every training epoch, so a test can look at a run while it runs."""
+
+    def __init__(self, seconds: float = 1.0) -> None:
+        self.seconds = seconds
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        import time
+
+        time.sleep(self.seconds)
+
+
 #: the environment a subprocess needs to import ``tests.stand_in``
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1",
                   "PYTHONPATH": os.pathsep.join(

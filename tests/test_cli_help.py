@@ -56,3 +56,33 @@ def test_every_option_of_fit_but_the_trainers_has_help_text(capsys):
             if text.startswith(("(type", "(default")):
                 bare.append(m.group(1))
     assert not bare, f"options without help text: {bare}"
+
+
+def test_a_typo_gets_the_error_first_and_the_nearest_name(capsys, tmp_path):
+    """An unknown command names the nearest (before anything heavy is imported); an unknown
+    option prints the error, 'did you mean', and where the full list is, in a few lines."""
+    from desertmind.cli.main import LIGHTNING, TOOLS, _tool_parser
+
+    assert main(["fti"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'fti'; did you mean 'fit'?" in err
+    assert all(c in err for c in (*LIGHTNING, *TOOLS))
+    subcommands = next(a for a in _tool_parser()._subparsers._group_actions)
+    assert set(subcommands.choices) == set(TOOLS)  # the list a typo is answered with is whole
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "-c", "configs/phase1.yaml", "--data.rot", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 10, err
+    assert err[0].startswith("desertmind fit: error: unrecognized arguments: --data.rot")
+    assert "did you mean --data.root?" in err[1]
+    assert err[-1].endswith("desertmind fit --help")
+
+
+def test_export_takes_ckpt_path_like_every_command():
+    from desertmind.cli.main import _tool_parser
+
+    args = _tool_parser().parse_args(["export", "--ckpt_path", "a.ckpt", "--out", "a.onnx"])
+    assert args.ckpt == "a.ckpt"
+    assert _tool_parser().parse_args(["export", "--ckpt", "b.ckpt", "--out", "b.onnx"]).ckpt == (
+        "b.ckpt")

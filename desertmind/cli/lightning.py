@@ -3,6 +3,7 @@ evaluation from a checkpoint alone."""
 
 from __future__ import annotations
 
+import difflib
 import logging
 import random
 import re
@@ -10,6 +11,7 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 import lightning as L
 import torch
@@ -17,6 +19,7 @@ import yaml
 from jsonargparse import ActionYesNo
 from lightning.pytorch.callbacks import (
     EarlyStopping,
+    ProgressBar,
     WeightAveraging,
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -35,6 +38,7 @@ from desertmind.training.losses import needs_class_weights
 from desertmind.training.metrics import MONITOR
 from desertmind.training.module import SegmentationModule
 from desertmind.training.optimization import check_optimizer, describe
+from desertmind.training.progress import ProgressLines
 from desertmind.training.speed import Speedups
 
 
@@ -165,6 +169,33 @@ class _Parser(LightningArgumentParser):
 
     def format_help(self) -> str:
         return plain_help(super().format_help())
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        """The error first, in a few lines: what was wrong, the nearest valid option for an
+        unknown one, and where the full list is (jsonargparse's own prints the whole usage,
+        over a hundred lines, above the error)."""
+        if not self.exit_on_error:
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        command = f"desertmind {parser.command}" if getattr(parser, "command", None) else (
+            "desertmind")
+        lines = [f"{command}: error: {message.strip()}"]
+        lines += [f"  did you mean {hint}?" for hint in nearest_options(message, parser)]
+        lines.append(f"  every option: {command} --help")
+        sys.stderr.write("\n".join(lines) + "\n")
+        self.exit(2)
+
+
+def nearest_options(message: str, parser: LightningArgumentParser) -> list[str]:
+    """For each ``--option`` an error message names that the parser does not know, the
+    closest option it knows (difflib), e.g. ``--data.rot`` -> ``--data.root``."""
+    known = [f"--{key}" for key in parser.get_defaults().keys()]
+    hints = []
+    for word in re.findall(r"--[\w.\-]+", message):
+        if word not in known and (close := difflib.get_close_matches(word, known, n=1,
+                                                                    cutoff=0.6)):
+            hints.append(close[0])
+    return hints
 
 
 class DesertMindCLI(LightningCLI):
@@ -345,6 +376,11 @@ class DesertMindCLI(LightningCLI):
             if sub == "predict":
                 check_predict_out(config.get("out"), config.get("overwrite"))
             callbacks = evaluation_callbacks(sub, config.get("out"), user)
+        # into a file (a log, a SLURM job) a bar would show once, at the end: lines instead
+        if (sub == "fit" and trainer_config.get("enable_progress_bar", True) is not False
+                and not sys.stdout.isatty()
+                and not any(isinstance(c, ProgressBar) for c in callbacks)):
+            callbacks.append(ProgressLines())
         # config.yaml goes beside the run's logs: without a logger there is no such folder
         # (Lightning would write it into the working folder)
         if (self.save_config_callback and not trainer_config.get("fast_dev_run")

@@ -8,6 +8,7 @@ tools that do not import Lightning.
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import json
 import sys
@@ -20,6 +21,7 @@ from desertmind.files import cannot_write
 
 LIGHTNING = ("fit", "validate", "test", "predict")
 EVALUATION = ("validate", "test", "predict")  # their --help is the short one
+TOOLS = ("check-data", "synth", "scores", "report", "export", "app")
 USAGE = """usage: desertmind [--version] COMMAND ...
 
   fit         train a phase:            desertmind fit -c configs/phase1.yaml
@@ -211,7 +213,8 @@ def _tool_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a checkpoint to ONNX",
                        description="Export a checkpoint's network (logits only, no aux head) "
                        "with dynamic batch, height and width.")
-    p.add_argument("--ckpt", required=True, help="a desertmind checkpoint (e.g. best.ckpt)")
+    p.add_argument("--ckpt_path", "--ckpt", dest="ckpt", required=True,
+                   help="a desertmind checkpoint (e.g. best.ckpt); --ckpt is the same")
     p.add_argument("--format", default="onnx", help="onnx (the one format)")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--height", type=_int_at_least(16), default=540,
@@ -253,6 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] in EVALUATION and {"-h", "--help"} & set(argv[1:]):
         print(evaluation_help.text(argv[0]))  # no Lightning import: the short help is instant
         return 0
+    if argv[0] not in (*LIGHTNING, *TOOLS):  # before any import: a typo costs nothing
+        near = difflib.get_close_matches(argv[0], (*LIGHTNING, *TOOLS), n=1, cutoff=0.5)
+        print(f"desertmind: error: unknown command {argv[0]!r}"
+              + (f"; did you mean {near[0]!r}?" if near else "")
+              + f"\n  commands: {', '.join((*LIGHTNING, *TOOLS))} (desertmind --help)",
+              file=sys.stderr)
+        return 2
     if "--help-all" in argv[1:]:
         argv = [("--help" if a == "--help-all" else a) for a in argv]
         from_shell = False
