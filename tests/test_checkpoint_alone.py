@@ -268,3 +268,30 @@ def test_ckpt_path_best_and_last_name_the_phase_files(name, synth_root, phase3, 
     assert main(["validate", *phase, "--trainer.logger.init_args.save_dir", str(empty),
                  "--ckpt_path", name]) == 2
     assert not empty.exists()
+
+
+def test_a_relative_data_root_is_found_from_another_folder_or_named(synth_root, tmp_path,
+                                                                   phase_args, monkeypatch,
+                                                                   capsys):
+    """Trained with a data.root relative to its folder: validated from another folder, the
+    checkpoint's recorded absolute root is used; when that is gone too, one line says where
+    the path came from and to pass --data.root."""
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(synth_root, work / "data")
+    monkeypatch.chdir(work)
+    args = phase_args("phase1", Path("data"), Path("logs"))
+    assert main(["fit", *args]) == 0
+    ckpt = (work / "logs" / "phase1" / "checkpoints" / "best.ckpt").resolve()
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    assert main(["validate", "--ckpt_path", str(ckpt), "--out", "ev",
+                 "--trainer.accelerator", "cpu"]) == 0
+    assert json.loads((other / "ev" / "metrics.json").read_text())["images"] > 0
+    shutil.rmtree(work / "data")
+    assert main(["validate", "--ckpt_path", str(ckpt), "--out", "ev2"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "trained on data.root 'data' (relative to the folder training ran in)" in line
+    assert "--data.root ROOT" in line and "synth" not in line

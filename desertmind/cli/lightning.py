@@ -128,6 +128,20 @@ def refuse_other_network(config, settings: TrainedSettings) -> None:
     config.model.network.weights = "none"
 
 
+def refuse_missing_root(config, settings: TrainedSettings, sub: str) -> None:
+    """An evaluation on the checkpoint's own dataset root that is not there from this folder:
+    say where the path came from and how to give another (the data module's message would
+    suggest generating a synthetic dataset)."""
+    root = config.data.get("root")
+    if sub == "predict" or root != settings.data.get("root") or Path(root).is_dir():
+        return
+    where = (f"; training ran on {settings.trained_root}, which is not there either"
+             if settings.trained_root else "")
+    how = "" if Path(root).is_absolute() else " (relative to the folder training ran in)"
+    raise ConfigError(f"{settings.path} trained on data.root {root!r}{how}, not found from "
+                      f"here{where}: give the dataset with --data.root ROOT")
+
+
 def named_checkpoint(config, name: str) -> Path:
     """``--ckpt_path best|last``: that file of the phase the config's checkpoint callback
     (``checkpoint.dirpath``) or logger (``save_dir``/``name``) names."""
@@ -300,6 +314,7 @@ class DesertMindCLI(LightningCLI):
                                                        "seed_everything": False})
             super().parse_arguments(parser, args)
             refuse_other_network(self.config[sub], settings)
+            refuse_missing_root(self.config[sub], settings, sub)
         if self.config[sub].get("seed_everything") is True:
             # Lightning's seed_everything() without a seed picks 0, every time, silently
             seed = random.SystemRandom().randrange(2**31)

@@ -48,6 +48,9 @@ CLASS_TABLE_KEY = "desertmind_classes"
 SOURCE_PRIORS_KEY = "desertmind_source_priors"
 #: how training used unlabelled target images, in words, or None
 TARGET_USE_KEY = "desertmind_target_use"
+#: the dataset root the run trained on, absolute (``data.root`` may be relative to the folder
+#: training ran in)
+DATA_ROOT_KEY = "desertmind_data_root"
 
 _SHOW = 8
 
@@ -200,6 +203,8 @@ class TrainedSettings:
     evaluation: EvalOptions = field(default_factory=EvalOptions)
     #: the training run's monitor, its best score (the one this checkpoint holds) and epoch
     best: tuple[str | None, float | None, int | None] = (None, None, None)
+    #: the absolute dataset root it trained on (None in older checkpoints)
+    trained_root: str | None = None
 
 
 def settings_of(path: str | Path, ckpt: dict) -> TrainedSettings:
@@ -227,7 +232,12 @@ def settings_of(path: str | Path, ckpt: dict) -> TrainedSettings:
     dm = dm if isinstance(dm, dict) else {}
     data = {key: list(dm[key]) if isinstance(dm[key], tuple) else dm[key]
             for key, ok in DATA_KEYS.items() if key in dm and ok(dm[key])}
-    return TrainedSettings(path, network, data, _saved_evaluation(hp), best_of(ckpt))
+    trained_at = ckpt.get(DATA_ROOT_KEY)
+    if ("root" in data and not Path(data["root"]).is_dir() and isinstance(trained_at, str)
+            and Path(trained_at).is_dir()):  # a relative root, from another folder
+        data["root"] = trained_at
+    return TrainedSettings(path, network, data, _saved_evaluation(hp), best_of(ckpt),
+                           trained_at if isinstance(trained_at, str) else None)
 
 
 def _saved_evaluation(hp: dict) -> EvalOptions:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -19,6 +20,7 @@ from desertmind.models.prediction import EvalOptions
 from desertmind.models.registry import Network
 from desertmind.models.trained import (
     CLASS_TABLE_KEY,
+    DATA_ROOT_KEY,
     SOURCE_PRIORS_KEY,
     TARGET_USE_KEY,
     training_record,
@@ -171,6 +173,9 @@ class SegmentationModule(L.LightningModule):
         checkpoint[CLASS_TABLE_KEY] = class_table()
         checkpoint[SOURCE_PRIORS_KEY] = self.evaluation.source_priors.tolist()
         checkpoint[TARGET_USE_KEY] = self.target_use
+        datamodule = self.trainer.datamodule
+        if hasattr(datamodule, "root"):  # data.root may be relative to this working folder
+            checkpoint[DATA_ROOT_KEY] = str(Path(datamodule.root).resolve())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.evaluation.source_priors, self.target_use = training_record(checkpoint)
