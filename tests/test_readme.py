@@ -96,3 +96,22 @@ def test_the_readmes_print_config_command_runs(capsys):
         main(line[1:])
     assert e.value.code in (0, None)
     assert "class_path" in capsys.readouterr().out
+
+
+def test_the_paths_the_readme_names_after_the_demo_are_the_ones_the_demo_writes():
+    """``make -n demo`` lists what the demo's own targets run; the README's checkpoint, data,
+    logs and report folders must be among their paths (not the scores: those change with the
+    machine and are in the README as measured)."""
+    import subprocess
+
+    dry = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    text = README.read_text()
+    demo = text.split("## The demo", 1)[1].split("\n## ", 1)[0]
+    ckpt = next(value for name, value in (w[0].split("=", 1) for w in (
+        shlex.split(line, comments=True) for line in text.splitlines()
+        if line.startswith("CKPT=")) if w) if name == "CKPT")
+    assert f"--ckpt_path {ckpt}" in dry  # the checkpoint the demo tests is the README's CKPT
+    for folder in re.findall(r"^- `([\w/<>.]+)/`", demo, flags=re.M):
+        prefix = folder.split("<", 1)[0].rstrip("/")
+        assert prefix and prefix in dry, folder
