@@ -47,7 +47,7 @@ D3 := $(call DONE,$(P3))
 P3_INIT := $(if $(filter study,$(RECIPE)),,--model.init_from $(P22))
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full test-lowest test-browser app lint demo check-data bench gpu-check gpu-wheels clean phase1 phase2 phase3 phases \
+.PHONY: help install test test-full test-lowest test-browser app lint demo check-data bench gpu-check gpu-wheels clean docs-serve phase1 phase2 phase3 phases \
 	scores report resume tensorboard tensorboard-eval clean-logs docs screenshots notebook
 
 help: ## list the targets
@@ -112,7 +112,10 @@ $(VENV)/.docs-installed: $(STAMP)
 
 docs: $(VENV)/.docs-installed ## build the docs site (docs/, mkdocs-material, strict) into DOCS_SITE
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -f docs/mkdocs.yml -d $(abspath $(DOCS_SITE))
-	@echo "docs built: open $(DOCS_SITE)/index.html"
+	@echo "docs built: open $(DOCS_SITE)/index.html (works from disk), or serve it: make docs-serve"
+
+docs-serve: $(VENV)/.docs-installed ## serve the docs site with live reload at http://127.0.0.1:8000
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -f docs/mkdocs.yml
 
 lint: $(STAMP) ## ruff check
 	$(BIN)/ruff check desertmind tests benchmarks
