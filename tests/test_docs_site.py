@@ -31,3 +31,12 @@ def test_the_site_opens_on_getting_started_and_its_links_work_from_disk(tmp_path
             assert not href.endswith("/") and (site / href).exists(), (page.name, href)
     api = (site / "api.html").read_text()
     assert not re.search(r":(class|meth|func|mod|attr):", api)
+
+
+def test_code_blocks_fit_the_page_without_a_scroll_bar():
+    """The material theme shows about 100 characters of code at 1366 px; longer lines are cut
+    off behind a scroll bar (the inference page's commands were)."""
+    for page in (REPO / "docs").glob("*.md"):
+        blocks = re.findall(r"```\w*\n(.*?)```", page.read_text(), flags=re.S)
+        long = [line for block in blocks for line in block.splitlines() if len(line) > 100]
+        assert not long, (page.name, long)
