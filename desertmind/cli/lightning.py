@@ -231,7 +231,10 @@ class DesertMindCLI(LightningCLI):
     automatic ``--optimizer`` (one group for every parameter) is switched off.
     """
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, *, extra_callbacks: list[L.Callback] | None = None, **kwargs) -> None:
+        """``extra_callbacks``: callbacks a Python caller adds to the trainer (a sweep's
+        pruning callback: an object no config can name)."""
+        self.extra_callbacks = list(extra_callbacks or [])
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_class", _Parser)
         # each subcommand's parser is told its name, and recorded by add_arguments_to_parser
@@ -379,7 +382,7 @@ class DesertMindCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO(preloaded=self._preloaded))
         user = trainer_config.pop("callbacks", None) or []
-        user = list(user) if isinstance(user, list | tuple) else [user]
+        user = [*(user if isinstance(user, list | tuple) else [user]), *self.extra_callbacks]
         if sub in ("fit", None):
             callbacks = fit_callbacks(
                 checkpoint=config.checkpoint, last=config.last_checkpoint,

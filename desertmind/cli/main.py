@@ -22,6 +22,7 @@ from desertmind.files import cannot_write
 LIGHTNING = ("fit", "validate", "test", "predict")
 EVALUATION = ("validate", "test", "predict")  # their --help is the short one
 TOOLS = ("check-data", "synth", "scores", "report", "export", "app")
+OTHERS = ("sweep",)  # commands with their own parser
 USAGE = """usage: desertmind [--version] COMMAND ...
 
   fit         train a phase:            desertmind fit -c configs/phase1.yaml
@@ -34,6 +35,8 @@ USAGE = """usage: desertmind [--version] COMMAND ...
   report      summary.md/.csv and charts of every run under a logs folder
   export      a checkpoint to ONNX (RGB 0-255 in; dynamic batch, height, width)
   app         a local web page to look at a model's predictions (Gradio)
+  sweep       search a phase's hyperparameters with Optuna: desertmind sweep -c configs/phase1.yaml
+              -c configs/sweeps/demo.yaml --data.root ROOT [--sweep.trials N]
 
 'desertmind COMMAND --help' shows a command's options (validate, test and predict: the
 ones an evaluation needs; --help-all: every option); Lightning commands also take
@@ -256,11 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] in EVALUATION and {"-h", "--help"} & set(argv[1:]):
         print(evaluation_help.text(argv[0]))  # no Lightning import: the short help is instant
         return 0
-    if argv[0] not in (*LIGHTNING, *TOOLS):  # before any import: a typo costs nothing
-        near = difflib.get_close_matches(argv[0], (*LIGHTNING, *TOOLS), n=1, cutoff=0.5)
+    commands = (*LIGHTNING, *TOOLS, *OTHERS)
+    if argv[0] not in commands:  # before any import: a typo costs nothing
+        near = difflib.get_close_matches(argv[0], commands, n=1, cutoff=0.5)
         print(f"desertmind: error: unknown command {argv[0]!r}"
               + (f"; did you mean {near[0]!r}?" if near else "")
-              + f"\n  commands: {', '.join((*LIGHTNING, *TOOLS))} (desertmind --help)",
+              + f"\n  commands: {', '.join(commands)} (desertmind --help)",
               file=sys.stderr)
         return 2
     if "--help-all" in argv[1:]:
@@ -272,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
 
             DesertMindCLI(args=None if from_shell else argv)
             return 0
+        if argv[0] == "sweep":
+            from desertmind.search.sweep import run
+
+            return run(argv[1:])
         args = _tool_parser().parse_args(argv)
         return args.func(args)
     except Exception as e:

@@ -1,0 +1,1 @@
+"""Hyperparameter search over the phases (``desertmind sweep``), beside the training core."""
