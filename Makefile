@@ -47,7 +47,7 @@ D3 := $(call DONE,$(P3))
 P3_INIT := $(if $(filter study,$(RECIPE)),,--model.init_from $(P22))
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full test-lowest test-browser app lint demo check-data bench gpu-check gpu-wheels clean docs-serve phase1 phase2 phase3 phases \
+.PHONY: help install test test-full test-lowest test-browser app lint demo check-data bench gpu-check gpu-wheels clean docs-serve postgres-binaries phase1 phase2 phase3 phases \
 	scores report resume tensorboard tensorboard-eval clean-logs docs screenshots notebook
 
 help: ## list the targets
@@ -92,6 +92,14 @@ test-browser: $(STAMP) ## the viewer in a real browser (Playwright + Debian chro
 	fi
 	DESERTMIND_SCREENSHOTS=$(abspath $(DOCS_SITE))/screenshots \
 	DESERTMIND_CHROMIUM="$(or $(CHROMIUM),$$(command -v chromium))" $(BIN)/pytest -q -m browser tests/browser
+
+# the sweep tests start their own throwaway PostgreSQL cluster (tests/test_sweep.py) from
+# Debian's server binaries; nothing here starts a server
+postgres-binaries: ## install Debian's PostgreSQL binaries for the sweep tests, as root, when missing
+	@if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; \
+		else echo "the sweep's PostgreSQL tests need: sudo apt-get install postgresql"; exit 2; fi; \
+	fi
 
 app: $(STAMP) ## the viewer for CKPT (default: the demo's phase 3) on DEMO_DATA, port 7860
 	$(DM) app --ckpt_path $(or $(CKPT),$(LOGS)/demo/phase3/checkpoints/best.ckpt) --data.root $(DEMO_DATA)

@@ -17,7 +17,7 @@ the key (whether a key is one the phase takes is checked against the phase's own
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,8 @@ class SweepSettings:
         pruner: ``median`` (stop a trial whose monitored value is below the median of earlier
             trials at the same epoch) or ``none``.
         seed: the sampler's seed (the trials' own training seed is the phase's).
+        heartbeat: seconds between a worker's heartbeats; a running trial whose worker missed
+            three is failed and retried (a killed worker's trial is not left running).
     """
 
     space: tuple[Dimension, ...] = ()
@@ -115,7 +117,7 @@ class SweepSettings:
     storage: str | None = None
     pruner: str = "median"
     seed: int = 0
-    extra: dict = field(default_factory=dict, compare=False)
+    heartbeat: int = 30
 
     def __post_init__(self) -> None:
         if not self.space:
@@ -125,11 +127,13 @@ class SweepSettings:
             raise ConfigError(f"sweep.trials={self.trials}: at least 1")
         if self.pruner not in PRUNERS:
             raise ConfigError(f"sweep.pruner={self.pruner!r}: one of {', '.join(PRUNERS)}")
+        if self.heartbeat < 1:
+            raise ConfigError(f"sweep.heartbeat={self.heartbeat}: at least 1 second")
         if not self.study or "/" in self.study or self.study.startswith("."):
             raise ConfigError(f"sweep.study={self.study!r}: a plain name (it names a folder)")
 
 
-_SCALARS = {f.name: f.type for f in fields(SweepSettings) if f.name not in ("space", "extra")}
+_SCALARS = {f.name: f.type for f in fields(SweepSettings) if f.name != "space"}
 
 
 def read_settings(groups: list[dict], options: dict[str, str]) -> SweepSettings:
@@ -155,7 +159,7 @@ def read_settings(groups: list[dict], options: dict[str, str]) -> SweepSettings:
     space = merged.pop("space", {})
     if not isinstance(space, dict):
         raise ConfigError(f"sweep.space: a mapping of dotted keys to distributions, got {space!r}")
-    for key in ("trials", "seed"):
+    for key in ("trials", "seed", "heartbeat"):
         if key in merged and not (isinstance(merged[key], int)
                                   and not isinstance(merged[key], bool)):
             raise ConfigError(f"sweep.{key}={merged[key]!r}: a whole number")

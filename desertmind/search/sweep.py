@@ -37,7 +37,7 @@ from desertmind.errors import ConfigError, DesertMindError
 from desertmind.search.space import SweepSettings, as_options, read_settings, split_config_files
 
 SWEEPS_DIR = "sweeps"
-HEARTBEAT_S, GRACE_S, RETRIES = 30, 90, 2
+RETRIES = 2  # a failed trial (its worker killed) is tried again up to twice
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def check_phase(fit_args: list[str], settings: SweepSettings) -> Phase:
                  checkpoint.get("mode") or "max")
 
 
-def open_storage(url: str | None, phase: Phase, study: str):
+def open_storage(url: str | None, phase: Phase, study: str, heartbeat: int = 30):
     """The study's RDB storage with heartbeats and retries; an unreachable URL is one line."""
     from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
@@ -109,7 +109,7 @@ def open_storage(url: str | None, phase: Phase, study: str):
     try:
         with warnings.catch_warnings():  # heartbeat and retries are "experimental" in Optuna
             warnings.simplefilter("ignore")
-            return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+            return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
                               failed_trial_callback=RetryFailedTrialCallback(max_retry=RETRIES))
     except Exception as e:  # sqlalchemy: a bad URL, a server that does not answer, no driver
         detail = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
@@ -140,7 +140,7 @@ def run(argv: list[str]) -> int:
     from desertmind.cli.lightning import DesertMindCLI
 
     phase = check_phase(fit_args, settings)
-    storage = open_storage(settings.storage, phase, settings.study)
+    storage = open_storage(settings.storage, phase, settings.study, settings.heartbeat)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
               if settings.pruner == "median" else optuna.pruners.NopPruner())
     direction = "maximize" if phase.mode == "max" else "minimize"
