@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -202,8 +203,8 @@ class OffroadDataModule(L.LightningDataModule):
         hp = self.hparams
         if stage == "fit":
             self.check_fit()
-            if self.seed is None:  # drawn from torch's RNG, which seed_everything controls
-                self.seed = int(torch.randint(2**31 - 1, ()).item())
+            if self.seed is None:
+                self.seed = self._training_seed()
             self.datasets["train"] = self._labelled(hp.train_dir, train=True)
         if stage in ("fit", "validate"):
             self.datasets["val"] = self._labelled(hp.val_dir)
@@ -245,6 +246,17 @@ class OffroadDataModule(L.LightningDataModule):
             weights = class_weights(stats, hp.class_weighting)
             self._weights = torch.as_tensor(weights, dtype=torch.float32)
         return self._weights
+
+    def _training_seed(self) -> int:
+        """The seed of the training order and augmentations: ``seed_everything``'s own seed
+        (Lightning's ``PL_GLOBAL_SEED``) when a run has one, else drawn; rank 0's in every
+        process. Drawing it from torch's RNG alone gave each DDP process its own (whatever the
+        process group's start had consumed), so the ranks' shares of an epoch were not one
+        permutation's, and a multi-process run not the single-process run it should equal."""
+        env = os.environ.get("PL_GLOBAL_SEED")
+        seed = int(env) if env is not None else int(torch.randint(2**31 - 1, ()).item())
+        trainer = self.trainer
+        return int(trainer.strategy.broadcast(seed)) if trainer is not None else seed
 
     def state_dict(self) -> dict:
         """Saved in every checkpoint: the seed of the training order and augmentations."""
