@@ -79,6 +79,12 @@ def test_every_command_in_the_readme_names_what_exists(capsys):
             assert options <= accepted[command], (words, options - accepted[command])
             for config in (words[i + 1] for i, w in enumerate(words) if w == "-c"):
                 assert (REPO / config).is_file(), config
+        elif program == "desertmind" and words[1] == "sweep":
+            from desertmind.search.space import read_settings, split_config_files
+
+            _, groups, options = split_config_files(
+                [str(REPO / w) if w.endswith(".yaml") else w for w in words[2:]])
+            assert groups and read_settings(groups, options).trials > 0
         elif program == "desertmind":
             _tool_parser().parse_args(words[1:])  # exits (fails the test) on a bad argument
         elif program == "jupyter":

@@ -106,6 +106,8 @@ def open_storage(url: str | None, phase: Phase, study: str, heartbeat: int = 30)
     if url is None:
         phase.folder.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{(phase.folder / f'{study}.db').resolve()}"
+    elif url.startswith("postgresql://"):  # SQLAlchemy's default driver is psycopg2; ours is 3
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
     try:
         with warnings.catch_warnings():  # heartbeat and retries are "experimental" in Optuna
             warnings.simplefilter("ignore")
