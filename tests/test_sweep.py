@@ -179,3 +179,29 @@ def test_workers_share_a_postgresql_study_and_a_killed_workers_trial_is_retried(
     retried = [t for t in trials if RetryFailedTrialCallback.retried_trial_number(t) == dead.number]
     assert len(retried) == 1 and retried[0].state.name == "COMPLETE"
     assert retried[0].params == dead.params
+
+
+def test_confirmation_trains_the_best_trials_and_the_baseline_over_seeds(
+        synth_root: Path, tmp_path: Path, phase_args):
+    """--sweep.confirm: the best trial and the phase as it is, trained again with each seed,
+    judged over seeds (crossed); best.yaml holds a trial only when its interval is above 0."""
+    logs = tmp_path / "logs"
+    config = _sweep_config(tmp_path, trials=2, pruner="none", confirm=1, seeds=[1, 2])
+    assert main(_args(phase_args, synth_root, logs, config)) == 0
+    folder = logs / "sweeps" / "t"
+    table = (folder / "confirm.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| trial "))
+    assert row.count(", ") >= 1 and ("significant" in row or "no significant change" in row)
+    for who in ("baseline", "trial_"):  # each trained with both seeds, as ordinary runs
+        runs = [p for p in (folder / "confirm").glob(f"{who}*/random_seed_*")]
+        assert len(runs) == 2, runs
+    best = (folder / "best.yaml").read_text()
+    verdict = row.rsplit("|", 2)[-2].strip()
+    if verdict == "significant gain":
+        assert "confirmed over seeds [1, 2]" in best
+    else:
+        assert "no trial confirmed better" in best
+    # the confirmation alone, on the study as it is: trials 0
+    assert main(_args(phase_args, synth_root, logs, config, "--sweep.trials", "0")) == 0
+    assert len(optuna.load_study(study_name="t",
+                                 storage=f"sqlite:///{logs / 'sweeps' / 't.db'}").trials) == 2

@@ -259,8 +259,12 @@ class OffroadDataModule(L.LightningDataModule):
         return int(trainer.strategy.broadcast(seed)) if trainer is not None else seed
 
     def state_dict(self) -> dict:
-        """Saved in every checkpoint: the seed of the training order and augmentations."""
-        return {"seed": self.seed}
+        """Saved in every checkpoint, however the fit was started: the seed of the training
+        order and augmentations, how training used target images (an evaluation of the
+        checkpoint then says it is transductive), and the dataset root as an absolute path
+        (``data.root`` may be relative to the folder training ran in)."""
+        return {"seed": self.seed, "target_use": self.target_use(),
+                "root": str(self.root.resolve())}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """A resumed run takes the interrupted run's seed (Lightning calls this after

@@ -46,11 +46,11 @@ CLASS_TABLE_KEY = "desertmind_classes"
 #: the network's mean predicted class probabilities on the source val split (what EM class
 #: priors start from)
 SOURCE_PRIORS_KEY = "desertmind_source_priors"
-#: how training used unlabelled target images, in words, or None
+#: how the weights a run started from (``init_from``) used unlabelled target images, or None
 TARGET_USE_KEY = "desertmind_target_use"
-#: the dataset root the run trained on, absolute (``data.root`` may be relative to the folder
-#: training ran in)
-DATA_ROOT_KEY = "desertmind_data_root"
+#: where Lightning keeps the data module's state (OffroadDataModule.state_dict: the training
+#: seed, how training used target images, the dataset root as an absolute path)
+DATA_STATE_KEY = "OffroadDataModule"
 
 _SHOW = 8
 
@@ -232,7 +232,8 @@ def settings_of(path: str | Path, ckpt: dict) -> TrainedSettings:
     dm = dm if isinstance(dm, dict) else {}
     data = {key: list(dm[key]) if isinstance(dm[key], tuple) else dm[key]
             for key, ok in DATA_KEYS.items() if key in dm and ok(dm[key])}
-    trained_at = ckpt.get(DATA_ROOT_KEY)
+    state = ckpt.get(DATA_STATE_KEY)
+    trained_at = state.get("root") if isinstance(state, dict) else None
     if ("root" in data and not Path(data["root"]).is_dir() and isinstance(trained_at, str)
             and Path(trained_at).is_dir()):  # a relative root, from another folder
         data["root"] = trained_at
@@ -261,12 +262,16 @@ def build_trained_network(network: dict[str, Any]) -> SegmentationNetwork:
 
 
 def training_record(ckpt: dict) -> tuple[torch.Tensor, str | None]:
-    """A checkpoint's source class priors (zeros when it holds none) and target use."""
+    """A checkpoint's source class priors (zeros when it holds none) and how its weights used
+    target images: the data module's record of the run itself, and what the weights it started
+    from recorded (None: neither did)."""
     priors = ckpt.get(SOURCE_PRIORS_KEY)
     ok = isinstance(priors, list) and len(priors) == NUM_CLASSES
-    use = ckpt.get(TARGET_USE_KEY)
-    return (torch.tensor(priors if ok else [0.0] * NUM_CLASSES, dtype=torch.float32),
-            use if isinstance(use, str) else None)
+    state = ckpt.get(DATA_STATE_KEY)
+    uses = [state.get("target_use") if isinstance(state, dict) else None,
+            ckpt.get(TARGET_USE_KEY)]
+    use = "; ".join(u for u in uses if isinstance(u, str) and u) or None
+    return torch.tensor(priors if ok else [0.0] * NUM_CLASSES, dtype=torch.float32), use
 
 
 @dataclass

@@ -108,6 +108,10 @@ class SweepSettings:
         seed: the sampler's seed (the trials' own training seed is the phase's).
         heartbeat: seconds between a worker's heartbeats; a running trial whose worker missed
             three is failed and retried (a killed worker's trial is not left running).
+        confirm: after the trials, train the best ``confirm`` trials and the phase as it is
+            again over ``seeds`` and keep only a trial better over seeds
+            (:mod:`desertmind.search.confirm`); 0: no confirmation.
+        seeds: the confirmation's training seeds (at least 2; 3 or more for a useful interval).
     """
 
     space: tuple[Dimension, ...] = ()
@@ -118,13 +122,20 @@ class SweepSettings:
     pruner: str = "median"
     seed: int = 0
     heartbeat: int = 30
+    confirm: int = 0
+    seeds: tuple[int, ...] = (1, 2, 3)
 
     def __post_init__(self) -> None:
         if not self.space:
             raise ConfigError("sweep.space is empty: give at least one key to search, e.g. "
                               "model.optimizer.init_args.lr: {float: [1.0e-4, 1.0e-2], log: true}")
-        if self.trials < 1:
-            raise ConfigError(f"sweep.trials={self.trials}: at least 1")
+        if self.trials < 0 or self.confirm < 0 or self.trials + self.confirm == 0:
+            raise ConfigError(f"sweep.trials={self.trials}, sweep.confirm={self.confirm}: "
+                              "whole numbers, not both 0 (trials 0 with confirm K confirms "
+                              "the study's best K trials)")
+        if len(set(self.seeds)) < 2 or not all(isinstance(s, int) for s in self.seeds):
+            raise ConfigError(f"sweep.seeds={list(self.seeds)}: at least two different whole "
+                              "numbers (three or more for a useful interval)")
         if self.pruner not in PRUNERS:
             raise ConfigError(f"sweep.pruner={self.pruner!r}: one of {', '.join(PRUNERS)}")
         if self.heartbeat < 1:
@@ -159,7 +170,10 @@ def read_settings(groups: list[dict], options: dict[str, str]) -> SweepSettings:
     space = merged.pop("space", {})
     if not isinstance(space, dict):
         raise ConfigError(f"sweep.space: a mapping of dotted keys to distributions, got {space!r}")
-    for key in ("trials", "seed", "heartbeat"):
+    if "seeds" in merged:
+        seeds = merged["seeds"]
+        merged["seeds"] = tuple(seeds) if isinstance(seeds, list) else (seeds,)
+    for key in ("trials", "seed", "heartbeat", "confirm"):
         if key in merged and not (isinstance(merged[key], int)
                                   and not isinstance(merged[key], bool)):
             raise ConfigError(f"sweep.{key}={merged[key]!r}: a whole number")

@@ -17,8 +17,10 @@ pruner by default), checked after each fit as its docs ask.
 After its trials the command writes, beside the study: ``trials.md`` (every trial, its values
 and score), Optuna's plots (history, importances, slices; matplotlib), and ``best.yaml``: the
 best trial's values as a config overlay for ``make phases CONFIGS=...``, with the search's
-figures in its header. A best trial of a search is one seed's score, chosen among many: the
-header says so, and ``docs/sweep.md`` how to confirm it over seeds.
+figures in its header. A best trial of a search is one seed's score, chosen among many: with
+``--sweep.confirm K`` the best K are trained again over seeds and judged against the phase as
+it is (:mod:`desertmind.search.confirm`), and ``best.yaml`` holds a trial only if it is better
+over seeds.
 """
 
 from __future__ import annotations
@@ -177,11 +179,17 @@ def run(argv: list[str]) -> int:
     start = time.perf_counter()
     # each trial gives LightningCLI its arguments in this process, by design
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-    study.optimize(objective, n_trials=settings.trials, timeout=settings.timeout,
-                   catch=(DesertMindError,), gc_after_trial=True)
+    if settings.trials:
+        study.optimize(objective, n_trials=settings.trials, timeout=settings.timeout,
+                       catch=(DesertMindError,), gc_after_trial=True)
     from desertmind.search.summary import write_summary
 
     written = write_summary(study, phase, settings, storage_url=settings.storage)
+    if settings.confirm:
+        from desertmind.search.confirm import confirm
+
+        written += confirm(study, fit_args, phase, settings, settings.confirm,
+                           list(settings.seeds))
     states = _counts(study)
     print(f"desertmind sweep: study {settings.study!r}: {states} "
           f"({time.perf_counter() - start:.0f} s here); wrote "

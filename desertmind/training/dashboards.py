@@ -148,7 +148,9 @@ def key_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
         "max_epochs": trainer.max_epochs,
         "precision": str(trainer.precision),
         # trained with the unlabelled target images (transfer or self-training)
-        "transductive": getattr(pl_module, "target_use", None) is not None,
+        "transductive": bool(getattr(pl_module, "target_use", None)
+                             or (dm is not None and hasattr(dm, "target_use")
+                                 and dm.target_use())),
     }
     return {f"{group}/{k}": _scalar(v) for group, values in (("change", change),
                                                               ("setup", setup))

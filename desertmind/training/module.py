@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -20,7 +19,6 @@ from desertmind.models.prediction import EvalOptions
 from desertmind.models.registry import Network
 from desertmind.models.trained import (
     CLASS_TABLE_KEY,
-    DATA_ROOT_KEY,
     SOURCE_PRIORS_KEY,
     TARGET_USE_KEY,
     training_record,
@@ -115,16 +113,19 @@ class SegmentationModule(L.LightningModule):
         self.val_shares = ClassShares(NUM_CLASSES)
         #: the self-training teacher, built in setup from init_from's network
         self.pseudo: PseudoLabeler | None = None
+        #: what the init_from weights record of target images (see :attr:`target_use`)
+        self.inherited_use: str | None = None
 
     def configure_callbacks(self) -> list[L.Callback]:
         return module_callbacks()
 
     @property
     def target_use(self) -> str | None:
-        """How training used the unlabelled target images (None: it did not): set when a fit
-        starts, however it was started (CLI, Python, benchmark), from the data module's
-        ``target_use()`` and what the ``init_from`` checkpoint records (weights that saw target
-        images carry that into every phase after them); kept in the checkpoints."""
+        """How the weights used unlabelled target images (None: they did not), as far as the
+        module knows: what its ``init_from`` checkpoint records (weights that saw target images
+        carry that into every phase after them), or, read back from a checkpoint, the whole
+        record. The data module records its own use in its checkpoint state
+        (:meth:`OffroadDataModule.state_dict`); :func:`training_record` joins the two."""
         return self.evaluation.target_use
 
     @target_use.setter
@@ -142,16 +143,10 @@ class SegmentationModule(L.LightningModule):
                                   "split) or give the ten weights")
             weights = None if hp.class_weights is None else torch.tensor(hp.class_weights)
             self.criterion = build_loss(hp.loss, weights)
-        inherited = None
         if hp.init_from:
             _, inherited = training_record(load_weights(self.model, hp.init_from))
-        try:  # a module set up by hand (tests, notebooks) has no trainer and no data
-            datamodule = self.trainer.datamodule
-        except RuntimeError:
-            datamodule = None
-        own = datamodule.target_use() if hasattr(datamodule, "target_use") else None
-        self.target_use = "; ".join(filter(None, (
-            own, inherited and f"{inherited} (in the weights of {hp.init_from})"))) or None
+            self.inherited_use = inherited and f"{inherited} (in the weights of {hp.init_from})"
+            self.target_use = self.inherited_use
         if self.self_training.enabled and self.pseudo is None:
             if not hp.init_from:
                 raise ConfigError("model.self_training needs a teacher: set model.init_from to "
@@ -172,13 +167,12 @@ class SegmentationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CLASS_TABLE_KEY] = class_table()
         checkpoint[SOURCE_PRIORS_KEY] = self.evaluation.source_priors.tolist()
-        checkpoint[TARGET_USE_KEY] = self.target_use
-        datamodule = self.trainer.datamodule
-        if hasattr(datamodule, "root"):  # data.root may be relative to this working folder
-            checkpoint[DATA_ROOT_KEY] = str(Path(datamodule.root).resolve())
+        checkpoint[TARGET_USE_KEY] = self.inherited_use
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.evaluation.source_priors, self.target_use = training_record(checkpoint)
+        use = checkpoint.get(TARGET_USE_KEY)
+        self.inherited_use = use if isinstance(use, str) else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """RGB 0-255 float images (N, 3, H, W) -> logits (N, C, H, W)."""
