@@ -6,22 +6,27 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from desertmind.cli import evaluation_help
+from desertmind.cli import short_help
 from desertmind.cli.lightning import plain_help
-from desertmind.cli.main import EVALUATION, main
+from desertmind.cli.main import EVALUATION, LIGHTNING, main
 
 
-@pytest.mark.parametrize("command", EVALUATION)
-def test_evaluation_help_is_short_and_needs_no_lightning(command: str):
+@pytest.mark.parametrize("command", LIGHTNING)
+def test_the_short_help_is_short_fast_and_needs_no_lightning(command: str):
+    import time
+
     code = (f"import sys; from desertmind.cli.main import main; main(['{command}', '--help']); "
             "print('LOADED' if 'lightning' in sys.modules or 'torch' in sys.modules else 'LEAN')")
+    start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
+    seconds = time.perf_counter() - start
     assert out.rstrip().endswith("LEAN")  # neither Lightning nor torch was imported
-    assert len(out.splitlines()) < 150
+    assert len(out.splitlines()) <= 80 and seconds < 10  # (2 s on an idle 2-core machine)
     assert "--ckpt_path" in out and f"desertmind {command} --help-all" in out
     assert "``" not in out and ":mod:" not in out
 
@@ -32,9 +37,20 @@ def test_every_option_the_short_help_names_is_one_the_full_parser_takes(capsys):
     full = capsys.readouterr().out
     accepted = set(re.findall(r"(--?[\w.]+)", full))
     for command in EVALUATION:
-        named = evaluation_help.options(command)
+        named = short_help.options(command)
         assert "--ckpt_path" in named
         assert not set(named) - accepted, f"{command}: {set(named) - accepted}"
+    with pytest.raises(SystemExit):  # with a phase config, as the short help's usage says
+        main(["fit", "-c", str(Path(__file__).parents[1] / "configs" / "phase1.yaml"),
+              "--help-all"])
+    fit = set(re.findall(r"(--?[\w.]+)", capsys.readouterr().out))
+    phase1 = str(Path(__file__).parents[1] / "configs" / "phase1.yaml")
+    for nested in set(short_help.options("fit")) - fit:  # a class's init_args: not in --help
+        assert ".init_args." in nested, nested
+        with pytest.raises(SystemExit) as e:
+            main(["fit", "-c", phase1, nested, "1", "--print_config"])
+        assert e.value.code in (0, None), nested
+    capsys.readouterr()
     assert len(full.splitlines()) > 300  # --help-all is the whole list, not the short one
     assert "``" not in full and ":class:`" not in full and ":mod:`" not in full
 
@@ -46,7 +62,7 @@ def test_plain_help_drops_roles_and_literals():
 
 def test_every_option_of_fit_but_the_trainers_has_help_text(capsys):
     with pytest.raises(SystemExit):
-        main(["fit", "--help"])
+        main(["fit", "--help-all"])
     lines = capsys.readouterr().out.splitlines()
     bare = []
     for i, line in enumerate(lines):  # "  --name VALUE   text" or the text on the next line

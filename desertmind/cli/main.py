@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 
 from desertmind import __version__, runs
-from desertmind.cli import evaluation_help
+from desertmind.cli import short_help
 from desertmind.errors import DesertMindError
 from desertmind.files import cannot_write
 
 LIGHTNING = ("fit", "validate", "test", "predict")
-EVALUATION = ("validate", "test", "predict")  # their --help is the short one
+EVALUATION = ("validate", "test", "predict")
 TOOLS = ("check-data", "synth", "scores", "report", "export", "app")
 OTHERS = ("sweep",)  # commands with their own parser
 USAGE = """usage: desertmind [--version] COMMAND ...
@@ -38,8 +38,8 @@ USAGE = """usage: desertmind [--version] COMMAND ...
   sweep       search a phase's hyperparameters with Optuna: desertmind sweep -c configs/phase1.yaml
               -c configs/sweeps/demo.yaml --data.root ROOT [--sweep.trials N]
 
-'desertmind COMMAND --help' shows a command's options (validate, test and predict: the
-ones an evaluation needs; --help-all: every option); Lightning commands also take
+'desertmind COMMAND --help' shows a command's options (fit, validate, test and predict:
+the ones people change; --help-all: every option); Lightning commands also take
 --print_config.
 """
 
@@ -256,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] == "--version":
         print(f"desertmind {__version__}")
         return 0
-    if argv[0] in EVALUATION and {"-h", "--help"} & set(argv[1:]):
-        print(evaluation_help.text(argv[0]))  # no Lightning import: the short help is instant
+    if argv[0] in LIGHTNING and {"-h", "--help"} & set(argv[1:]):
+        print(short_help.text(argv[0]))  # no Lightning import: the short help is instant
         return 0
     commands = (*LIGHTNING, *TOOLS, *OTHERS)
     if argv[0] not in commands:  # before any import: a typo costs nothing

@@ -1,10 +1,11 @@
-"""The short ``--help`` of ``validate``, ``test`` and ``predict``.
+"""The short ``--help`` of ``fit``, ``validate``, ``test`` and ``predict``.
 
-LightningCLI's own help for these commands lists every Trainer, model and data option (about a
-thousand lines, and several seconds to build because it imports Lightning and every network
-library). An evaluation needs a handful of them: the rest come from the checkpoint. This text
-is printed without importing Lightning; ``--help-all`` still prints the full list.
-``tests/test_cli_help.py`` checks that every option named here is one the full parser accepts.
+LightningCLI's own help lists every Trainer, model and data option (over a thousand lines for
+``fit``, and seconds to build because it imports Lightning and every network library). A phase
+config sets everything, and an evaluation takes the rest from its checkpoint: a user changes a
+handful of options. This text is printed without importing Lightning; ``--help-all`` prints the
+full list. ``tests/test_cli_help.py`` checks that every option named here is one the full
+parser accepts.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ _RUNTIME = [
 ]
 
 _WHAT = {
+    "fit": "Train a phase: its config sets everything; these are the options people change.",
     "validate": "Score a checkpoint on its labelled val split (dataset-level mIoU, per-class "
                 "IoU, per-image scores).",
     "test": "Score a checkpoint on a labelled split given with --data.test_dir (e.g. the test "
@@ -77,6 +79,7 @@ _WHAT = {
 }
 
 _EXAMPLE = {
+    "fit": "desertmind fit -c configs/phase1.yaml --data.root /path/to/dataset",
     "validate": "desertmind validate --ckpt_path lightning_logs/phase3/checkpoints/best.ckpt "
                 "--out reports/val",
     "test": "desertmind test --ckpt_path lightning_logs/phase3/checkpoints/best.ckpt "
@@ -86,6 +89,48 @@ _EXAMPLE = {
 }
 
 
+_FIT = [
+    ("what to train", [
+        ("-c, --config FILE", "a phase config (configs/phase1.yaml, ...), then overlays "
+                              "(configs/demo.yaml); options given after them win"),
+        ("--data.root ROOT", "dataset root (ROOT/train, ROOT/val)"),
+        ("--model.init_from CKPT", "start from a previous phase's weights (weights only)"),
+        ("--ckpt_path last|CKPT", "resume an interrupted run of this phase (weights, "
+                                  "optimizer, epoch)"),
+        ("--overwrite", "start the phase again over its earlier checkpoints"),
+    ]),
+    ("what people change", [
+        ("--trainer.max_epochs N", "epochs"),
+        ("--model.optimizer.init_args.lr LR", "the head's learning rate"),
+        ("--model.param_groups.backbone_lr_mult M", "the encoder's LR relative to the head's"),
+        ("--model.loss SPEC", "e.g. ce, weighted_ce + 0.5 dice"),
+        ("--data.batch_size N", "images per batch, per process"),
+        ("--data.train_preset NAME", "augmentation: none, flip_color, crop, scale_crop, "
+                                     "strong, domain_random, ..."),
+        ("--data.crop_size N", "the crop of the cropping presets"),
+        ("--freeze.unfreeze_at_epoch N", "the encoder trains from this epoch (null: never)"),
+        ("--early_stopping.patience N", "validations without improvement before stopping"),
+        ("--model.network.arch NAME", "deeplabv3, deeplabv3plus, upernet, dpt, ..."),
+        ("--model.network.backbone NAME", "e.g. mobilenet_v3_large, tu-convnext_tiny"),
+        ("--model.network.weights NAME", "pretrained weights, or none"),
+    ]),
+    ("run", [
+        ("--trainer.accelerator auto|cpu|gpu", "where to run (default: auto)"),
+        ("--trainer.devices N", "devices per machine (DDP: --trainer.strategy ddp)"),
+        ("--trainer.precision P", "e.g. bf16-mixed, 16-mixed, 32-true (default: auto)"),
+        ("--data.num_workers N", "data loading processes"),
+        ("--data.cache none|memory|disk", "decode the dataset once"),
+        ("--trainer.logger.init_args.save_dir DIR", "where phases log (default: "
+                                                    "lightning_logs)"),
+        ("--seed_everything N|true", "the run's seed (true: drawn and recorded)"),
+    ]),
+    ("look before running", [
+        ("--print_config", "print the resolved configuration and exit"),
+        ("--print_param_groups", "print the optimizer's parameter groups and exit"),
+    ]),
+]
+
+
 def options(command: str) -> list[str]:
     """The option names the short help lists for ``command`` (for the drift test)."""
     return [flag for _, section in _rows(command) for name, _ in section
@@ -93,6 +138,8 @@ def options(command: str) -> list[str]:
 
 
 def _rows(command: str) -> list[tuple[str, list[tuple[str, str]]]]:
+    if command == "fit":
+        return _FIT
     top = [(name, text if text is not None else _OUT[command]) for name, text in _COMMON_TOP]
     return [("what to score", top + _DATA[command]),
             ("evaluation (off unless given; adapt_bn and class_priors default to the "
@@ -102,7 +149,9 @@ def _rows(command: str) -> list[tuple[str, list[tuple[str, str]]]]:
 
 def text(command: str) -> str:
     """The short help of ``desertmind COMMAND``."""
-    lines = [f"usage: desertmind {command} --ckpt_path CKPT [options]", "",
+    usage = ("-c configs/PHASE.yaml [-c OVERLAY.yaml] [options]" if command == "fit"
+             else "--ckpt_path CKPT [options]")
+    lines = [f"usage: desertmind {command} {usage}", "",
              _WHAT[command], "", f"  e.g. {_EXAMPLE[command]}", ""]
     columns = max(60, min(shutil.get_terminal_size().columns, 120))
     for title, section in _rows(command):
