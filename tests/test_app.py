@@ -27,7 +27,8 @@ from desertmind.app import viewer
 from desertmind.app.viewer import launch  # switches analytics off before importing Gradio
 from desertmind.cli.main import main
 from desertmind.data.classes import CLASS_NAMES
-from desertmind.data.imageio import read_image
+from desertmind.data.imageio import read_image, read_mask
+from desertmind.data.palette import colorize
 from desertmind.inference.predictor import Predictor
 
 
@@ -51,7 +52,7 @@ def test_predict_shows_image_and_overlay_with_one_legend_by_share(served, synth_
     client, _ = served
     path = next((synth_root / "val" / "Color_Images").iterdir())
     image = read_image(path)
-    original, overlay, legend = client.predict(handle_file(str(path)), False, 0, 0.5,
+    original, overlay, legend, *_ = client.predict(handle_file(str(path)), False, 0, 0.5,
                                                list(CLASS_NAMES), api_name="/predict")
     np.testing.assert_array_equal(read_image(original), image)  # the image beside it
     drawn = read_image(overlay)
@@ -65,7 +66,7 @@ def test_predict_shows_image_and_overlay_with_one_legend_by_share(served, synth_
     assert legend["value"] == list(CLASS_NAMES)  # the toggles keep what the user chose
     # opacity 0 is the image itself; hiding every class leaves it untouched too
     for opacity, shown in ((0.0, list(CLASS_NAMES)), (1.0, [])):
-        _, plain, legend = client.predict(handle_file(str(path)), False, 0, opacity, shown,
+        _, plain, legend, *_ = client.predict(handle_file(str(path)), False, 0, opacity, shown,
                                           api_name="/predict")
         np.testing.assert_array_equal(read_image(plain), image)
     assert legend["value"] == []
@@ -74,14 +75,14 @@ def test_predict_shows_image_and_overlay_with_one_legend_by_share(served, synth_
 def test_tta_and_window_switches_reach_the_model(served, synth_root, monkeypatch):
     client, _ = served
     calls = []
-    real = Predictor.predict
+    real = Predictor.predict_with_confidence
 
     def spy(self, image, options=None):
         calls.append((options.tta_flip, options.sliding_window))
         return real(self, image, options)
 
     # the server answers in this process: the spy sees what each switch hands the model
-    monkeypatch.setattr(Predictor, "predict", spy)
+    monkeypatch.setattr(Predictor, "predict_with_confidence", spy)
     path = str(next((synth_root / "val" / "Color_Images").iterdir()))
     for flip, window in ((False, 0), (True, 0), (False, 24)):
         client.predict(handle_file(path), flip, window, 1.0, list(CLASS_NAMES),
@@ -175,10 +176,10 @@ def test_a_server_file_that_was_never_uploaded_is_refused(served, synth_root, tm
     finally:
         shutil.rmtree(cached.parent)
     # the same image uploaded is answered; the split's own are picked by name
-    _, plain, _ = client.predict(handle_file(str(secret)), False, 0, 0.0, list(CLASS_NAMES),
+    _, plain, *_ = client.predict(handle_file(str(secret)), False, 0, 0.0, list(CLASS_NAMES),
                                  api_name="/predict")
     np.testing.assert_array_equal(read_image(plain), read_image(secret))
-    _, picked, _, cleared = client.predict(sample.stem, False, 0, 0.0, list(CLASS_NAMES),
+    _, picked, _, *_, cleared = client.predict(sample.stem, False, 0, 0.0, list(CLASS_NAMES),
                                            api_name="/predict_sample")
     np.testing.assert_array_equal(read_image(picked), read_image(sample))
     assert cleared is None
@@ -219,7 +220,8 @@ def test_one_request_cannot_ask_for_unbounded_work(served, synth_root, monkeypat
                                                    value, window):
     client, _ = served
     calls = []
-    monkeypatch.setattr(Predictor, "predict", lambda self, *a: calls.append(a))
+    monkeypatch.setattr(Predictor, "predict_with_confidence",
+                        lambda self, *a: calls.append(a))
     monkeypatch.setattr(viewer, cap, value)  # the server answers in this process
     path = str(next((synth_root / "val" / "Color_Images").iterdir()))
     with pytest.raises(AppError, match="more than this viewer answers in one request"):
@@ -239,7 +241,7 @@ def test_twenty_concurrent_requests_are_all_answered(served, synth_root, same):
                           not same and i % 2 == 0, 0, 0.5, list(CLASS_NAMES),
                           api_name="/predict") for i in range(20)]
     results = [job.result(timeout=120) for job in jobs]
-    for i, (_, overlay, legend) in enumerate(results):
+    for i, (_, overlay, legend, *_) in enumerate(results):
         expected = read_image(paths[0 if same else i % len(paths)]).shape
         assert read_image(overlay).shape == expected  # a whole PNG, never an empty file
         shares = _shares(legend)  # each rounded to 0.1: within half a step per class
@@ -353,3 +355,31 @@ def test_a_busy_port_or_an_impossible_one_is_one_line(served, monkeypatch, capsy
     with pytest.raises(SystemExit) as e:
         main(["app", "--ckpt_path", str(ckpt), "--port", "99999"])
     assert e.value.code == 2 and "at most 65535" in capsys.readouterr().err
+
+
+def test_confidence_view_and_a_picked_images_ground_truth_and_ious(served, synth_root):
+    """The confidence view draws the predicted class's probability; a picked image of the
+    split comes with its mask, its error map and its per-class IoU; an upload with none."""
+    from desertmind.app.viewer import VIEWS, confidence_overlay, sample_ious
+    from desertmind.data.classes import remap
+
+    client, ckpt = served
+    sample = sorted((synth_root / "val" / "Color_Images").iterdir())[0]
+    image = read_image(sample)
+    _, classes, *_ = client.predict(handle_file(str(sample)), False, 0, 1.0,
+                                    list(CLASS_NAMES), VIEWS[0], api_name="/predict")
+    _, sure, _, truth, errors, ious = client.predict(handle_file(str(sample)), False, 0, 1.0,
+                                                      list(CLASS_NAMES), VIEWS[1],
+                                                      api_name="/predict")
+    pred, confidence = Predictor(ckpt).predict_with_confidence(image)
+    assert 0 <= confidence.min() and confidence.max() <= 1 and confidence.shape == pred.shape
+    np.testing.assert_array_equal(read_image(sure), confidence_overlay(image, confidence, 1.0))
+    assert not np.array_equal(read_image(sure), read_image(classes))
+    assert truth is None and errors is None and not ious  # an upload has no mask
+    _, _, _, truth, errors, ious, _ = client.predict(sample.stem, False, 0, 0.5,
+                                                      list(CLASS_NAMES), VIEWS[0],
+                                                      api_name="/predict_sample")
+    target = remap(read_mask(synth_root / "val" / "Segmentation" / sample.name))
+    np.testing.assert_array_equal(read_image(truth), colorize(target))
+    assert read_image(errors).shape == image.shape
+    assert ious == sample_ious(pred, target) and "mean IoU" in ious

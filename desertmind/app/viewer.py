@@ -38,10 +38,10 @@ import cv2
 import numpy as np
 
 from desertmind.app.uploads import MAX_FILE_BYTES, UploadGuard
-from desertmind.data.classes import CLASS_NAMES, CLASSES
+from desertmind.data.classes import CLASS_NAMES, CLASSES, remap
 from desertmind.data.datamodule import OffroadDataModule
-from desertmind.data.imageio import read_image
-from desertmind.data.layout import Sample, list_images
+from desertmind.data.imageio import read_image, read_mask
+from desertmind.data.layout import MASK_DIR, Sample, list_images
 from desertmind.data.palette import colorize, error_map, overlay
 from desertmind.errors import ConfigError, DesertMindError
 from desertmind.files import write_bytes
@@ -96,6 +96,35 @@ CSS = "\n".join(
        ".dm-key {display:inline-block;margin:0 0.9em 0.3em 0;white-space:nowrap}",
        ".dm-swatch {display:inline-block;width:1em;height:1em;margin-right:0.35em;"
        "vertical-align:-0.15em;border:1px solid #444}"])
+
+
+#: what the prediction panel shows: the classes, or how sure the model is of each pixel
+VIEWS = ("classes", "confidence")
+
+
+def confidence_overlay(image: np.ndarray, confidence: np.ndarray, alpha: float) -> np.ndarray:
+    """The image under a heat map of the predicted class's probability (dark purple: unsure,
+    yellow: sure; matplotlib's viridis), blended with ``alpha``."""
+    from matplotlib import colormaps
+
+    heat = (colormaps["viridis"](np.clip(confidence, 0, 1))[..., :3] * 255).astype(np.float32)
+    return np.clip(image * (1 - alpha) + heat * alpha, 0, 255).astype(np.uint8)
+
+
+def sample_ious(pred: np.ndarray, target: np.ndarray) -> str:
+    """A split image's per-class IoU against its mask, as a markdown line (classes in neither
+    the mask nor the prediction left out)."""
+    import torch
+
+    from desertmind.models.confusion import batched_confusion, iou_from_confusion
+
+    cm = batched_confusion(torch.from_numpy(pred.astype(np.int64))[None],
+                           torch.from_numpy(target.astype(np.int64))[None], len(CLASS_NAMES))
+    ious = iou_from_confusion(cm[0].double()).tolist()
+    present = [(n, v) for n, v in zip(CLASS_NAMES, ious, strict=True) if not np.isnan(v)]
+    mean = np.mean([v for _, v in present]) if present else float("nan")
+    return (f"**against its mask**: mean IoU {mean:.3f} · "
+            + ", ".join(f"{html.escape(n)} {v:.3f}" for n, v in present))
 
 
 def shown_path(path: Path) -> str:
@@ -208,33 +237,54 @@ class Viewer:
         return bool(tta_flip), size
 
     def _predict(self, image: np.ndarray, tta_flip, window, opacity: float,
-                 shown: list[str]):
+                 shown: list[str], view: str = VIEWS[0], target: np.ndarray | None = None):
         flip, size = self.options(image, tta_flip, window)
         try:
-            pred = self.predictor.predict(
+            pred, confidence = self.predictor.predict_with_confidence(
                 image, self.predictor.options(tta_flip=flip, sliding_window=size))
         except DesertMindError as e:
             raise _error(_message(e)) from e
-        state = {"image": image, "pred": pred}
+        state = {"image": image, "pred": pred, "confidence": confidence}
         legend = gr.update(choices=class_choices(class_shares(pred)), value=shown)
-        return self.png(image), self.draw(state, opacity, shown), legend, state
+        truth = (None, None, "") if target is None else (
+            self.png(colorize(target)), self.png(error_map(pred, target)),
+            sample_ious(pred, target))
+        return (self.png(image), self.draw(state, opacity, shown, view), legend, state, *truth)
 
     def predict(self, path: str | None, tta_flip: bool, window: float | None,
-                opacity: float, shown: list[str]):
+                opacity: float, shown: list[str], view: str = VIEWS[0]):
         """An uploaded image (the ``/predict`` API)."""
-        return self._predict(self.load_image(path), tta_flip, window, opacity, shown)
+        return self._predict(self.load_image(path), tta_flip, window, opacity, shown, view)
 
     def predict_sample(self, name: str | None, tta_flip: bool, window: float | None,
-                       opacity: float, shown: list[str]):
-        """One of the split's images, by name (the ``/predict_sample`` API); the upload box
-        is cleared so that the Predict button predicts the picked image."""
-        return (*self._predict(self.load_sample(name), tta_flip, window, opacity, shown), None)
+                       opacity: float, shown: list[str], view: str = VIEWS[0]):
+        """One of the split's images, by name (the ``/predict_sample`` API), with its ground
+        truth, error map and per-class IoU when its mask is on disk; the upload box is
+        cleared so that the Predict button predicts the picked image."""
+        image, target = self.load_sample(name), self.load_target(name)
+        return (*self._predict(image, tta_flip, window, opacity, shown, view, target), None)
 
     def predict_current(self, path: str | None, name: str | None, tta_flip: bool,
-                        window: float | None, opacity: float, shown: list[str]):
+                        window: float | None, opacity: float, shown: list[str],
+                        view: str = VIEWS[0]):
         """The Predict button: the upload if there is one, else the picked image."""
-        image = self.load_image(path) if path or not name else self.load_sample(name)
-        return self._predict(image, tta_flip, window, opacity, shown)
+        if path or not name:
+            return self._predict(self.load_image(path), tta_flip, window, opacity, shown, view)
+        return self._predict(self.load_sample(name), tta_flip, window, opacity, shown, view,
+                             self.load_target(name))
+
+    def load_target(self, name: str | None) -> np.ndarray | None:
+        """A split image's mask as train ids (None when the split has no mask for it)."""
+        sample = {s.name: s for s in self.samples}.get(name)
+        if sample is None:
+            return None
+        mask = self.root / self.split / MASK_DIR / sample.image.name
+        if not mask.is_file():
+            return None
+        try:
+            return remap(read_mask(mask))
+        except DesertMindError as e:
+            raise _error(_message(e)) from e
 
     def png(self, image: np.ndarray) -> str:
         """An RGB image as a PNG file written whole, named by its content, for Gradio to serve.
@@ -253,9 +303,12 @@ class Viewer:
             write_bytes(path, data)
         return str(path)
 
-    def draw(self, state: dict | None, opacity: float, shown: list[str]) -> str | None:
+    def draw(self, state: dict | None, opacity: float, shown: list[str],
+             view: str = VIEWS[0]) -> str | None:
         if not state:
             return None
+        if view not in VIEWS:
+            raise _error(f"view {view!r}: one of {', '.join(VIEWS)}")
         unknown = sorted(set(shown or []) - set(CLASS_NAMES))
         if unknown:
             raise _error(f"classes shown: unknown class(es) {unknown}; choose from "
@@ -264,11 +317,14 @@ class Viewer:
             alpha = min(max(float(opacity), 0.0), 1.0)
         except (TypeError, ValueError):
             raise _error(f"opacity={opacity!r}: a number from 0 to 1") from None
+        if view == VIEWS[1]:
+            return self.png(confidence_overlay(state["image"], state["confidence"], alpha))
         classes = [CLASS_NAMES.index(n) for n in shown or []]
         return self.png(overlay(state["image"], state["pred"], alpha, classes))
 
-    def redraw(self, state: dict | None, opacity: float, shown: list[str]):
-        return self.draw(state, opacity, shown)
+    def redraw(self, state: dict | None, opacity: float, shown: list[str],
+               view: str = VIEWS[0]):
+        return self.draw(state, opacity, shown, view)
 
     # Browse tab --------------------------------------------------------------------------
     def score_split(self, progress=gr.Progress()):  # noqa: B008 - Gradio's own convention
@@ -341,36 +397,52 @@ class Viewer:
                         # answers a bad file with an internal message; here the package's
                         # reader says what is wrong with it
                         upload = gr.File(label="image file", file_types=["image"],
-                                         type="filepath", elem_id="dm-input", height=120)
+                                         type="filepath", elem_id="dm-input", height=90)
                         picker = gr.Dropdown([x.name for x in self.samples], value=None,
                                              label=f"or pick an image of {self.split}",
                                              visible=bool(self.samples), elem_id="dm-pick")
-                        tta = gr.Checkbox(False, label="TTA: horizontal flip")
-                        window = gr.Number(0, minimum=0, precision=0,
-                                           label="sliding window (pixels; 0: off)")
                         run = gr.Button("Predict", variant="primary", elem_id="dm-predict")
-                        opacity = gr.Slider(0, 1, 0.5, step=0.05, label="opacity")
+                        # the legend (also the class toggles) high up: visible at 1366x768
                         shown = gr.CheckboxGroup(
                             class_choices(), value=list(CLASS_NAMES), elem_id="dm-classes",
                             label="classes: colour, pixel share (most first); untick to hide")
+                        view = gr.Radio(list(VIEWS), value=VIEWS[0], elem_id="dm-view",
+                                        label="show: classes, or confidence (the predicted "
+                                        "class's probability; dark: unsure)")
+                        opacity = gr.Slider(0, 1, 0.5, step=0.05, label="opacity")
+                        with gr.Accordion("test-time options", open=False):
+                            tta = gr.Checkbox(False, label="TTA: horizontal flip")
+                            window = gr.Number(0, minimum=0, precision=0,
+                                               label="sliding window (pixels; 0: off)")
                     with gr.Column(scale=3):
                         with gr.Row():
                             original = gr.Image(label="image", interactive=False,
                                                 elem_id="dm-original", format="png",
-                                                height=520, elem_classes="dm-view")
+                                                height=420, elem_classes="dm-view")
                             shown_img = gr.Image(label="prediction", interactive=False,
                                                  elem_id="dm-overlay", format="png",
-                                                 height=520, elem_classes="dm-view")
+                                                 height=420, elem_classes="dm-view")
+                        # a picked image of the split: its mask, the errors and its IoUs
+                        with gr.Row():
+                            truth = gr.Image(label="ground truth", interactive=False,
+                                             elem_id="dm-truth", format="png", height=260,
+                                             elem_classes="dm-view")
+                            errors = gr.Image(label="error map (red: wrong)",
+                                              interactive=False, elem_id="dm-errors",
+                                              format="png", height=260, elem_classes="dm-view")
+                        ious = gr.Markdown(elem_id="dm-sample-iou")
                 state = gr.State(None)
-                options = [tta, window, opacity, shown]
-                drawn = [original, shown_img, shown, state]
+                options = [tta, window, opacity, shown, view]
+                drawn = [original, shown_img, shown, state, truth, errors, ious]
                 upload.upload(self.predict, [upload, *options], drawn, api_name="predict")
                 picker.input(self.predict_sample, [picker, *options], [*drawn, upload],
                              api_name="predict_sample")
                 run.click(self.predict_current, [upload, picker, *options], drawn,
                           api_name=False)
-                opacity.change(self.redraw, [state, opacity, shown], shown_img, api_name=False)
-                shown.input(self.redraw, [state, opacity, shown], shown_img, api_name=False)
+                redraw = [state, opacity, shown, view]
+                opacity.change(self.redraw, redraw, shown_img, api_name=False)
+                shown.input(self.redraw, redraw, shown_img, api_name=False)
+                view.input(self.redraw, redraw, shown_img, api_name=False)
             if self.root is not None:
                 with gr.Tab(f"Browse {self.split}"):
                     gr.Markdown("Every image of the split scored by this model, worst mean IoU "

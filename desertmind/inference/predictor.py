@@ -100,6 +100,15 @@ class Predictor:
         with self._lock:
             return self.evaluation.maps(x, [image.shape[:2]], options)[0].numpy()
 
+    def predict_with_confidence(self, image: np.ndarray, options: EvalOptions | None = None
+                                ) -> tuple[np.ndarray, np.ndarray]:
+        """(train-id map, confidence of its class in [0, 1]) of an RGB uint8 image."""
+        check_image(image)
+        x = self._transform(image=image)["image"][None].to(self.device).float()
+        with self._lock:
+            labels, confidence = self.evaluation.confidence(x, [image.shape[:2]], options)[0]
+        return labels.numpy(), confidence.numpy()
+
 
 def class_shares(pred: np.ndarray) -> dict[str, float]:
     """Each class's share of the pixels of a train-id map, by class name."""

@@ -25,6 +25,7 @@ from desertmind.models.prediction import (
     EvalOptions,
     class_probabilities,
     labels_of,
+    predict_confidence,
     predict_maps,
     predict_scores,
 )
@@ -128,6 +129,13 @@ class Evaluation:
              options: EvalOptions | None = None) -> list[Tensor]:
         """Class-id maps (uint8, CPU), one per image at its size in ``sizes``."""
         return predict_maps(self.network, images, sizes, options or self.options, self.shift)
+
+    @torch.no_grad()
+    def confidence(self, images: Tensor, sizes: Sequence[tuple[int, int]],
+                   options: EvalOptions | None = None) -> list[tuple[Tensor, Tensor]]:
+        """(class-id map, confidence of its class) per image at its size in ``sizes``."""
+        return predict_confidence(self.network, images, sizes, options or self.options,
+                                  self.shift)
 
 
 def _rounded(values: Tensor) -> list[float]:

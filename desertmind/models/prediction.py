@@ -218,11 +218,32 @@ def predict_maps(network: SegmentationNetwork, images: torch.Tensor,
     Scores are resized first and restricted after: restricting first would put -inf into the
     bilinear resize, whose NaNs argmax would pick.
     """
+    return [labels for labels, _ in _resized(network, images, sizes, options, shift, False)]
+
+
+def predict_confidence(network: SegmentationNetwork, images: torch.Tensor,
+                       sizes: Sequence[tuple[int, int]], options: EvalOptions,
+                       shift: torch.Tensor | None = None) -> list[tuple[torch.Tensor,
+                                                                        torch.Tensor]]:
+    """(class-id map, confidence) per image: the confidence is the probability of the class
+    predicted (the largest softmax value, among the allowed classes), float32 in [0, 1]."""
+    return list(_resized(network, images, sizes, options, shift, True))
+
+
+def _resized(network, images, sizes, options, shift, confidence: bool):
     scores = predict_scores(network, images, options, shift)
-    maps = []
     for i, (h, w) in enumerate(sizes):
         s = scores[i:i + 1]
         if s.shape[-2:] != (h, w):
             s = F.interpolate(s.float(), size=(h, w), mode="bilinear", align_corners=False)
-        maps.append(labels_of(s, options)[0].to(torch.uint8).cpu())
-    return maps
+        labels = labels_of(s, options)[0].to(torch.uint8).cpu()
+        if not confidence:
+            yield labels, None
+            continue
+        allowed = restrict(s.float(), options.allowed)
+        if options.uses_tta:  # averaged probabilities: renormalised over the allowed classes
+            probs = allowed.clamp_min(0).nan_to_num(0.0)
+            probs = probs / probs.sum(1, keepdim=True).clamp_min(1e-12)
+        else:
+            probs = allowed.softmax(1)
+        yield labels, probs.amax(1)[0].cpu()

@@ -163,3 +163,27 @@ def test_browse_shows_per_class_iou_and_a_clicked_row(app_url, browser_page):
     page.locator("#dm-caption", has_text=name).wait_for(timeout=60_000)
     assert "mean IoU" in page.locator("#dm-caption").inner_text()
     assert page.locator("#dm-key .dm-key").count() == len(CLASS_NAMES)  # the colour key
+
+
+def test_at_1366x768_the_legend_shows_and_a_picked_image_has_its_truth_and_confidence(
+        app_url, browser_page, synth_root):
+    """A laptop screen: the legend (also the class toggles) is visible without scrolling; a
+    picked val image shows its ground truth and per-class IoU; the confidence view redraws
+    the prediction."""
+    page = browser_page
+    page.set_viewport_size({"width": 1366, "height": 768})
+    page.goto(app_url)
+    legend = _box(page.locator("#dm-classes"))
+    assert legend["y"] + legend["height"] <= 768, legend  # whole, above the fold
+    name = sorted(p.stem for p in (synth_root / "val" / "Color_Images").iterdir())[0]
+    page.locator("#dm-pick input").click()
+    page.get_by_role("option", name=name).click()
+    page.locator("#dm-truth img").wait_for(state="visible", timeout=60_000)
+    page.locator("#dm-errors img").wait_for(state="visible", timeout=60_000)
+    ious = page.locator("#dm-sample-iou")
+    ious.get_by_text("mean IoU").wait_for(timeout=30_000)
+    before = page.locator("#dm-overlay img").get_attribute("src")
+    page.locator("#dm-view label", has_text="confidence").click()
+    page.wait_for_function(
+        "src => document.querySelector('#dm-overlay img').getAttribute('src') !== src",
+        arg=before, timeout=30_000)
