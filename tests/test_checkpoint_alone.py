@@ -110,6 +110,15 @@ def test_test_out_writes_metrics_per_image_and_confusion(synth_root, phase3, tmp
                  *CPU]) == 0
     metrics = _metrics(out)
     assert metrics["images"] == 4 and metrics["checkpoint"] == str(ckpt)
+    keys = list(metrics)  # the headline first, then each class's IoU in the class order
+    assert keys[:3] == ["test/mIoU", "test/mIoU_per_image", "test/pixel_acc"]
+    ious = [k for k in keys if k.startswith("test/iou/")]
+    from desertmind.data.classes import CLASS_NAMES
+
+    assert [k.split("/", 2)[2] for k in ious] == [n for n in CLASS_NAMES
+                                                  if f"test/iou/{n}" in ious]
+    assert all(float(f"{v:.6g}") == v for v in metrics.values()
+               if isinstance(v, float))  # 6 significant digits, not a float's 16
     with open(out / "per_image.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and {r["image"] for r in rows} == {

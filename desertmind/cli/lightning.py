@@ -461,7 +461,13 @@ class DesertMindCLI(LightningCLI):
         self._say_where("test")
 
     def _say_where(self, sub: str) -> None:
-        if self.trainer.is_global_zero and self.config[sub].out:
+        if not self.trainer.is_global_zero:
+            return
+        stage = "val" if sub == "validate" else sub
+        headline = self.trainer.callback_metrics.get(f"{stage}/mIoU")
+        if headline is not None:  # the one number first, before Lightning's table
+            print(f"desertmind {sub}: {stage}/mIoU {float(headline):.4f}")
+        if self.config[sub].out:
             print(f"desertmind {sub}: wrote metrics.json, per_image.csv and confusion.csv/.png "
                   f"to {self.config[sub].out}")
 

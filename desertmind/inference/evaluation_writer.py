@@ -32,6 +32,23 @@ from desertmind.files import write_json, write_text
 from desertmind.models.confusion import batched_confusion, iou_from_confusion
 
 METRICS_FILE = "metrics.json"
+#: what metrics.json lists first, in this order (the rest follow: per-class IoU in the class
+#: table's order, then anything else alphabetically)
+HEADLINE = ("mIoU", "mIoU_per_image", "pixel_acc", "mean_acc", "loss")
+
+
+def ordered_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """A stage's metrics headline first, per-class IoU in class order, 6 significant digits
+    (a float's 16 say more than the data do)."""
+    def rank(key: str) -> tuple:
+        stage, _, name = key.partition("/")
+        if name in HEADLINE:
+            return (0, HEADLINE.index(name), key)
+        if name.startswith("iou/") and name[4:] in CLASS_NAMES:
+            return (1, CLASS_NAMES.index(name[4:]), key)
+        return (2, 0, key)
+
+    return {k: float(f"{metrics[k]:.6g}") for k in sorted(metrics, key=rank)}
 PER_IMAGE_FILE = "per_image.csv"
 CONFUSION_CSV = "confusion.csv"
 CONFUSION_PNG = "confusion.png"
@@ -132,7 +149,7 @@ class EvaluationWriter(PerImageConfusion):
         if not trainer.is_global_zero:
             return
         confmat = cms.sum(0)
-        metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items())}
+        metrics = ordered_metrics({k: float(v) for k, v in trainer.callback_metrics.items()})
         evaluation = getattr(trainer.lightning_module, "evaluation", None)
         write_json(self.out_dir / METRICS_FILE, {
             **metrics, "images": len(names),
