@@ -85,19 +85,24 @@ def prediction_grid(images: Sequence[np.ndarray], targets: Sequence[np.ndarray],
     return fig
 
 
-def class_share_figure(pixel_share: Sequence[float], image_share: Sequence[float],
+def class_share_figure(splits: dict[str, tuple[Sequence[float], Sequence[float]]],
                        title: str) -> Figure:
-    """Grouped bars of each class's pixel share and image share."""
+    """Each class's pixel share (top) and image share (bottom), a bar per split side by side,
+    so a class that one split lacks or over-represents stands out."""
     x = np.arange(len(CLASS_NAMES))
-    fig, ax = new_figure(9, 4.5)
-    ax.bar(x - 0.2, np.asarray(pixel_share) * 100, 0.4, label="pixel share")
-    ax.bar(x + 0.2, np.asarray(image_share) * 100, 0.4, label="image share")
-    ax.set_xticks(x, CLASS_NAMES, rotation=30, ha="right")
-    ax.set_ylabel("%")
-    ax.set_yscale("symlog", linthresh=1)
-    ax.set_title(title)
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
+    fig = Figure(figsize=(10, 7), dpi=100)
+    axes = fig.subplots(2, 1, sharex=True)
+    width = 0.8 / max(len(splits), 1)
+    for row, (ax, what) in enumerate(zip(axes, ("pixel share", "image share"), strict=True)):
+        for i, (name, shares) in enumerate(splits.items()):
+            ax.bar(x - 0.4 + width * (i + 0.5), np.asarray(shares[row]) * 100, width,
+                   label=name)
+        ax.set_ylabel(f"{what} (%)")
+        ax.set_yscale("symlog", linthresh=1)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(title="split")
+    axes[0].set_title(title)
+    axes[1].set_xticks(x, CLASS_NAMES, rotation=30, ha="right")
     fig.tight_layout()
     return fig
 

@@ -55,11 +55,10 @@ def _check_data(args: argparse.Namespace) -> int:
     if args.plot:
         from desertmind.figures import class_share_figure, save
 
-        first = next((s for s in result["splits"].values() if s["labelled"] and s["n_images"]),
-                     None)
-        if first is not None:
-            title = f"{first['split']}: class shares ({first['n_images']} images)"
-            path = save(class_share_figure(first["pixel_share"], first["image_share"], title),
+        labelled = {f"{s['split']}, {s['n_images']} images": (s["pixel_share"], s["image_share"])
+                    for s in result["splits"].values() if s["labelled"] and s["n_images"]}
+        if labelled:
+            path = save(class_share_figure(labelled, f"class shares of {args.root}"),
                         args.plot)
             print(f"plot written to {path}")
     problems = sum(len(s["problems"]) for s in result["splits"].values())
