@@ -193,3 +193,20 @@ def test_crossed_intervals_cover_the_true_change(seeds: int):
         change = paired_change_over_seeds(pairs, design="crossed")
         covered += change.low <= truth <= change.high
     assert covered / studies >= 0.92
+
+
+def test_per_class_intervals_contain_the_iou_and_match_a_plain_bootstrap():
+    from desertmind.models.confusion import iou_from_confusion
+    from desertmind.reports.uncertainty import class_iou_intervals
+
+    cms = _images(80, seed=4)
+    low, high = class_iou_intervals(cms)
+    iou = iou_from_confusion(torch.from_numpy(cms.sum(0))).numpy()
+    assert (low <= iou + 1e-12).all() and (iou <= high + 1e-12).all() and (high > low).all()
+    rng = np.random.default_rng(2)  # a plain bootstrap written out, for class 0
+    draws = [iou_from_confusion(torch.from_numpy(cms[rng.integers(0, 80, 80)].sum(0)))[0]
+             for _ in range(2000)]
+    ref = np.percentile(draws, [2.5, 97.5])
+    width = ref[1] - ref[0]
+    assert low[0] == pytest.approx(ref[0], abs=0.15 * width)
+    assert high[0] == pytest.approx(ref[1], abs=0.15 * width)

@@ -29,6 +29,7 @@ from desertmind.reports.uncertainty import (
     LEVEL,
     RESAMPLES,
     Interval,
+    class_iou_intervals,
     dataset_miou,
     miou_interval,
     paired_change,
@@ -528,7 +529,9 @@ def curves_figure(runs: list[RunSummary]) -> Figure:
     """val/mIoU (left) and the train and val losses (right) per epoch, one colour per run, a
     chained phase drawn after the phases it started from (one epoch axis for the chain).
 
-    Each run's epochs are shaded in its colour and named. Where a chained phase trains with
+    Each run's epochs are shaded in its colour and named; a star marks its best epoch (the one
+    best.ckpt holds), with its 95% interval over the validation images as a whisker. Where a
+    chained phase trains with
     another loss than the phase it started from (phase 3's weighted CE + Dice after plain
     CE), a line marks it on the loss plot: its loss values are not on the same scale, and a
     jump there is the definition changing, not the model getting worse."""
@@ -545,6 +548,14 @@ def curves_figure(runs: list[RunSummary]) -> Figure:
         epochs, values = zip(*r.curve, strict=True)
         ax_miou.plot(np.add(epochs, r.epoch_offset), values, marker="o", markersize=3,
                      color=colour, label=r.run)
+        # the best epoch (what best.ckpt holds) with its 95% interval over the val images
+        best = r.best_epoch + r.epoch_offset
+        if r.interval is not None:
+            ax_miou.errorbar([best], [r.best_miou], yerr=[[r.best_miou - r.interval.low],
+                                                          [r.interval.high - r.best_miou]],
+                             fmt="*", markersize=11, color=colour, capsize=4, zorder=5)
+        else:
+            ax_miou.plot([best], [r.best_miou], "*", markersize=11, color=colour, zorder=5)
         for tag, style in ((TRAIN_LOSS, "-"), (VAL_LOSS, "--")):
             if r.loss_curves.get(tag):
                 e, v = zip(*r.loss_curves[tag], strict=True)
@@ -557,7 +568,8 @@ def curves_figure(runs: list[RunSummary]) -> Figure:
                              (start, 0.97), xycoords=("data", "axes fraction"),
                              xytext=(3, 0), textcoords="offset points", fontsize=7,
                              color=colour, rotation=90, va="top")
-    for ax, ylabel, title in ((ax_miou, "val mIoU (dataset level)", "Validation mIoU"),
+    for ax, ylabel, title in ((ax_miou, "val mIoU (dataset level)",
+                               "Validation mIoU (star: best epoch, 95% interval)"),
                               (ax_loss, "loss (each run's own definition)",
                                "Train (solid) and validation (dashed) loss")):
         ax.set_xlabel("epoch, phases end to end")
@@ -575,12 +587,17 @@ def per_class_figure(runs: list[RunSummary]) -> Figure:
     width = 0.8 / max(len(runs), 1)
     fig, ax = new_figure(10, 4.8)
     for i, r in enumerate(runs):
-        values = [r.per_class.get(n, np.nan) for n in CLASS_NAMES]
-        ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=r.run)
+        values = np.array([r.per_class.get(n, np.nan) for n in CLASS_NAMES])
+        error = None
+        if r.image_cms is not None:  # the 95% interval over the val images, as whiskers
+            low, high = class_iou_intervals(r.image_cms)
+            error = np.nan_to_num(np.stack([values - low, high - values]).clip(min=0))
+        ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=r.run, yerr=error,
+               capsize=2, error_kw={"elinewidth": 0.8})
     ax.set_xticks(x, CLASS_NAMES, rotation=30, ha="right")
     ax.set_ylabel("IoU at the best epoch")
     ax.set_ylim(0, 1)
-    ax.set_title("Per-class IoU by run")
+    ax.set_title("Per-class IoU at each run's best epoch (whiskers: 95% interval over images)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -16,6 +16,7 @@ the way the seeds' images were drawn (the same images for every seed, or each it
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -24,7 +25,7 @@ import torch
 from scipy.stats import bootstrap
 
 from desertmind.errors import ReportError
-from desertmind.models.confusion import miou_from_confusion
+from desertmind.models.confusion import iou_from_confusion, miou_from_confusion
 
 LEVEL = 0.95
 RESAMPLES = 2000
@@ -69,6 +70,22 @@ def miou_interval(cms: np.ndarray) -> Interval:
     cms = _per_image(cms)
     low, high = _bootstrap(lambda idx, axis=-1: dataset_miou(cms[idx].sum(-3)), len(cms))
     return Interval(float(dataset_miou(cms.sum(0))), low, high)
+
+
+def class_iou_intervals(cms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each class's IoU interval (low, high: arrays of C, NaN where the class never occurs)
+    from per-image confusion matrices (N, C, C): the images resampled, the IoU of each
+    resample's summed matrix, its percentiles."""
+    cms = _per_image(cms)
+    counts = np.random.default_rng(SEED).multinomial(
+        len(cms), np.full(len(cms), 1 / len(cms)), size=RESAMPLES).astype(np.float64)
+    summed = np.einsum("rn,nc->rc", counts, cms.reshape(len(cms), -1).astype(np.float64))
+    ious = iou_from_confusion(torch.from_numpy(summed.reshape(-1, *cms.shape[1:]))).numpy()
+    alpha = (1 - LEVEL) / 2
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a class absent from every resample
+        low, high = np.nanquantile(ious, [alpha, 1 - alpha], axis=0)
+    return low, high
 
 
 def paired_change(cms: np.ndarray, parent: np.ndarray) -> Interval:
