@@ -119,6 +119,12 @@ def test_test_out_writes_metrics_per_image_and_confusion(synth_root, phase3, tmp
                                                   if f"test/iou/{n}" in ious]
     assert all(float(f"{v:.6g}") == v for v in metrics.values()
                if isinstance(v, float))  # 6 significant digits, not a float's 16
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = {p.parent for p in (out / "logs").rglob("events.out.tfevents.*")}
+    tb = EventAccumulator(str(events), size_guidance={"tensors": 0})
+    tb.Reload()  # one table in TensorBoard's text tab, beside the single-point charts
+    assert "test/summary/text_summary" in tb.Tags()["tensors"]
     with open(out / "per_image.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and {r["image"] for r in rows} == {
