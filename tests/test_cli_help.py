@@ -102,3 +102,16 @@ def test_export_takes_ckpt_path_like_every_command():
     assert args.ckpt == "a.ckpt"
     assert _tool_parser().parse_args(["export", "--ckpt", "b.ckpt", "--out", "b.onnx"]).ckpt == (
         "b.ckpt")
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["fit", "-c", "nowhere.yaml"], "-c nowhere.yaml: no such config file"),
+    (["fit", "--data.root", "/no/such/root"], "dataset root /no/such/root does not exist"),
+    (["validate", "--ckpt_path=gone.ckpt"], "checkpoint gone.ckpt not found"),
+])
+def test_a_missing_path_is_named_before_torch_is_imported(args, expected):
+    code = (f"import sys; from desertmind.cli.main import main; code = main({args!r}); "
+            "print(code, 'LOADED' if 'torch' in sys.modules else 'LEAN')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.split() == ["2", "LEAN"] and expected in done.stderr

@@ -29,7 +29,6 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from desertmind import runs
 from desertmind.data.datamodule import OffroadDataModule
 from desertmind.errors import ConfigError
-from desertmind.inference.evaluation_writer import ordered_metrics
 from desertmind.inference.writer import OUTPUT_DIRS, PredictionWriter
 from desertmind.models.trained import TrainedSettings, read_checkpoint, same_layout, settings_of
 from desertmind.training.assembly import evaluation_callbacks, fit_callbacks
@@ -465,15 +464,6 @@ class DesertMindCLI(LightningCLI):
         if not self.trainer.is_global_zero:
             return
         stage = "val" if sub == "validate" else sub
-        metrics = ordered_metrics({k: float(v) for k, v in
-                                   self.trainer.callback_metrics.items()})
-        logger = self.trainer.logger
-        if isinstance(logger, TensorBoardLogger) and metrics:
-            # one table in the text tab, not one chart of a single point per metric
-            rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
-            logger.experiment.add_text(f"{stage}/summary", f"| metric | value |\n|---|---:|\n"
-                                       f"{rows}", self.trainer.global_step)
-            logger.experiment.flush()
         headline = self.trainer.callback_metrics.get(f"{stage}/mIoU")
         if headline is not None:  # the one number first, before Lightning's table
             print(f"desertmind {sub}: {stage}/mIoU {float(headline):.4f}")

@@ -269,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     if "--help-all" in argv[1:]:
         argv = [("--help" if a == "--help-all" else a) for a in argv]
         from_shell = False
+    if argv[0] in LIGHTNING and (missing := missing_paths(argv[1:])):
+        print(f"desertmind {argv[0]}: error: {missing}", file=sys.stderr)  # before any import
+        return 2
     try:
         if argv[0] in LIGHTNING:
             from desertmind.cli.lightning import DesertMindCLI
@@ -287,6 +290,38 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"desertmind {argv[0]}: error: {message}", file=sys.stderr)
         return 2
+
+
+#: options whose value is a path that must exist (``--ckpt_path`` also takes names)
+_PATH_OPTIONS = {"-c": "config file", "--config": "config file", "--ckpt_path": "checkpoint",
+                 "--data.root": "dataset root"}
+_CKPT_NAMES = ("best", "last", "hpc", "registry")
+
+
+def missing_paths(args: list[str]) -> str | None:
+    """The first path given on the command line that does not exist, said in one line: a
+    Lightning command imports torch and every network library (seconds) before its parser
+    would notice."""
+    for i, arg in enumerate(args):
+        option, _, value = arg.partition("=")
+        if option not in _PATH_OPTIONS:
+            continue
+        value = value or (args[i + 1] if i + 1 < len(args) else "")
+        if not value or value.startswith("-") or (option == "--ckpt_path"
+                                                 and value in _CKPT_NAMES):
+            continue
+        if Path(value).exists():
+            continue
+        if option == "--data.root":
+            from desertmind.data.layout import missing_root_message
+
+            return missing_root_message(Path(value))
+        if option == "--ckpt_path":
+            return (f"checkpoint {value} not found: give a finished run's checkpoint, e.g. "
+                    f"{runs.best_checkpoint('lightning_logs', 'phase1')} (`desertmind scores` "
+                    "lists them), or train that phase first")
+        return f"{option} {value}: no such {_PATH_OPTIONS[option]}"
+    return None
 
 
 def users_to_fix(error: BaseException) -> str | None:

@@ -37,6 +37,7 @@ from desertmind.inference.adaptation import TestTimeAdaptation
 from desertmind.inference.evaluation_writer import EvaluationWriter
 from desertmind.inference.writer import PredictionWriter
 from desertmind.training.checkpoints import LastCheckpoint, PhaseCheckpoint
+from desertmind.training.dashboards import MetricsTable
 from desertmind.training.freeze import BackboneFreeze
 from desertmind.training.guards import FiniteGuard
 from desertmind.training.provenance import Provenance
@@ -79,6 +80,8 @@ def evaluation_callbacks(stage: str, out: str | None,
     needs left out) and the writer of the results into ``out`` (predictions for ``predict``,
     the evaluation files otherwise; none without ``out``)."""
     callbacks = [c for c in user if not isinstance(c, TRAINING_ONLY)]
+    if stage in ("validate", "test"):
+        callbacks.append(MetricsTable())
     if out and stage == "predict":
         callbacks.append(PredictionWriter(out))
     elif out:

@@ -205,3 +205,28 @@ class PredictionGrid(L.Callback):
                               [it["mask"].numpy() for it in items], list(preds),
                               [it["name"] for it in items])
         writer.add_figure("val/predictions", fig, logged_step(trainer), close=True)
+
+
+class MetricsTable(L.Callback):
+    """An evaluation's metrics as one markdown table in TensorBoard's text tab: a ``validate``
+    or ``test`` run logs each metric once, which TensorBoard draws as a chart of one point
+    apiece; the table reads at a glance (headline first, classes in order)."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._table(trainer, "val")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._table(trainer, "test")
+
+    def _table(self, trainer: L.Trainer, stage: str) -> None:
+        from desertmind.inference.evaluation_writer import ordered_metrics
+
+        logger = trainer.logger
+        metrics = ordered_metrics({k: float(v) for k, v in trainer.callback_metrics.items()
+                                   if k.startswith(f"{stage}/")})
+        if not trainer.is_global_zero or not isinstance(logger, TensorBoardLogger) or not metrics:
+            return
+        rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
+        logger.experiment.add_text(f"{stage}/summary", f"| metric | value |\n|---|---:|\n{rows}",
+                                   trainer.global_step)
