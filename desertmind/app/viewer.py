@@ -478,6 +478,11 @@ def launch(ckpt: str | Path, root: str | None = None, split: str | None = None,
     viewer = Viewer(ckpt, root, split, device, evaluation=evaluation)
     page = viewer.build()
     guard = Middleware(UploadGuard, folder=viewer.uploads, accepted=page.upload_file_set)
+    if block:
+        # a SIGTERM (a service manager, kill) ends the process as Ctrl+C does, so that the
+        # exit handlers remove the viewer's folder; set before "serving" is said, which a
+        # supervisor (or a test) may answer with a SIGTERM at once
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         _, url, _ = page.launch(server_name=host, server_port=port, prevent_thread_lock=True,
                                 show_error=False, quiet=True, footer_links=["api"], css=CSS,
@@ -488,8 +493,5 @@ def launch(ckpt: str | Path, root: str | None = None, split: str | None = None,
                           "127.0.0.1") from e
     print(f"desertmind app: serving {ckpt} at {url} (Ctrl+C to stop)", flush=True)
     if block:
-        # a SIGTERM (a service manager, kill) ends the process as Ctrl+C does, so that the
-        # exit handlers remove the viewer's folder
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         page.block_thread()
     return page, url

@@ -40,6 +40,7 @@ from desertmind.search.space import SweepSettings, as_options, read_settings, sp
 
 SWEEPS_DIR = "sweeps"
 RETRIES = 2  # a failed trial (its worker killed) is tried again up to twice
+OPEN_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -110,16 +111,26 @@ def open_storage(url: str | None, phase: Phase, study: str, heartbeat: int = 30)
         url = f"sqlite:///{(phase.folder / f'{study}.db').resolve()}"
     elif url.startswith("postgresql://"):  # SQLAlchemy's default driver is psycopg2; ours is 3
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    try:
-        with warnings.catch_warnings():  # heartbeat and retries are "experimental" in Optuna
-            warnings.simplefilter("ignore")
-            return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                              failed_trial_callback=RetryFailedTrialCallback(max_retry=RETRIES))
-    except Exception as e:  # sqlalchemy: a bad URL, a server that does not answer, no driver
-        detail = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"--sweep.storage {_redacted(url)}: cannot open the study's storage "
-                          f"({detail}); for PostgreSQL: postgresql://USER:PASSWORD@HOST:PORT/DB"
-                          ", reachable from this machine") from e
+    error: Exception | None = None
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeat and retries: "experimental" in Optuna
+                warnings.simplefilter("ignore")
+                return RDBStorage(url, heartbeat_interval=heartbeat,
+                                  grace_period=3 * heartbeat,
+                                  failed_trial_callback=RetryFailedTrialCallback(
+                                      max_retry=RETRIES))
+        except Exception as e:  # sqlalchemy: a bad URL, a server that does not answer
+            # workers started together race to create the storage's tables: one loses, and
+            # finds them made a moment later
+            error = e
+            if attempt + 1 < OPEN_ATTEMPTS:
+                time.sleep(0.5 * (attempt + 1))
+    detail = (str(error).strip().splitlines()[0][:300] if str(error).strip()
+              else type(error).__name__)
+    raise ConfigError(f"--sweep.storage {_redacted(url)}: cannot open the study's storage "
+                      f"({detail}); for PostgreSQL: postgresql://USER:PASSWORD@HOST:PORT/DB, "
+                      "reachable from this machine") from error
 
 
 def _redacted(url: str) -> str:
