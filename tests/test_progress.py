@@ -8,11 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.stand_in import SUBPROCESS_ENV
 
 EXE = str(Path(sys.executable).with_name("desertmind"))
 
 
+@pytest.mark.slow  # a subprocess that trains for seconds on purpose
 def test_a_fit_into_a_file_writes_a_line_per_epoch_while_it_runs(synth_root: Path,
                                                                   tmp_path: Path, phase_args):
     log = tmp_path / "f.log"

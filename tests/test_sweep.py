@@ -29,6 +29,7 @@ def _args(phase_args, synth_root: Path, logs: Path, config: Path, *extra: str) -
             "--trainer.max_epochs", "3", *extra]
 
 
+@pytest.mark.slow  # ten tiny fits
 def test_trials_are_runs_the_study_resumes_and_best_yaml_is_an_overlay(
         synth_root: Path, tmp_path: Path, phase_args, capsys):
     logs = tmp_path / "logs"
@@ -181,6 +182,7 @@ def test_workers_share_a_postgresql_study_and_a_killed_workers_trial_is_retried(
     assert retried[0].params == dead.params
 
 
+@pytest.mark.slow  # six tiny fits
 def test_confirmation_trains_the_best_trials_and_the_baseline_over_seeds(
         synth_root: Path, tmp_path: Path, phase_args):
     """--sweep.confirm: the best trial and the phase as it is, trained again with each seed,
