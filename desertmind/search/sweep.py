@@ -159,6 +159,7 @@ def run(argv: list[str]) -> int:
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
               if settings.pruner == "median" else optuna.pruners.NopPruner())
     direction = "maximize" if phase.mode == "max" else "minimize"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the command says what it does
     try:
         study = optuna.create_study(
             study_name=settings.study, storage=storage, load_if_exists=True,
@@ -166,7 +167,6 @@ def run(argv: list[str]) -> int:
             sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=4))
     except ValueError as e:  # an existing study of the other direction
         raise ConfigError(f"study {settings.study!r}: {e}") from e
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def objective(trial: optuna.Trial) -> float:
         values = {d.key: d.suggest(trial) for d in settings.space}
