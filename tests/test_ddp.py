@@ -63,3 +63,41 @@ def test_ddp_fit_on_two_cpu_processes(data_copy: Path, tmp_path: Path, phase_arg
                  "--trainer.logger", "false", "--trainer.default_root_dir", str(out)]) == 0
     single = json.loads((out / "metrics.json").read_text())["val/mIoU"]
     assert single == pytest.approx(values[0], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_test_time_adaptation_under_ddp_adapts_every_process_to_all_the_images(
+        phase1_run, synth_root: Path, tmp_path: Path):
+    """AdaBN and EM class priors in a 2-process test: every process adapts to the whole split
+    (statistics gathered from both), so the score is the single process's: exactly for AdaBN
+    with one image a batch (the same batches either way), closely for EM (each process samples
+    its own pixels)."""
+    ckpt, _, _ = phase1_run
+    exe = Path(sys.executable).with_name("desertmind")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    results = {}
+    for adapt in (["--model.evaluation.adapt_bn", "true"],
+                  ["--model.evaluation.adapt_bn", "true", "--model.evaluation.class_priors",
+                   "em"]):
+        key = len(adapt)
+        for devices, strategy in ((2, "ddp"), (1, "auto")):
+            out = tmp_path / f"{key}-{devices}"
+            # a class of tests.stand_in imports it: its network is registered in every process
+            pause = {"class_path": "tests.stand_in.Pause", "init_args": {"seconds": 0.0}}
+            done = subprocess.run(
+                [str(exe), "test", f"--trainer.callbacks+={json.dumps(pause)}",
+                 "--ckpt_path", str(ckpt), "--data.root",
+                 str(synth_root), "--data.test_dir", "val", "--data.eval_batch_size", "1",
+                 "--trainer.accelerator", "cpu", "--trainer.devices", str(devices),
+                 "--trainer.strategy", strategy, "--trainer.enable_progress_bar", "false",
+                 "--out", str(out), *adapt], capture_output=True, text=True, timeout=300,
+                env=env, cwd=tmp_path)
+            assert done.returncode == 0, done.stderr[-3000:]
+            results[key, devices] = json.loads((out / "metrics.json").read_text())
+    bn_ddp, bn_one = results[2, 2], results[2, 1]
+    assert bn_ddp["test/mIoU"] == pytest.approx(bn_one["test/mIoU"], abs=1e-6)
+    assert bn_ddp["adaptation"]["images"] == bn_one["adaptation"]["images"] == 4
+    em_ddp, em_one = results[4, 2], results[4, 1]
+    for name, value in em_one["adaptation"]["class_priors"].items():
+        assert em_ddp["adaptation"]["class_priors"][name] == pytest.approx(value, abs=0.05)

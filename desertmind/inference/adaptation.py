@@ -44,9 +44,14 @@ class TestTimeAdaptation(L.Callback):
     estimated priors are also printed."""
 
     def _start(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        gather = None
+        if trainer.world_size > 1:  # every process adapts to all the images, not its share
+            def gather(tensor: torch.Tensor) -> torch.Tensor:
+                return trainer.strategy.all_gather(tensor.to(pl_module.device)).cpu()
         pl_module.evaluation.adapt(lambda: _images(trainer, pl_module, stage),
                                    _image_count(trainer, stage),
-                                   say=stage if trainer.is_global_zero else None)
+                                   say=stage if trainer.is_global_zero else None,
+                                   gather=gather)
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start(trainer, pl_module, "test")

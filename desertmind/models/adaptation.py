@@ -39,6 +39,9 @@ EM_TOLERANCE = 1e-6
 MIN_PRIOR = 1e-6
 
 BatchNormState = dict[str, tuple[Tensor, Tensor, Tensor, float | None]]
+#: every process's tensor stacked (world, ...): Lightning's ``strategy.all_gather`` under DDP,
+#: so that each process adapts to all the evaluated images, not to its own share
+Gather = Callable[[Tensor], Tensor]
 
 
 def batchnorm_layers(network: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
@@ -54,11 +57,17 @@ def _one_value_per_channel(module: nn.Module, args: tuple) -> None:
 
 
 @torch.no_grad()
-def adapt_batchnorm(network: nn.Module, batches: Iterable[Tensor]) -> BatchNormState:
+def adapt_batchnorm(network: nn.Module, batches: Iterable[Tensor],
+                    gather: Gather | None = None) -> BatchNormState:
     """Replace the running statistics of every BatchNorm layer with those of ``batches``
     (images as the network takes them); return the replaced ones for
     :func:`restore_batchnorm`. The rest of the network stays in eval mode (no dropout), and
-    its weights are untouched. A network without BatchNorm (a ViT) is returned unchanged."""
+    its weights are untouched. A network without BatchNorm (a ViT) is returned unchanged.
+
+    With ``gather`` (several processes, each with its share of the images), every process
+    ends with the same statistics: each layer's running mean and variance are averages over
+    batches, so the processes' averages weighted by their batch counts are the averages over
+    every batch, what one process seeing them all computes."""
     layers = batchnorm_layers(network)
     saved = {name: (m.running_mean.clone(), m.running_var.clone(),
                     m.num_batches_tracked.clone(), m.momentum) for name, m in layers.items()}
@@ -81,6 +90,13 @@ def adapt_batchnorm(network: nn.Module, batches: Iterable[Tensor]) -> BatchNormS
         for name, m in layers.items():
             m.momentum = saved[name][3]
         network.train(training)
+    if gather is not None:
+        for m in layers.values():
+            counts = gather(m.num_batches_tracked.reshape(1).double()).reshape(-1, 1)
+            weights = counts / counts.sum().clamp_min(1)
+            for stat in (m.running_mean, m.running_var):
+                stat.copy_((gather(stat.double()) * weights).sum(0).to(stat.dtype))
+            m.num_batches_tracked.fill_(int(counts.sum()))
     return saved
 
 
@@ -149,17 +165,32 @@ def shift_scores(scores: Tensor, shift: Tensor | None, probabilities: bool) -> T
 
 @torch.no_grad()
 def estimate_priors(probabilities: Callable[[Tensor], Tensor], batches: Iterable[Tensor],
-                    source: Tensor, *, seed: int = 0) -> tuple[Tensor, int]:
+                    source: Tensor, *, seed: int = 0,
+                    gather: Gather | None = None) -> tuple[Tensor, int]:
     """EM target priors from the class probabilities ``probabilities(images)`` gives for each
-    batch of ``batches``, and how many images it saw."""
+    batch of ``batches``, and how many images it saw. With ``gather``, EM runs on the pixels
+    every process sampled, so every process estimates the same priors."""
     generator = torch.Generator().manual_seed(seed)
     samples, images = [], 0
     for batch in batches:
         samples.append(sample_probabilities(probabilities(batch), generator))
         images += batch.shape[0]
-    if not samples:
+    pooled = torch.cat(samples) if samples else torch.zeros(0, len(source))
+    if gather is not None:
+        pooled, images = _gathered_rows(pooled.double(), gather), int(
+            gather(torch.tensor([float(images)])).sum())
+    if not len(pooled):
         return source.clone(), 0
-    return em_priors(torch.cat(samples), source), images
+    return em_priors(pooled, source), images
+
+
+def _gathered_rows(rows: Tensor, gather: Gather) -> Tensor:
+    """Every process's rows (each may have another number), in process order."""
+    counts = gather(torch.tensor([float(len(rows))])).reshape(-1).long()
+    padded = torch.zeros(int(counts.max()), rows.shape[1], dtype=rows.dtype)
+    padded[:len(rows)] = rows
+    stacked = gather(padded)
+    return torch.cat([stacked[r, :int(n)] for r, n in enumerate(counts)])
 
 
 @dataclass
@@ -176,7 +207,7 @@ class Adapted:
 
 def adapt(network: nn.Module, batches: Callable[[], Iterable[Tensor]],
           probabilities: Callable[[Tensor], Tensor], *, batchnorm: bool,
-          source_priors: Tensor | None) -> Adapted:
+          source_priors: Tensor | None, gather: Gather | None = None) -> Adapted:
     """AdaBN when ``batchnorm`` (and the network has BatchNorm), then EM class priors when
     ``source_priors`` are given, over the images ``batches()`` yields (called once per pass):
     what ``test``, ``predict`` and the viewer's Predictor all do. The caller puts the
@@ -188,9 +219,10 @@ def adapt(network: nn.Module, batches: Callable[[], Iterable[Tensor]],
             "it with validation, or use class_priors: train")
     done = Adapted()
     if batchnorm and batchnorm_layers(network):
-        done.saved = adapt_batchnorm(network, batches())
+        done.saved = adapt_batchnorm(network, batches(), gather)
     if source_priors is not None:
         done.source = source_priors.double() / source_priors.double().sum()
-        done.priors, done.images = estimate_priors(probabilities, batches(), done.source)
+        done.priors, done.images = estimate_priors(probabilities, batches(), done.source,
+                                                   gather=gather)
         done.shift = prior_shift(done.priors, done.source.float())
     return done

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from desertmind.data.classes import CLASS_NAMES
-from desertmind.models.adaptation import BatchNormState, adapt, restore_batchnorm
+from desertmind.models.adaptation import BatchNormState, Gather, adapt, restore_batchnorm
 from desertmind.models.network import SegmentationNetwork
 from desertmind.models.prediction import (
     EvalOptions,
@@ -56,11 +56,12 @@ class Evaluation:
 
     # adaptation ----------------------------------------------------------------------------
     def adapt(self, batches: Callable[[], Iterable[Tensor]], images: int,
-              say: str | None = None) -> dict:
+              say: str | None = None, gather: Gather | None = None) -> dict:
         """Adapt to the images ``batches()`` yields (as the network takes them; called once per
         pass) when the options ask for it: AdaBN, then EM class priors. Until :meth:`restore`,
         every score is the adapted network's. ``images`` is how many there are; ``say``
-        names the run in the line that prints the estimated priors (None: silent)."""
+        names the run in the line that prints the estimated priors (None: silent); ``gather``
+        (under DDP) makes every process adapt to all the images, not its own share."""
         self.restore()
         self.adaptation = {}
         if not self.options.adapts:
@@ -71,7 +72,7 @@ class Evaluation:
                       else torch.zeros(len(CLASS_NAMES)))
         done = adapt(self.network, batches,
                      lambda x: class_probabilities(self.network, x, self.options),
-                     batchnorm=self.options.adapt_bn, source_priors=priors)
+                     batchnorm=self.options.adapt_bn, source_priors=priors, gather=gather)
         self._saved = done.saved
         report: dict = {"images": images}
         if self.options.adapt_bn:
