@@ -90,7 +90,7 @@ def test_a_typo_gets_the_error_first_and_the_nearest_name(capsys, tmp_path):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) <= 10, err
-    assert err[0].startswith("desertmind fit: error: unrecognized arguments: --data.rot")
+    assert err[0].lower().startswith("desertmind fit: error: unrecognized arguments: --data.rot")
     assert "did you mean --data.root?" in err[1]
     assert err[-1].endswith("desertmind fit --help")
 

@@ -63,9 +63,9 @@ def test_trials_are_runs_the_study_resumes_and_best_yaml_is_an_overlay(
 
 
 @pytest.mark.parametrize("space, storage, expected", [
-    ({"data.rot": {"choice": ["a"]}}, None, "unrecognized arguments: --data.rot"),
+    ({"data.rot": {"choice": ["a"]}}, None, "arguments: --data.rot"),
     ({"model.optimizer.init_args.lr": {"float": [1.0e-2, 1.0e-3]}}, None, "is empty"),
-    ({"data.train_preset": {"choice": ["none", "flip"]}}, None, "Got value: flip"),
+    ({"data.train_preset": {"choice": ["none", "flip"]}}, None, "flip_color"),  # the choices
     (None, "postgresql://u:secret@127.0.0.1:1/none", "cannot open the study's storage"),
 ])
 def test_a_bad_space_or_storage_is_one_line_before_any_trial(synth_root: Path, tmp_path: Path,

@@ -195,9 +195,25 @@ class _Parser(LightningArgumentParser):
             "desertmind")
         lines = [f"{command}: error: {message.strip()}"]
         lines += [f"  did you mean {hint}?" for hint in nearest_options(message, parser)]
+        lines += [f"  it takes: {usage}" for usage in option_usage(message, parser)]
         lines.append(f"  every option: {command} --help")
         sys.stderr.write("\n".join(lines) + "\n")
         self.exit(2)
+
+
+def option_usage(message: str, parser: LightningArgumentParser) -> list[str]:
+    """For a value the parser refused (``Parser key "data.cache": ...``), the option's line of
+    the usage, which lists its choices (some jsonargparse versions' messages do not)."""
+    keys = re.findall(r'Parser key "([\w.]+)"', message)
+    if not keys:
+        return []
+    usage = parser.format_usage()
+    found = []
+    for key in keys:
+        match = re.search(rf"\[--{re.escape(key)} ([^\]]+)\]", usage)
+        if match:
+            found.append(f"--{key} {match.group(1)}")
+    return found
 
 
 def nearest_options(message: str, parser: LightningArgumentParser) -> list[str]:

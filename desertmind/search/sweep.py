@@ -86,7 +86,8 @@ def check_phase(fit_args: list[str], settings: SweepSettings) -> Phase:
         if code:
             line = next((ln for ln in err.splitlines() if "error:" in ln), err.strip()[-300:])
             detail = " ".join(ln.strip() for ln in err.splitlines()
-                              if ln.strip().startswith(("Expected", "did you mean")))
+                              if ln.strip().startswith(("Expected", "did you mean",
+                                                        "it takes")))
             message = line.split("error:", 1)[-1].strip()
             raise ConfigError(f"the sweep's phase refuses {message}"
                               + (f" ({detail})" if detail else "")
