@@ -123,3 +123,11 @@ def run_folder(trainer: Any, what: str) -> Path | None:
         print(f"desertmind: no log folder for this run (logger off or fast_dev_run): {what} "
               "not written", file=sys.stderr)
     return None
+
+
+def missing_checkpoint_message(path: str | Path) -> str:
+    """What to say of a checkpoint path that does not exist (the CLI's check before any
+    import, and :func:`desertmind.models.trained.read_checkpoint`)."""
+    return (f"checkpoint {path} not found: give a finished run's checkpoint, e.g. "
+            f"{best_checkpoint('lightning_logs', 'phase1')} (`desertmind scores` lists them), "
+            "or train that phase first")

@@ -317,9 +317,7 @@ def missing_paths(args: list[str]) -> str | None:
 
             return missing_root_message(Path(value))
         if option == "--ckpt_path":
-            return (f"checkpoint {value} not found: give a finished run's checkpoint, e.g. "
-                    f"{runs.best_checkpoint('lightning_logs', 'phase1')} (`desertmind scores` "
-                    "lists them), or train that phase first")
+            return runs.missing_checkpoint_message(value)
         return f"{option} {value}: no such {_PATH_OPTIONS[option]}"
     return None
 

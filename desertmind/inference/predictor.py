@@ -93,18 +93,21 @@ class Predictor:
         """This predictor's default options with ``changes`` (checked)."""
         return replace(self.evaluation.options, **changes)
 
+    def _input(self, image: np.ndarray) -> torch.Tensor:
+        """A checked RGB uint8 image as the network's batch of one, on its device."""
+        check_image(image)
+        return self._transform(image=image)["image"][None].to(self.device).float()
+
     def predict(self, image: np.ndarray, options: EvalOptions | None = None) -> np.ndarray:
         """Train-id map (H, W) uint8 of an RGB uint8 image, at the image's own size."""
-        check_image(image)
-        x = self._transform(image=image)["image"][None].to(self.device).float()
+        x = self._input(image)
         with self._lock:
             return self.evaluation.maps(x, [image.shape[:2]], options)[0].numpy()
 
     def predict_with_confidence(self, image: np.ndarray, options: EvalOptions | None = None
                                 ) -> tuple[np.ndarray, np.ndarray]:
         """(train-id map, confidence of its class in [0, 1]) of an RGB uint8 image."""
-        check_image(image)
-        x = self._transform(image=image)["image"][None].to(self.device).float()
+        x = self._input(image)
         with self._lock:
             labels, confidence = self.evaluation.confidence(x, [image.shape[:2]], options)[0]
         return labels.numpy(), confidence.numpy()

@@ -59,10 +59,7 @@ def read_checkpoint(path: str | Path) -> dict:
     """Load a Lightning checkpoint on the CPU with ``weights_only=True`` (no code is run)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint {path} not found: give a finished run's checkpoint, e.g. "
-            f"{runs.best_checkpoint('lightning_logs', 'phase1')} (`desertmind scores` lists "
-            "them), or train that phase first")
+        raise CheckpointError(runs.missing_checkpoint_message(path))
     _check_records(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)

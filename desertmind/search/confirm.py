@@ -13,7 +13,6 @@ in its header, and says so when none was.
 from __future__ import annotations
 
 import datetime
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +30,10 @@ CONFIRM_DIR = "confirm"
 
 def _fit(fit_args: list[str], values: dict, seed: int, name: str, save_dir: Path) -> np.ndarray:
     """One confirmation run; its best epoch's per-image confusion matrices, by image name."""
-    from desertmind.cli.lightning import DesertMindCLI
+    from desertmind.search.sweep import fit_phase
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        try:
-            DesertMindCLI(args=["fit", *fit_args, *as_options(values),
-                                "--seed_everything", str(seed),
-                                "--trainer.logger.init_args.name", name, "--overwrite"])
-        except SystemExit as e:
-            raise DesertMindError(f"confirmation run {name}: the phase refused its values") from e
+    fit_phase([*fit_args, *as_options(values), "--seed_everything", str(seed),
+               "--trainer.logger.init_args.name", name, "--overwrite"], f"confirmation run {name}")
     kept = sorted((save_dir / name).glob(f"version_*/{VAL_IMAGES_FILE}"))
     if not kept:
         raise DesertMindError(f"confirmation run {name}: no {VAL_IMAGES_FILE} (a run with a "

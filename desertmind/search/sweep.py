@@ -72,6 +72,19 @@ def _parse(args: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def fit_phase(args: list[str], what: str, callbacks: list | None = None) -> Any:
+    """One ``fit`` of the phase in this process (a trial, a confirmation run); the LightningCLI
+    that ran it. A value the parser refuses fails this run, named ``what``, not the command."""
+    from desertmind.cli.lightning import DesertMindCLI
+
+    with warnings.catch_warnings():  # each run gives LightningCLI its arguments, by design
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        try:
+            return DesertMindCLI(args=["fit", *args], extra_callbacks=callbacks)
+        except SystemExit as e:
+            raise DesertMindError(f"{what}: the phase refused its values") from e
+
+
 def check_phase(fit_args: list[str], settings: SweepSettings) -> Phase:
     """Parse the phase with every key of the space set to its values (each choice, both ends
     of a range): an unknown key, or a value the parser refuses, is one line naming it, before
@@ -153,8 +166,6 @@ def run(argv: list[str]) -> int:
     import optuna
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from desertmind.cli.lightning import DesertMindCLI
-
     phase = check_phase(fit_args, settings)
     storage = open_storage(settings.storage, phase, settings.study, settings.heartbeat)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
@@ -176,12 +187,8 @@ def run(argv: list[str]) -> int:
               + ", ".join(f"{k}={v}" for k, v in values.items()), flush=True)
         trial.set_user_attr("run", str(phase.save_dir / name))
         pruning = PyTorchLightningPruningCallback(trial, monitor=phase.monitor)
-        try:
-            cli = DesertMindCLI(args=["fit", *fit_args, *as_options(values),
-                                      "--trainer.logger.init_args.name", name],
-                                extra_callbacks=[pruning])
-        except SystemExit as e:  # the parser refused a value: this trial fails, not the sweep
-            raise DesertMindError(f"trial {trial.number}: the phase refused its values") from e
+        cli = fit_phase([*fit_args, *as_options(values), "--trainer.logger.init_args.name",
+                         name], f"trial {trial.number}", [pruning])
         pruning.check_pruned()  # raises TrialPruned for a stopped trial
         score = cli.trainer.checkpoint_callback.best_model_score
         if score is None:
@@ -189,8 +196,6 @@ def run(argv: list[str]) -> int:
         return float(score)
 
     start = time.perf_counter()
-    # each trial gives LightningCLI its arguments in this process, by design
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     if settings.trials:
         study.optimize(objective, n_trials=settings.trials, timeout=settings.timeout,
                        catch=(DesertMindError,), gc_after_trial=True)
