@@ -22,7 +22,7 @@ from desertmind.files import cannot_write
 LIGHTNING = ("fit", "validate", "test", "predict")
 EVALUATION = ("validate", "test", "predict")
 TOOLS = ("check-data", "synth", "scores", "report", "export", "app")
-OTHERS = ("sweep",)  # commands with their own parser
+OTHERS = ("sweep", "pretrain")  # commands with their own parser
 USAGE = """usage: desertmind [--version] COMMAND ...
 
   fit         train a phase:            desertmind fit -c configs/phase1.yaml
@@ -37,6 +37,9 @@ USAGE = """usage: desertmind [--version] COMMAND ...
   app         a local web page to look at a model's predictions (Gradio)
   sweep       search a phase's hyperparameters with Optuna: desertmind sweep -c configs/phase1.yaml
               -c configs/sweeps/demo.yaml --data.root ROOT [--sweep.trials N]
+  pretrain    self-supervised pretraining of an encoder on unlabelled images (DINO):
+              desertmind pretrain -c configs/pretrain/dino.yaml --data.root ROOT
+              [--data.unlabelled_dirs "[ROOT/testImages]"]
 
 'desertmind COMMAND --help' shows a command's options (fit, validate, test and predict:
 the ones people change; --help-all: every option); Lightning commands also take
@@ -269,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--help-all" in argv[1:]:
         argv = [("--help" if a == "--help-all" else a) for a in argv]
         from_shell = False
-    if argv[0] in LIGHTNING and (missing := missing_paths(argv[1:])):
+    if argv[0] in (*LIGHTNING, "pretrain") and (missing := missing_paths(argv[1:])):
         print(f"desertmind {argv[0]}: error: {missing}", file=sys.stderr)  # before any import
         return 2
     try:
@@ -282,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
             from desertmind.search.sweep import run
 
             return run(argv[1:])
+        if argv[0] == "pretrain":
+            from desertmind.pretraining.cli import run as pretrain
+
+            return pretrain(argv[1:])
         args = _tool_parser().parse_args(argv)
         return args.func(args)
     except Exception as e:

@@ -156,8 +156,18 @@ class EvaluationWriter(PerImageConfusion):
             "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
             # transductive or not, how, and what adaptation did; <stage>/mIoU is over the
             # predict_classes' argmax when set (mIoU_all_classes is not)
-            **(evaluation.record if evaluation is not None else {})})
+            **(evaluation.record(evaluated_folder(trainer)) if evaluation is not None
+               else {})})
         write_text(self.out_dir / PER_IMAGE_FILE, per_image_csv(names, cms))
         write_text(self.out_dir / CONFUSION_CSV, confusion_csv(confmat))
         save(confusion_matrix_figure(confmat.numpy(), f"confusion matrix ({len(names)} images)"),
              self.out_dir / CONFUSION_PNG)
+
+
+def evaluated_folder(trainer: L.Trainer) -> Path | None:
+    """The split folder the running validate or test reads (None: not a dataset split)."""
+    dm = trainer.datamodule
+    hp = getattr(dm, "hparams", {})
+    split = hp.get("test_dir") if trainer.testing else hp.get("val_dir")
+    root = getattr(dm, "root", None)
+    return Path(root) / split if root is not None and split else None

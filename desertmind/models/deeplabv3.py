@@ -70,6 +70,9 @@ class TorchvisionDeepLabV3(SegmentationNetwork):
     def has_aux(self) -> bool:
         return self.aux_classifier is not None
 
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)["out"]
+
     def forward_padded(self, images: torch.Tensor,
                        with_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         size = images.shape[-2:]

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from segmentation_models_pytorch.base.initialization import initialize_decoder, initialize_head
 from segmentation_models_pytorch.decoders.dpt.decoder import DPTDecoder, DPTSegmentationHead
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from desertmind.models.network import Scaling
@@ -94,6 +95,13 @@ class DPTNetwork(SMPNetwork):
         initialize_head(net.segmentation_head)
         self.factor = decoder_factor(net.decoder)
         self.size_multiple = self.patch  # the image is padded to whole patches only
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.encoder(images)[0][-1]  # the last block's token grid
+
+    def plain_vit(self) -> nn.Module | None:
+        model = self.net.encoder.model
+        return model if isinstance(model, VisionTransformer) else None
 
     def forward_padded(self, images: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, None]:
         features, prefix_tokens = self.net.encoder(images)

@@ -14,11 +14,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from desertmind.data.classes import CLASS_NAMES
+from desertmind.data.layout import IMAGE_DIR
 from desertmind.models.adaptation import BatchNormState, Gather, adapt, restore_batchnorm
 from desertmind.models.network import SegmentationNetwork
 from desertmind.models.prediction import (
@@ -31,6 +33,16 @@ from desertmind.models.prediction import (
 )
 
 
+def pretraining_saw(record: dict | None, folder: str | Path | None) -> bool:
+    """Whether pretraining (``record``) read the images of ``folder`` (a split folder or its
+    ``Color_Images``)."""
+    if not record or folder is None:
+        return False
+    folder = Path(folder).resolve()
+    seen = {Path(f) for f in record["folders"]}
+    return folder in seen or folder / IMAGE_DIR in seen
+
+
 @dataclass
 class Evaluation:
     """``network`` evaluated under ``options``.
@@ -41,12 +53,15 @@ class Evaluation:
         source_priors: the class priors the network's posteriors imply on the source val
             split (what EM class priors start from); None or zeros: unknown.
         target_use: how training used unlabelled target images, in words (None: it did not).
+        pretraining: the self-supervised pretraining the weights descend from (its folders:
+            an evaluation of images it read is transductive), None: none.
     """
 
     network: SegmentationNetwork
     options: EvalOptions = field(default_factory=EvalOptions)
     source_priors: Tensor | None = None
     target_use: str | None = None
+    pretraining: dict | None = None
     #: the class prior log-ratio test-time adaptation estimated (None: none)
     shift: Tensor | None = field(default=None, init=False)
     #: what the last adaptation did: ``images``, ``batchnorm``, ``class_priors`` and
@@ -98,14 +113,21 @@ class Evaluation:
             self._saved = None
         self.shift = None
 
-    @property
-    def record(self) -> dict[str, object]:
+    def record(self, evaluated: str | Path | None = None) -> dict[str, object]:
         """Whether (and how) the scores used the target images, for ``metrics.json``: through
-        training (``target_use``) or through test-time adaptation; and what adaptation did."""
+        training (``target_use``), through self-supervised pretraining on the ``evaluated``
+        folder's images, or through test-time adaptation; and what adaptation did."""
         adapted = {k: v for k, v in self.adaptation.items()
                    if k in ("batchnorm", "class_priors") and not str(v).startswith("none")}
-        return {"transductive": bool(self.target_use or adapted),
-                "training": self.target_use, "test_time": sorted(adapted),
+        training = self.target_use
+        if pretraining_saw(self.pretraining, evaluated):
+            seen = (f"self-supervised pretraining ({self.pretraining.get('method')}) on these "
+                    f"images ({evaluated}), in the weights of "
+                    f"{self.pretraining.get('checkpoint', 'the checkpoint')}")
+            training = f"{training}; {seen}" if training else seen
+        return {"transductive": bool(training or adapted),
+                "training": training, "test_time": sorted(adapted),
+                "pretraining": self.pretraining,
                 "adaptation": self.adaptation,
                 # <stage>/mIoU is over these classes' argmax when set
                 "predict_classes": self.options.predict_classes}

@@ -116,6 +116,34 @@ class SegmentationNetwork(nn.Module, ABC):
         """(logits, aux logits or None) at the input's size, for a normalised input of a valid
         size; the aux head runs only when ``with_aux`` is True (training)."""
 
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The encoder's deepest feature map (N, C, h, w) of a normalised input of a valid
+        size: what self-supervised pretraining trains (:mod:`desertmind.pretraining`)."""
+        raise ConfigError(f"{type(self).__name__} does not say which output of its encoder "
+                          "is its feature map (forward_features), so its encoder cannot be "
+                          "pretrained")
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The encoder's deepest feature map (N, C, h, w) for RGB 0-255 of any size (padded as
+        :meth:`forward_with_aux` pads)."""
+        return self.forward_features(self.pad(self.normalise(images)))
+
+    def plain_vit(self) -> nn.Module | None:
+        """The encoder's timm ``VisionTransformer`` when it is one (a plain ViT that masked
+        image modelling can mask token by token), else None."""
+        return None
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """A normalised input padded at the bottom and right to :attr:`size_multiple` and
+        :attr:`min_size` with zeros (the mean colour)."""
+        m = self.size_multiple
+        h, w = x.shape[-2:]
+        # always pad (by zero where nothing is needed) so traced exports stay shape-dynamic
+        pad_h, pad_w = (m - h % m) % m, (m - w % m) % m
+        if self.min_size > 1:
+            pad_h, pad_w = (max(p, self.min_size - n) for p, n in ((pad_h, h), (pad_w, w)))
+        return F.pad(x, (0, pad_w, 0, pad_h))
+
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """RGB 0-255 (N, 3, H, W) -> the input the weights were trained on."""
         x = (images.to(self.mean.dtype) - self.mean) / self.std
@@ -125,16 +153,10 @@ class SegmentationNetwork(nn.Module, ABC):
                          with_aux: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits, aux logits or None) at the input's size, for RGB 0-255 of any size."""
         x = self.normalise(images)
-        m = self.size_multiple
-        if m == 1 and self.min_size == 1:
+        if self.size_multiple == 1 and self.min_size == 1:
             return self.forward_padded(x, with_aux)
         h, w = x.shape[-2:]
-        # always pad (by zero where nothing is needed) so traced exports stay shape-dynamic
-        pad_h, pad_w = (m - h % m) % m, (m - w % m) % m
-        if self.min_size > 1:
-            pad_h, pad_w = (max(p, self.min_size - n) for p, n in ((pad_h, h), (pad_w, w)))
-        padded = F.pad(x, (0, pad_w, 0, pad_h))
-        logits, aux = self.forward_padded(padded, with_aux)
+        logits, aux = self.forward_padded(self.pad(x), with_aux)
         return logits[..., :h, :w], None if aux is None else aux[..., :h, :w]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

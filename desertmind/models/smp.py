@@ -70,6 +70,9 @@ class SMPNetwork(SegmentationNetwork):
     def forward_padded(self, images: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, None]:
         return self.net(images), None
 
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.encoder(images)[-1]  # SMP encoders: every stage's map, deepest last
+
     def _timm_model(self) -> nn.Module | None:
         """The timm model inside a ``tu-`` encoder (None for SMP's own encoders)."""
         model = getattr(self.net.encoder, "model", None)

@@ -48,6 +48,13 @@ CLASS_TABLE_KEY = "desertmind_classes"
 SOURCE_PRIORS_KEY = "desertmind_source_priors"
 #: how the weights a run started from (``init_from``) used unlabelled target images, or None
 TARGET_USE_KEY = "desertmind_target_use"
+#: a pretraining checkpoint's encoder (``desertmind pretrain``): ``{"network": {arch,
+#: backbone, input_scaling}, "state_dict": the encoder's weights as plain layers}``
+PRETRAINED_ENCODER_KEY = "desertmind_pretrained_encoder"
+#: what self-supervised pretraining the weights descend from: ``method``, ``folders`` (the
+#: image folders it read, absolute), ``steps``, ``weights``, ``adapters`` and, once a phase
+#: started from it, ``checkpoint``; carried into every phase after it
+PRETRAINING_KEY = "desertmind_pretraining"
 #: where Lightning keeps the data module's state (OffroadDataModule.state_dict: the training
 #: seed, how training used target images, the dataset root as an absolute path)
 DATA_STATE_KEY = "OffroadDataModule"
@@ -208,6 +215,10 @@ def settings_of(path: str | Path, ckpt: dict) -> TrainedSettings:
     """Check and extract the settings of an already read checkpoint (see the module doc)."""
     path = Path(path)
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if isinstance(ckpt, dict) and PRETRAINED_ENCODER_KEY in ckpt:
+        raise CheckpointError(f"{path}: a pretraining checkpoint (desertmind pretrain): it "
+                              "holds an encoder, no segmentation head; start a phase from it "
+                              f"(desertmind fit -c configs/phase1.yaml --model.init_from {path})")
     if not isinstance(hp, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{path}: not a desertmind training checkpoint (no saved "
                               "hyperparameters or state_dict)")
@@ -271,6 +282,16 @@ def training_record(ckpt: dict) -> tuple[torch.Tensor, str | None]:
     return torch.tensor(priors if ok else [0.0] * NUM_CLASSES, dtype=torch.float32), use
 
 
+def pretraining_record(ckpt: dict) -> dict | None:
+    """What self-supervised pretraining a checkpoint's weights descend from
+    (:data:`PRETRAINING_KEY`), None when none or not a valid record."""
+    record = ckpt.get(PRETRAINING_KEY)
+    if not isinstance(record, dict) or not isinstance(record.get("folders"), list) or not all(
+            isinstance(f, str) for f in record["folders"]):
+        return None
+    return {k: v for k, v in record.items() if isinstance(v, str | int | float | list)}
+
+
 @dataclass
 class TrainedModel:
     """What a checkpoint holds, ready to use: the network in eval mode on the CPU, its settings
@@ -280,12 +301,15 @@ class TrainedModel:
     network: SegmentationNetwork
     source_priors: torch.Tensor
     target_use: str | None = None
+    #: the self-supervised pretraining its weights descend from (:func:`pretraining_record`)
+    pretraining: dict | None = None
 
     def evaluation(self, options: EvalOptions | None = None) -> Evaluation:
         """An :class:`~desertmind.models.evaluation.Evaluation` of this network under
         ``options`` (default: whole images, every class)."""
         return Evaluation(self.network, options or EvalOptions(),
-                          source_priors=self.source_priors, target_use=self.target_use)
+                          source_priors=self.source_priors, target_use=self.target_use,
+                          pretraining=self.pretraining)
 
 
 def load_trained(path: str | Path, ckpt: dict | None = None) -> TrainedModel:
@@ -296,5 +320,5 @@ def load_trained(path: str | Path, ckpt: dict | None = None) -> TrainedModel:
     network = build_trained_network(settings.network)
     copy_weights(network, ckpt["state_dict"], path)
     priors, use = training_record(ckpt)
-    return TrainedModel(settings, network.eval(), priors, use)
+    return TrainedModel(settings, network.eval(), priors, use, pretraining_record(ckpt))
 

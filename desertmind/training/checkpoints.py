@@ -27,7 +27,8 @@ from desertmind import runs
 from desertmind.errors import CheckpointError, ConfigError
 from desertmind.files import release_lock, take_lock, write_text, write_with
 from desertmind.models.adapters import plain_to_lora
-from desertmind.models.trained import copy_weights, read_checkpoint
+from desertmind.models.network import SegmentationNetwork
+from desertmind.models.trained import PRETRAINED_ENCODER_KEY, copy_weights, read_checkpoint
 from desertmind.training.chain_logger import STEP_OFFSET_KEY, step_offset
 
 
@@ -246,11 +247,40 @@ def load_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> 
     and return the checkpoint (for its training record).
 
     Only weights are taken: no optimizer, epoch, scheduler or callback state. Into a network
-    with low-rank adapters, a network's weights without them go under the adapters.
+    with low-rank adapters, a network's weights without them go under the adapters. From a
+    pretraining checkpoint (``desertmind pretrain``) only the encoder is taken; the decoder
+    and head keep the fresh weights they were built with.
     """
     ckpt = read_checkpoint(path)
+    if PRETRAINED_ENCODER_KEY in ckpt:
+        load_pretrained_encoder(model, ckpt[PRETRAINED_ENCODER_KEY], path)
+        return ckpt
     state = ckpt.get("state_dict", ckpt)
     if getattr(model, "lora", None) is not None:
         state = plain_to_lora(state, {prefix + k: v for k, v in model.state_dict().items()})
     copy_weights(model, state, path, prefix)
     return ckpt
+
+
+def load_pretrained_encoder(model: SegmentationNetwork, saved: Any, path: str | Path) -> None:
+    """Copy a pretraining checkpoint's encoder (:data:`PRETRAINED_ENCODER_KEY`) into
+    ``model``'s encoder, strictly: the same architecture, backbone and input scaling, every
+    weight and BatchNorm statistic (under the adapters, when ``model`` has them)."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: its pretrained encoder record is damaged")
+    network = saved.get("network") if isinstance(saved.get("network"), dict) else {}
+    if network.get("input_scaling") not in (None, model.input_scaling):
+        raise CheckpointError(
+            f"{path}: its encoder was pretrained on inputs scaled {network['input_scaling']!r}, "
+            f"this network scales them {model.input_scaling!r}: set "
+            f"--model.network.input_scaling {network['input_scaling']}")
+    state = saved["state_dict"]
+    if model.lora is not None:
+        state = plain_to_lora(state, model.encoder.state_dict())
+    try:
+        copy_weights(model.encoder, state, path, prefix="")
+    except CheckpointError as e:
+        raise CheckpointError(
+            f"{path} holds the pretrained encoder of {network.get('arch')} "
+            f"{network.get('backbone')}; start a phase of that architecture and backbone from "
+            f"it ({e})") from e

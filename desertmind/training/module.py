@@ -19,8 +19,11 @@ from desertmind.models.prediction import EvalOptions
 from desertmind.models.registry import Network
 from desertmind.models.trained import (
     CLASS_TABLE_KEY,
+    PRETRAINED_ENCODER_KEY,
+    PRETRAINING_KEY,
     SOURCE_PRIORS_KEY,
     TARGET_USE_KEY,
+    pretraining_record,
     training_record,
 )
 from desertmind.training import optimization
@@ -144,9 +147,14 @@ class SegmentationModule(L.LightningModule):
             weights = None if hp.class_weights is None else torch.tensor(hp.class_weights)
             self.criterion = build_loss(hp.loss, weights)
         if hp.init_from:
-            _, inherited = training_record(load_weights(self.model, hp.init_from))
+            ckpt = load_weights(self.model, hp.init_from)
+            _, inherited = training_record(ckpt)
             self.inherited_use = inherited and f"{inherited} (in the weights of {hp.init_from})"
             self.target_use = self.inherited_use
+            pretraining = pretraining_record(ckpt)  # a pretraining's, or carried by a phase
+            if pretraining is not None and PRETRAINED_ENCODER_KEY in ckpt:
+                pretraining["checkpoint"] = str(hp.init_from)
+            self.evaluation.pretraining = pretraining
         if self.self_training.enabled and self.pseudo is None:
             if not hp.init_from:
                 raise ConfigError("model.self_training needs a teacher: set model.init_from to "
@@ -168,9 +176,11 @@ class SegmentationModule(L.LightningModule):
         checkpoint[CLASS_TABLE_KEY] = class_table()
         checkpoint[SOURCE_PRIORS_KEY] = self.evaluation.source_priors.tolist()
         checkpoint[TARGET_USE_KEY] = self.inherited_use
+        checkpoint[PRETRAINING_KEY] = self.evaluation.pretraining
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.evaluation.source_priors, self.target_use = training_record(checkpoint)
+        self.evaluation.pretraining = pretraining_record(checkpoint)
         use = checkpoint.get(TARGET_USE_KEY)
         self.inherited_use = use if isinstance(use, str) else None
 

@@ -66,7 +66,9 @@ class ProgressLines(ProgressBar):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        images = batch.get("image") if isinstance(batch, dict) else None
+        # a segmentation batch's images, or a pretraining batch's first view of each image
+        images = (batch.get("image", (batch.get("views") or [None])[0])
+                  if isinstance(batch, dict) else None)
         self._images += len(images) if images is not None else 0
         step = batch_idx + 1
         total = self.total_train_batches
