@@ -96,3 +96,16 @@ SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1",
                   "PYTHONPATH": os.pathsep.join(
                       [str(Path(__file__).resolve().parents[1]),
                        *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+class SaveEncoderAtFirstStep(L.Callback):
+    """Save the network's encoder state (``torch.save``) to ``path`` just before the first
+    training step: what a phase really starts from, after setup loaded its ``init_from``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_step == 0 and batch_idx == 0:
+            torch.save({k: v.detach().cpu().clone()
+                        for k, v in pl_module.model.encoder.state_dict().items()}, self.path)

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from desertmind.cli.lightning import _Parser, _quiet_lightning_notices, resolve_precision
+from desertmind.errors import ConfigError
 from desertmind.pretraining.data import UnlabelledDataModule
 from desertmind.pretraining.module import PretrainModule
 from desertmind.training.checkpoints import AtomicCheckpointIO, PhaseCheckpoint
@@ -71,6 +72,11 @@ class PretrainCLI(LightningCLI):
 def run(argv: list[str]) -> int:
     """``desertmind pretrain ARGS``: parse, check the images, fit, and say where the encoder
     is."""
+    try:
+        import lightly  # noqa: F401 - an optional extra
+    except ImportError as e:
+        raise ConfigError("desertmind pretrain needs lightly: pip install "
+                          "'desertmind[pretrain]'") from e
     cli = PretrainCLI(args=argv)
     _quiet_lightning_notices()
     cli.datamodule.folders()  # a missing or empty folder: one line, before any run folder

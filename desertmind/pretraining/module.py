@@ -89,9 +89,10 @@ class PretrainModule(L.LightningModule):
             built from it must name the same architecture, backbone and input scaling);
             ``network.lora`` stays 0 here (the pretraining's adapters are ``adapters``).
         objective: the DINO / iBOT settings (:class:`Objective`).
-        adapters: with pretrained ``network.weights``: the low-rank adapters the encoder
-            continues with (``rank`` 0: the whole encoder trains); with ``weights: none``
-            unused (a random encoder trains whole).
+        adapters: the low-rank adapters the encoder trains through (``rank`` 0: none, the
+            whole encoder trains); None (the default) chooses: rank 16 for pretrained
+            ``network.weights`` (ExPLoRA), none for ``weights: none`` (a random encoder has
+            nothing worth keeping frozen).
         unfrozen_blocks: with adapters: how many of the encoder's last layers (its depth
             order, as layer-wise LR decay sees it) train whole beside them (ExPLoRA: 1 or 2).
         optimizer: the optimizer class and its arguments (weight decay spares norms, biases,
@@ -100,13 +101,14 @@ class PretrainModule(L.LightningModule):
 
     def __init__(self, network: Network = Network(),  # noqa: B008 - frozen: a safe default
                  *, objective: Objective = Objective(),  # noqa: B008 - frozen
-                 adapters: LoRA = LoRA(rank=16),  # noqa: B008 - frozen
-                 unfrozen_blocks: int = 1,
+                 adapters: LoRA | None = None, unfrozen_blocks: int = 1,
                  optimizer: OptimizerCallable = torch.optim.AdamW) -> None:
         super().__init__()
         network = Network(**network) if isinstance(network, dict) else network
         objective = Objective(**objective) if isinstance(objective, dict) else objective
         adapters = LoRA(**adapters) if isinstance(adapters, dict) else adapters
+        if adapters is None:
+            adapters = LoRA(rank=16 if network.weights != "none" else 0)
         if network.lora.enabled:
             raise ConfigError("model.network.lora is for the segmentation phases; the "
                               "adapters pretraining continues a pretrained encoder with are "
@@ -118,7 +120,7 @@ class PretrainModule(L.LightningModule):
                             adapters=asdict(adapters))
         self.network, self.objective, self.optimizer = network, objective, optimizer
         self.student: SegmentationNetwork = registry.build(network)
-        self.continued = network.weights != "none" and adapters.enabled
+        self.continued = adapters.enabled
         if self.continued:
             self.student.add_lora(adapters)  # freezes the rest of the encoder
             layers = self.student.encoder_layers()
@@ -127,8 +129,10 @@ class PretrainModule(L.LightningModule):
                     p.requires_grad = True
         for p in (*self.student.head_parameters(), *self.student.aux_parameters()):
             p.requires_grad = False  # the decoder is not pretrained
-        self.vit = self.student.plain_vit() if objective.patch_weight > 0 else None
-        width = self.vit.embed_dim if self.vit is not None else _feature_width(self.student)
+        vit = self.student.plain_vit() if objective.patch_weight > 0 else None
+        #: whether the patch objective runs (the ViT stays the student's, not a submodule here)
+        self.masked = vit is not None
+        width = vit.embed_dim if vit is not None else _feature_width(self.student)
         from lightly.loss import DINOLoss, IBOTPatchLoss
         from lightly.models.modules import DINOProjectionHead
 
@@ -146,8 +150,8 @@ class PretrainModule(L.LightningModule):
                                   objective.teacher_temp, objective.warmup_teacher_temp_epochs,
                                   objective.student_temp)
         self.mask_token: nn.Parameter | None = None
-        if self.vit is not None:
-            self.mask_token = nn.Parameter(torch.zeros(1, 1, self.vit.embed_dim))
+        if vit is not None:
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, vit.embed_dim))
             nn.init.normal_(self.mask_token, std=0.02)
             self.patch_loss = IBOTPatchLoss(objective.output_dim, objective.teacher_temp,
                                             objective.student_temp)
@@ -155,7 +159,7 @@ class PretrainModule(L.LightningModule):
     @property
     def method(self) -> str:
         """The objective in words, as checkpoints record it."""
-        return "dino+ibot" if self.vit is not None else "dino"
+        return "dino+ibot" if self.masked else "dino"
 
     # the two embeddings ----------------------------------------------------------------------
     def _tokens(self, net: SegmentationNetwork, images: Tensor,
@@ -188,26 +192,26 @@ class PretrainModule(L.LightningModule):
         views: list[Tensor] = batch["views"]
         global_views, local_views = views[:2], views[2:]
         masks: list[Tensor | None] = [None, None]
-        if self.vit is not None:
+        if self.masked:
             masks = [self._mask(v) for v in global_views]
         with torch.no_grad():
-            t_tokens = [self._tokens(self.teacher, v) if self.vit is not None else None
+            t_tokens = [self._tokens(self.teacher, v) if self.masked else None
                         for v in global_views]
             t_out = [self.teacher_head(self._global(self.teacher, t, v))
                      for t, v in zip(t_tokens, global_views, strict=True)]
-        s_tokens = [self._tokens(self.student, v, m) if self.vit is not None else None
+        s_tokens = [self._tokens(self.student, v, m) if self.masked else None
                     for v, m in zip(views, [*masks, *[None] * len(local_views)], strict=True)]
         s_out = [self.head(self._global(self.student, t, v))
                  for t, v in zip(s_tokens, views, strict=True)]
         loss = self.dino_loss(t_out, s_out, epoch=self.current_epoch)
         n = global_views[0].shape[0]
         self.log("train/dino_loss", loss, on_step=True, on_epoch=True, batch_size=n)
-        if self.vit is not None:
-            prefix = self.vit.num_prefix_tokens
+        if self.masked:
+            prefix = self.student.plain_vit().num_prefix_tokens
             patch = torch.stack([
                 self.patch_loss(self.teacher_head(t[:, prefix:][m]),
                                 self.head(s[:, prefix:][m]), m.view(n, *self._grid(v)))
-                for t, s, m, v in zip(t_tokens, s_tokens, masks, global_views, strict=True)
+                for t, s, m, v in zip(t_tokens, s_tokens[:2], masks, global_views, strict=True)
             ]).mean()
             self.log("train/patch_loss", patch, on_step=True, on_epoch=True, batch_size=n)
             loss = loss + self.objective.patch_weight * patch
@@ -226,8 +230,16 @@ class PretrainModule(L.LightningModule):
         from lightly.models.utils import random_block_mask
 
         low, high = self.objective.mask_ratio
-        mask = random_block_mask((images.shape[0], *self._grid(images)),
-                                 min_image_mask_ratio=low, max_image_mask_ratio=high,
+        grid = self._grid(images)
+        least = int(grid[0] * grid[1] * low)  # the fewest patches a masked image loses
+        if least < 1:
+            raise ConfigError(f"masked patches: a {images.shape[-1]} px crop is a {grid[0]}x"
+                              f"{grid[1]} token grid, too small to mask "
+                              f"{low:g} of it; raise data.crop_size or set "
+                              "model.objective.patch_weight 0")
+        mask = random_block_mask((images.shape[0], *grid), min_image_mask_ratio=low,
+                                 max_image_mask_ratio=high,
+                                 min_num_masks_per_block=min(4, least),  # DINOv2: 4
                                  device=images.device)
         return mask.flatten(1)
 
