@@ -45,9 +45,21 @@ D22 := $(call DONE,$(P22))
 D3 := $(call DONE,$(P3))
 # the study's phase 3 started from COCO weights, not from its phase 2.2
 P3_INIT := $(if $(filter study,$(RECIPE)),,--model.init_from $(P22))
+# self-supervised pretraining (make pretrain; PRETRAINED=1: phase 1 starts from its encoder) on
+# DATA's train images and the folders of UNLABELLED (spaces between folders)
+UNLABELLED ?=
+PRETRAINED ?=
+PRE := $(LOGS)/pretrain/checkpoints/pretrained.ckpt
+DPRE := $(call DONE,$(PRE))
+comma := ,
+empty :=
+space := $(empty) $(empty)
+PRETRAIN_ARGS = --data.root $(DATA) --trainer.logger.init_args.save_dir $(LOGS) --overwrite \
+	$(if $(strip $(UNLABELLED)),--data.unlabelled_dirs "[$(subst $(space),$(comma),$(strip $(UNLABELLED)))]")
+P1_INIT := $(if $(PRETRAINED),--model.init_from $(PRE))
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full test-lowest test-browser app lint demo check-data bench gpu-check gpu-wheels clean docs-serve postgres-binaries phase1 phase2 phase3 phases \
+.PHONY: help install test test-full test-lowest test-browser app lint demo check-data bench gpu-check gpu-wheels clean docs-serve postgres-binaries pretrain phase1 phase2 phase3 phases \
 	scores report resume tensorboard tensorboard-eval clean-logs docs screenshots notebook
 
 help: ## list the targets
@@ -144,8 +156,11 @@ demo: $(STAMP) $(DEMO_DATA)/train $(DEMO_DATA)/test_shifted ## synthetic data (i
 	$(DM) report --logs $(LOGS)/demo --out $(REPORTS) --print
 
 # Each phase starts from the previous phase's best checkpoint; finished phases are skipped.
-$(D1): | $(STAMP)
-	$(DM) fit -c $(PHASE_CONFIGS)/phase1.yaml $(CONFIGS) $(PHASE_ARGS) $(PHASE1_ARGS)
+$(DPRE): | $(STAMP)
+	$(DM) pretrain -c configs/pretrain/dino.yaml $(CONFIGS) $(PRETRAIN_ARGS)
+	touch $@
+$(D1): $(if $(PRETRAINED),$(DPRE)) | $(STAMP)
+	$(DM) fit -c $(PHASE_CONFIGS)/phase1.yaml $(CONFIGS) $(P1_INIT) $(PHASE_ARGS) $(PHASE1_ARGS)
 	touch $@
 $(D21): $(D1)
 	$(DM) fit -c $(PHASE_CONFIGS)/phase2_1_head.yaml $(CONFIGS) --model.init_from $(P1) \
@@ -159,7 +174,8 @@ $(D3): $(D22)
 	$(DM) fit -c $(PHASE_CONFIGS)/phase3.yaml $(CONFIGS) $(P3_INIT) $(PHASE_ARGS)
 	touch $@
 
-phase1: $(D1) ## phase 1 baseline on DATA (default data/offroad; RECIPE=study: the study's own)
+pretrain: $(DPRE) ## self-supervised pretraining (DINO) on DATA's train images and UNLABELLED="dir ..." (docs/pretrain.md)
+phase1: $(D1) ## phase 1 baseline on DATA (RECIPE=study: the study's own; PRETRAINED=1: from make pretrain)
 phase2: $(D22) ## phase 2.1 (head only) then 2.2 (backbone), earlier phases first
 phase3: $(D3) ## phase 3 (weighted CE + Dice + crops), earlier phases first
 # SEEDS="1 2 3": the chain once per random seed, under $(LOGS)/random_seed_N (runs.py)
@@ -201,7 +217,7 @@ check-data: $(STAMP) ## check the dataset at DATA=path (default data/offroad)
 GPU_WHEELS ?= .whl
 GPU_SITE ?= /tmp/desertmind-site
 GPU_OUT ?= $(if $(OUT),$(OUT),$(REPORTS)/gpu-check)
-gpu-check: ## the prepared GPU check, 8.5 minutes on one GPU (JSON: stdout and $OUT or reports/gpu-check); DRY_RUN=1: CPU, tiny
+gpu-check: ## the prepared GPU check, 9 minutes on one GPU (JSON: stdout and $OUT or reports/gpu-check); DRY_RUN=1: CPU, tiny
 	@set -e; if [ -x $(BIN)/python ]; then py=$(BIN)/python; \
 	elif python3 -c "import torch, lightning" 2>/dev/null; then py=python3; \
 		if ls $(GPU_WHEELS)/*.whl >/dev/null 2>&1; then python3 -m pip install -q --no-index \

@@ -1,8 +1,8 @@
 """The prepared GPU check (``make gpu-check``): everything that needs an accelerator, at the real
-960x540, on synthetic data it makes itself, in one run of at most about 8.5 minutes.
+960x540, on synthetic data it makes itself, in one run of at most about 9 minutes.
 
 GPU time comes rarely and in short windows, so this must already work when it comes. It has
-six sections, each in its own process with its own time limit, so one slow or hanging part
+seven sections, each in its own process with its own time limit, so one slow or hanging part
 cannot eat the others:
 
 1. ``phase_chain``: phase 1 -> 2.1 -> 2.2 -> 3 for real (MobileNetV3-L DeepLabV3, the phase
@@ -23,6 +23,9 @@ cannot eat the others:
    checkpointing, ``bf16-mixed``; random weights) for a few steps, its ``best.ckpt`` finite; and
    the GPU memory one training step of that network needs with and without gradient
    checkpointing (``torch.cuda.max_memory_allocated``), with the step times.
+7. ``pretrain``: a few steps of self-supervised pretraining (``desertmind pretrain``'s module:
+   DINO with an EMA teacher) of DINOv3 ViT-B with LoRA at 512 px crops under ``bf16-mixed``:
+   images/s and peak memory.
 
 ``--dry-run`` runs the same sections on the CPU at a tiny size in one process, in well under a
 minute (``tests/test_gpu_check.py`` runs it, so the script cannot rot between GPU loans);
@@ -50,10 +53,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CONFIGS = REPO / "configs"
 SECTIONS = ("phase_chain", "train_throughput", "eval_and_latency", "determinism", "ddp",
-            "foundation")
-#: seconds each section may take on the GPU (about 8.5 minutes in all, start-up excluded)
+            "foundation", "pretrain")
+#: seconds each section may take on the GPU (about 9 minutes in all, start-up excluded)
 BUDGET_S = {"phase_chain": 150, "train_throughput": 170, "eval_and_latency": 60,
-            "determinism": 50, "ddp": 30, "foundation": 60}
+            "determinism": 50, "ddp": 30, "foundation": 60, "pretrain": 45}
 PHASES = ("phase1", "phase2_1_head", "phase2_2_backbone", "phase3")
 
 
@@ -304,6 +307,56 @@ def foundation(dry: bool) -> dict:
     return {"recipe": recipe.name, "fit": fit, "network": "/".join(network),
             "size": list(_size(dry)), "grad_checkpointing": memory,
             "ok": fit["best_ckpt"] and fit["finite"]}
+
+
+def pretrain(dry: bool) -> dict:
+    """A few steps of ``desertmind pretrain``'s module on DINOv3 ViT-B with LoRA adapters (rank
+    16, the last block unfrozen; random weights: none can be fetched there) at 512 px global
+    crops (518 is DINOv2's patch-14 size; DINOv3's patch 16 makes 512 a 32x32 token grid) and
+    six 224 px local ones, ``bf16-mixed``: images/s after warm-up and the peak GPU memory."""
+    import lightning as L
+    import torch
+
+    from desertmind.models.adapters import LoRA
+    from desertmind.models.registry import Network
+    from desertmind.pretraining.data import UnlabelledDataModule
+    from desertmind.pretraining.module import Objective, PretrainModule
+
+    backbone = "tu-vit_small_patch16_dinov3" if dry else "tu-vit_base_patch16_dinov3"
+    batch, warmup, steps = (2, 1, 1) if dry else (8, 4, 8)
+    crop, local = (64, 32) if dry else (512, 224)
+    times: list[float] = []
+
+    class Clock(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = _data(Path(tmp), dry, batch * 2)
+        module = PretrainModule(Network("dpt", backbone), adapters=LoRA(rank=16),
+                                unfrozen_blocks=1, objective=Objective(output_dim=4096 if not
+                                                                        dry else 64))
+        dm = UnlabelledDataModule(str(root), crop_size=crop, local_crop_size=local,
+                                  local_views=2 if dry else 6, batch_size=batch,
+                                  num_workers=0 if dry else 8)
+        trainer = L.Trainer(max_steps=warmup + steps + 1, accelerator="cpu" if dry else "gpu",
+                            devices=1, precision="32-true" if dry else "bf16-mixed",
+                            logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=[Clock()])
+        device = torch.device("cpu" if dry else "cuda")
+        _reset_peak(device)
+        trainer.fit(module, dm)
+        loss = float(trainer.callback_metrics["train/loss"])
+    timed = times[warmup:warmup + steps + 1]
+    ips = batch * (len(timed) - 1) / (timed[-1] - timed[0]) if len(timed) > 1 else None
+    return {"network": f"dpt {backbone}", "method": module.method, "adapters": 16,
+            "crops": f"2 x {crop} + {dm.hparams.local_views} x {local}", "batch": batch,
+            "images_per_s": None if dry or ips is None else round(ips, 2),
+            "peak_gib": _peak_memory(device), "loss": round(loss, 4),
+            "ok": math.isfinite(loss)}
 
 
 def run_section(name: str, dry: bool) -> dict:

@@ -44,6 +44,8 @@ def test_the_dry_run_goes_through_every_section(tmp_path: Path):
     assert found["fit"] == {"best_ckpt": True, "finite": True}
     assert {k: v["grad_checkpointing"] for k, v in found["grad_checkpointing"].items()} == {
         "off": False, "on": True}
+    pre = sections["pretrain"]
+    assert pre["method"] == "dino" and pre["adapters"] == 16 and pre["ok"] is True
     page = (tmp_path / "out" / "gpu_check.md").read_text()
     assert all(f"| {name} | True |" in page for name in gpu_check.SECTIONS)
 

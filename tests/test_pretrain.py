@@ -294,3 +294,47 @@ def test_a_pretrained_encoder_continues_through_adapters_and_is_saved_merged(syn
                                    atol=1e-4, rtol=1e-4)
     adapted = registry.build(replace(network, lora=LoRA(rank=8)))
     load_pretrained_encoder(adapted, ckpt[PRETRAINED_ENCODER_KEY], "pretrained.ckpt")
+
+
+def test_make_pretrain_then_phases_from_it(tmp_path: Path, capsys):
+    """``make pretrain UNLABELLED="A B"`` gives the pretraining both folders, and ``make phases
+    PRETRAINED=1`` pretrains first and starts phase 1 from its checkpoint."""
+    import shlex
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    logs = tmp_path / "logs"
+    installed = tmp_path / "installed"
+    installed.touch()
+
+    def commands(*target: str) -> list[list[str]]:
+        dry = subprocess.run(["make", "-n", "-C", str(repo), *target, f"LOGS={logs}",
+                              f"STAMP={installed}", "DM=desertmind"], capture_output=True,
+                             text=True, check=True).stdout.replace("\\\n", " ")
+        return [shlex.split(line)[1:] for line in dry.splitlines()
+                if line.startswith("desertmind ")]
+
+    (pretrain,) = commands("pretrain", f"DATA={tmp_path}",
+                           "UNLABELLED=data/offroad/testImages data/more")
+    with pytest.raises(SystemExit):
+        main([*pretrain, "--print_config"])
+    printed = capsys.readouterr().out
+    assert "- data/offroad/testImages\n" in printed and "- data/more\n" in printed
+    chain = commands("phases", "DATA=data/offroad", "PRETRAINED=1")
+    assert chain[0][0] == "pretrain"
+    ckpt = str(logs / "pretrain" / "checkpoints" / "pretrained.ckpt")
+    assert chain[1][0] == "fit" and chain[1][chain[1].index("--model.init_from") + 1] == ckpt
+    assert "--model.init_from" not in commands("phase1", "DATA=data/offroad")[0]
+
+
+def test_lightning_idioms_work(synth_root: Path, tmp_path: Path, monkeypatch, capsys):
+    logs = tmp_path / "logs"
+    monkeypatch.chdir(tmp_path)
+    assert main(pretrain_args(synth_root, logs, "--trainer.fast_dev_run", "true")) == 0
+    assert not list(tmp_path.rglob("*.ckpt"))  # fast_dev_run writes nothing
+    assert main(pretrain_args(synth_root, logs, "--trainer.logger", "false")) == 0
+    assert (tmp_path / "checkpoints" / "pretrained.ckpt").is_file()  # Lightning's default
+    assert "LearningRateMonitor left out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*pretrain_args(synth_root, logs), "--print_config"])
+    assert "unlabelled_dirs: []" in capsys.readouterr().out

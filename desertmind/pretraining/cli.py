@@ -14,7 +14,7 @@ import sys
 
 import lightning as L
 from jsonargparse import ActionYesNo
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from desertmind.cli.lightning import _Parser, _quiet_lightning_notices, resolve_precision
@@ -23,6 +23,7 @@ from desertmind.pretraining.data import UnlabelledDataModule
 from desertmind.pretraining.module import PretrainModule
 from desertmind.training.checkpoints import AtomicCheckpointIO, PhaseCheckpoint
 from desertmind.training.progress import ProgressLines
+from desertmind.training.provenance import Provenance
 
 CHECKPOINT_NAME = "pretrained"
 
@@ -54,15 +55,19 @@ class PretrainCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         config = self.config_init
         trainer_config = {**config.get("trainer", {}), **kwargs}
-        callbacks = trainer_config.pop("callbacks", None) or []
-        callbacks = [*(callbacks if isinstance(callbacks, list | tuple) else [callbacks]),
-                     config.checkpoint]
+        user = trainer_config.pop("callbacks", None) or []
+        user = list(user) if isinstance(user, list | tuple) else [user]
+        logger = trainer_config.get("logger") is not False
+        if not logger and any(isinstance(c, LearningRateMonitor) for c in user):
+            user = [c for c in user if not isinstance(c, LearningRateMonitor)]
+            print("desertmind pretrain: no logger: LearningRateMonitor left out",
+                  file=sys.stderr)
+        callbacks = [*user, Provenance(), config.checkpoint]
         if (trainer_config.get("enable_progress_bar", True) is not False
                 and not sys.stdout.isatty()
                 and not any(isinstance(c, ProgressBar) for c in callbacks)):
             callbacks.append(ProgressLines())
-        if (self.save_config_callback and not trainer_config.get("fast_dev_run")
-                and trainer_config.get("logger") is not False):
+        if self.save_config_callback and not trainer_config.get("fast_dev_run") and logger:
             callbacks.append(self.save_config_callback(self.parser, self.config,
                                                        **self.save_config_kwargs))
         return self.trainer_class(**{**trainer_config, "callbacks": callbacks,
