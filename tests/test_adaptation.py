@@ -144,7 +144,7 @@ def test_validation_keeps_the_source_priors_and_test_time_tools_leave_the_networ
     assert report["images"] == 6 and "AdaBN" in report["batchnorm"]
     priors = report["class_priors"]
     assert set(priors) == set(CLASS_NAMES) and abs(sum(priors.values()) - 1) < 1e-3
-    record = module.evaluation.record
+    record = module.evaluation.record()
     assert (record["transductive"], record["training"], record["test_time"]) == (
         True, None, ["batchnorm", "class_priors"])
     assert module.evaluation.shift is None  # only for the run that estimated it

@@ -249,11 +249,11 @@ def test_a_python_fit_with_target_images_records_it_in_its_checkpoint(two_desert
 
     first = fit(SegmentationModule(TINY), "first", target_transfer="histogram",
                 target_dir="test_shifted/Color_Images")
-    record = load_trained(first).evaluation().record
+    record = load_trained(first).evaluation().record()
     assert record["transductive"] is True
     assert record["training"] == "histogram transfer from test_shifted/Color_Images"
     later = fit(SegmentationModule(TINY, init_from=str(first)), "later")
-    training = load_trained(later).evaluation().record["training"]
+    training = load_trained(later).evaluation().record()["training"]
     assert training.startswith("histogram transfer from test_shifted") and str(first) in training
     plain = fit(SegmentationModule(TINY), "plain")
-    assert load_trained(plain).evaluation().record["transductive"] is False
+    assert load_trained(plain).evaluation().record()["transductive"] is False

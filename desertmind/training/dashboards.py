@@ -6,6 +6,7 @@ there is none. Images are bounded: a fixed handful of validation images, every N
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -18,6 +19,7 @@ from torch.utils.tensorboard import SummaryWriter
 from desertmind.data.classes import CLASS_NAMES
 from desertmind.data.transforms import CROPPING_PRESETS
 from desertmind.figures import confusion_matrix_figure, prediction_grid
+from desertmind.models.evaluation import pretraining_saw
 from desertmind.training.chain_logger import logged_step
 from desertmind.training.metrics import MONITOR, followed_monitor, improves
 
@@ -139,6 +141,9 @@ def key_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
         "class_weighting": data.get("class_weighting"),
         "scheduler": type(schedulers[0].scheduler).__name__ if schedulers else "none",
     }
+    pretraining = getattr(getattr(pl_module, "evaluation", None), "pretraining", None)
+    val_folder = (Path(dm.root) / dm.hparams.val_dir if dm is not None and hasattr(dm, "root")
+                  and dm.hparams.get("val_dir") else None)
     setup = {
         **{k: net.get(k) for k in ("arch", "backbone", "weights", "aux_weight", "freeze_bn",
                                    "input_scaling")},
@@ -147,10 +152,14 @@ def key_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
         "image_size": data.get("image_size"),
         "max_epochs": trainer.max_epochs,
         "precision": str(trainer.precision),
-        # trained with the unlabelled target images (transfer or self-training)
+        # the self-supervised pretraining the encoder started from
+        "pretrained_from": pretraining.get("checkpoint") if pretraining else None,
+        # trained with the unlabelled target images (transfer or self-training), or validated
+        # on images its pretraining read
         "transductive": bool(getattr(pl_module, "target_use", None)
                              or (dm is not None and hasattr(dm, "target_use")
-                                 and dm.target_use())),
+                                 and dm.target_use())
+                             or pretraining_saw(pretraining, val_folder)),
     }
     return {f"{group}/{k}": _scalar(v) for group, values in (("change", change),
                                                               ("setup", setup))
