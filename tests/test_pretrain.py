@@ -338,3 +338,12 @@ def test_lightning_idioms_work(synth_root: Path, tmp_path: Path, monkeypatch, ca
     with pytest.raises(SystemExit):
         main([*pretrain_args(synth_root, logs), "--print_config"])
     assert "unlabelled_dirs: []" in capsys.readouterr().out
+
+
+def test_the_teacher_centre_averages_over_as_many_images_as_dinos():
+    module = PretrainModule(TINY, objective=SMALL)
+    assert module.center_momentum(1024) == pytest.approx(0.9)  # DINO's batch: DINO's value
+    assert module.center_momentum(4) == pytest.approx(0.9 ** (8 / 2048))
+    assert module.center_momentum(4) ** 256 == pytest.approx(0.9)  # 256 steps of 4 = 1024
+    fixed = PretrainModule(TINY, objective=replace(SMALL, center_momentum=0.5))
+    assert fixed.center_momentum(4) == 0.5

@@ -51,6 +51,12 @@ class Objective:
             ``teacher_temp`` over ``warmup_teacher_temp_epochs``.
         warmup_teacher_temp_epochs: epochs of that warm-up (0: none).
         student_temp: the student's softmax temperature.
+        center_momentum: momentum of the teacher's centre (the running mean of its outputs
+            that is subtracted before sharpening); None: DINO's 0.9 per 2048 teacher outputs
+            (its batch of 1024, two global crops), scaled to the batch, ``0.9 ** (n / 2048)``
+            for ``n`` teacher outputs a step, so the centre averages over as many images as
+            DINO's. With 0.9 at a batch of 4 the centre follows each batch and cancels the
+            teacher's signal: the loss sits at log(output_dim), both outputs uniform.
         momentum: the teacher's EMA momentum at the first step, rising to 1 on a cosine.
         patch_weight: weight of iBOT's masked-patch loss beside DINO's (plain timm ViTs
             only; 0: DINO alone).
@@ -64,6 +70,7 @@ class Objective:
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_epochs: int = 0
     student_temp: float = 0.1
+    center_momentum: float | None = None
     momentum: float = 0.996
     patch_weight: float = 1.0
     mask_ratio: tuple[float, float] = (0.1, 0.5)
@@ -188,9 +195,18 @@ class PretrainModule(L.LightningModule):
         return tokens[:, 0] if vit.cls_token is not None else tokens[
             :, vit.num_prefix_tokens:].mean(1)
 
+    def center_momentum(self, batch_size: int) -> float:
+        """The teacher centre's momentum for ``batch_size`` images (see :class:`Objective`)."""
+        given = self.objective.center_momentum
+        return given if given is not None else 0.9 ** (2 * batch_size / 2048)
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         views: list[Tensor] = batch["views"]
         global_views, local_views = views[:2], views[2:]
+        m = self.center_momentum(global_views[0].shape[0])
+        self.dino_loss.center_momentum = m
+        if self.masked:
+            self.patch_loss.center.momentum = m
         masks: list[Tensor | None] = [None, None]
         if self.masked:
             masks = [self._mask(v) for v in global_views]
@@ -203,8 +219,10 @@ class PretrainModule(L.LightningModule):
                     for v, m in zip(views, [*masks, *[None] * len(local_views)], strict=True)]
         s_out = [self.head(self._global(self.student, t, v))
                  for t, v in zip(s_tokens, views, strict=True)]
-        loss = self.dino_loss(t_out, s_out, epoch=self.current_epoch)
         n = global_views[0].shape[0]
+        self.log("train/teacher_entropy", self._teacher_entropy(t_out), on_step=True,
+                 on_epoch=True, batch_size=n)
+        loss = self.dino_loss(t_out, s_out, epoch=self.current_epoch)
         self.log("train/dino_loss", loss, on_step=True, on_epoch=True, batch_size=n)
         if self.masked:
             prefix = self.student.plain_vit().num_prefix_tokens
@@ -218,6 +236,17 @@ class PretrainModule(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
                  batch_size=n)
         return loss
+
+    @torch.no_grad()
+    def _teacher_entropy(self, t_out: list[Tensor]) -> Tensor:
+        """Mean entropy of the teacher's centred, sharpened distribution: the collapse monitor
+        (near log(output_dim): uniform; near 0: one prototype for every image; DINO's
+        loss is this entropy plus what the student still differs by)."""
+        loss = self.dino_loss
+        temp = loss.teacher_temp_schedule[self.current_epoch] if (
+            self.current_epoch < loss.warmup_teacher_temp_epochs) else loss.teacher_temp
+        p = ((torch.stack(t_out) - loss.center) / temp).softmax(-1)
+        return -(p * p.clamp_min(1e-12).log()).sum(-1).mean()
 
     def _grid(self, images: Tensor) -> tuple[int, int]:
         """The token grid (rows, columns) of images padded to whole patches."""
