@@ -57,7 +57,8 @@ def pretrain(root: Path, args, seed: int, folders: list[str], path: Path) -> flo
     L.seed_everything(seed, verbose=False)
     module = PretrainModule(Network(bn_momentum=0.1),
                             objective=Objective(output_dim=args.prototypes, hidden_dim=512,
-                                                bottleneck_dim=128),
+                                                bottleneck_dim=128,
+                                                center_momentum=args.center_momentum),
                             optimizer=lambda p: torch.optim.AdamW(p, lr=args.pretrain_lr,
                                                                   weight_decay=0.04))
     dm = UnlabelledDataModule(str(root), unlabelled_dirs=folders, crop_size=args.crop,
@@ -120,6 +121,8 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=96, help="global crop side")
     parser.add_argument("--local-views", type=int, default=4)
     parser.add_argument("--prototypes", type=int, default=1024)
+    parser.add_argument("--center-momentum", type=float, default=0.9,
+                        help="the teacher centre's momentum (DINO's 0.9)")
     parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
                         help="keep each seed's confusion matrices in DIR/seed<N>.npz and "
                         "reuse a seed kept there with the same settings")
@@ -151,8 +154,9 @@ def main() -> None:
                  f" {args.n_train} train / {args.n_val} val / {args.n_desert} per desert; "
                  f"pretraining: DINO, {args.pretrain_steps} steps of batch {args.batch} "
                  f"({args.crop} px global crops, {args.local_views} local), "
-                 f"{args.prototypes} prototypes; phase 1: {args.epochs} epochs from the "
-                 f"pretrained encoder, the baseline {args.epochs} + "
+                 f"{args.prototypes} prototypes, centre momentum "
+                 f"{args.center_momentum}; phase 1: {args.epochs} "
+                 f"epochs from the pretrained encoder, the baseline {args.epochs} + "
                  f"{round(args.pretrain_steps / per_epoch)} epochs (the same steps); kept at "
                  f"the best val mIoU (validated every {args.val_every}); seeds {args.seeds}",
         "interval": "95%, two-level bootstrap over seeds and images, paired with the baseline",

@@ -52,11 +52,8 @@ class Objective:
         warmup_teacher_temp_epochs: epochs of that warm-up (0: none).
         student_temp: the student's softmax temperature.
         center_momentum: momentum of the teacher's centre (the running mean of its outputs
-            that is subtracted before sharpening); None: DINO's 0.9 per 2048 teacher outputs
-            (its batch of 1024, two global crops), scaled to the batch, ``0.9 ** (n / 2048)``
-            for ``n`` teacher outputs a step, so the centre averages over as many images as
-            DINO's. With 0.9 at a batch of 4 the centre follows each batch and cancels the
-            teacher's signal: the loss sits at log(output_dim), both outputs uniform.
+            that is subtracted before sharpening; DINO's 0.9, for batches of 1024). Small
+            batches collapse DINO whatever it is: see docs/pretrain.md ("Watching it").
         momentum: the teacher's EMA momentum at the first step, rising to 1 on a cosine.
         patch_weight: weight of iBOT's masked-patch loss beside DINO's (plain timm ViTs
             only; 0: DINO alone).
@@ -70,7 +67,7 @@ class Objective:
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_epochs: int = 0
     student_temp: float = 0.1
-    center_momentum: float | None = None
+    center_momentum: float = 0.9
     momentum: float = 0.996
     patch_weight: float = 1.0
     mask_ratio: tuple[float, float] = (0.1, 0.5)
@@ -155,13 +152,14 @@ class PretrainModule(L.LightningModule):
             p.requires_grad = False
         self.dino_loss = DINOLoss(objective.output_dim, objective.warmup_teacher_temp,
                                   objective.teacher_temp, objective.warmup_teacher_temp_epochs,
-                                  objective.student_temp)
+                                  objective.student_temp, objective.center_momentum)
         self.mask_token: nn.Parameter | None = None
         if vit is not None:
             self.mask_token = nn.Parameter(torch.zeros(1, 1, vit.embed_dim))
             nn.init.normal_(self.mask_token, std=0.02)
             self.patch_loss = IBOTPatchLoss(objective.output_dim, objective.teacher_temp,
-                                            objective.student_temp)
+                                            objective.student_temp,
+                                            center_momentum=objective.center_momentum)
 
     @property
     def method(self) -> str:
@@ -195,18 +193,9 @@ class PretrainModule(L.LightningModule):
         return tokens[:, 0] if vit.cls_token is not None else tokens[
             :, vit.num_prefix_tokens:].mean(1)
 
-    def center_momentum(self, batch_size: int) -> float:
-        """The teacher centre's momentum for ``batch_size`` images (see :class:`Objective`)."""
-        given = self.objective.center_momentum
-        return given if given is not None else 0.9 ** (2 * batch_size / 2048)
-
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         views: list[Tensor] = batch["views"]
         global_views, local_views = views[:2], views[2:]
-        m = self.center_momentum(global_views[0].shape[0])
-        self.dino_loss.center_momentum = m
-        if self.masked:
-            self.patch_loss.center.momentum = m
         masks: list[Tensor | None] = [None, None]
         if self.masked:
             masks = [self._mask(v) for v in global_views]
