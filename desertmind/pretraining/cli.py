@@ -14,13 +14,14 @@ import sys
 
 import lightning as L
 from jsonargparse import ActionYesNo
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from desertmind.cli.lightning import _Parser, _quiet_lightning_notices, resolve_precision
 from desertmind.errors import ConfigError
 from desertmind.pretraining.data import UnlabelledDataModule
 from desertmind.pretraining.module import PretrainModule
+from desertmind.training.assembly import without_lr_monitor
 from desertmind.training.checkpoints import AtomicCheckpointIO, PhaseCheckpoint
 from desertmind.training.progress import ProgressLines
 from desertmind.training.provenance import Provenance
@@ -58,10 +59,8 @@ class PretrainCLI(LightningCLI):
         user = trainer_config.pop("callbacks", None) or []
         user = list(user) if isinstance(user, list | tuple) else [user]
         logger = trainer_config.get("logger") is not False
-        if not logger and any(isinstance(c, LearningRateMonitor) for c in user):
-            user = [c for c in user if not isinstance(c, LearningRateMonitor)]
-            print("desertmind pretrain: no logger: LearningRateMonitor left out",
-                  file=sys.stderr)
+        if not logger:
+            user = without_lr_monitor(user, "pretrain")
         callbacks = [*user, Provenance(), config.checkpoint]
         if (trainer_config.get("enable_progress_bar", True) is not False
                 and not sys.stdout.isatty()

@@ -78,31 +78,42 @@ class UnlabelledDataModule(L.LightningDataModule):
         self.root = Path(root)
         self.local_crop_size = local_crop_size or max(1, round(crop_size * 3 / 7))
         self.dataset: UnlabelledViews | None = None
+        #: every image folder and its images, listed once (:meth:`folders`)
+        self._listed: dict[Path, list[Path]] | None = None
 
     def folders(self) -> list[Path]:
-        """Every image folder read, absolute, the train split's first; each is checked: it
-        must exist and hold images."""
+        """Every image folder read, absolute, the train split's first; each is checked once
+        (it must exist and hold images) and its images listed then."""
+        return list(self._listing())
+
+    def images(self) -> list[Path]:
+        """The image files of :meth:`folders`, in order."""
+        return [image for images in self._listing().values() for image in images]
+
+    def _listing(self) -> dict[Path, list[Path]]:
+        if self._listed is None:
+            self._listed = self._list()
+        return self._listed
+
+    def _list(self) -> dict[Path, list[Path]]:
         if not self.root.is_dir():
             raise DatasetError(missing_root_message(self.root))
         given = [self.root / self.hparams.train_dir, *map(Path, self.hparams.unlabelled_dirs
                                                           or [])]
-        folders = []
+        listed: dict[Path, list[Path]] = {}
         for folder in given:
             if not folder.is_dir() and (self.root / folder).is_dir():
                 folder = self.root / folder
             if (folder / IMAGE_DIR).is_dir():
                 folder = folder / IMAGE_DIR
-            list_images(folder)  # missing, a file, no images: one line naming the folder
-            folders.append(folder.resolve())
-        twice = sorted({str(f) for f in folders if folders.count(f) > 1})
-        if twice:
-            raise ConfigError(f"data.unlabelled_dirs: {', '.join(twice)} is read twice (given "
-                              "again, or the train split's): its images would count double")
-        return folders
-
-    def images(self) -> list[Path]:
-        """The image files of :meth:`folders`, in order."""
-        return [s.image for folder in self.folders() for s in list_images(folder)]
+            # missing, a file, no images: one line naming the folder
+            images = [sample.image for sample in list_images(folder)]
+            if folder.resolve() in listed:
+                raise ConfigError(f"data.unlabelled_dirs: {folder.resolve()} is read twice "
+                                  "(given again, or the train split's): its images would "
+                                  "count double")
+            listed[folder.resolve()] = images
+        return listed
 
     def setup(self, stage: str) -> None:
         from lightly.transforms import DINOTransform

@@ -64,14 +64,21 @@ def fit_callbacks(*, checkpoint: PhaseCheckpoint, last: LastCheckpoint | None = 
     Lightning). ``records``: provenance and the per-image confusions of the best epoch (the
     CLI's runs; off for throwaway fits). Without a logger, the LR monitor (which would stop
     the run) is left out, with one line."""
-    user = list(user)
-    if not logger and any(isinstance(c, LearningRateMonitor) for c in user):
-        user = [c for c in user if not isinstance(c, LearningRateMonitor)]
-        print("desertmind fit: no logger: LearningRateMonitor left out", file=sys.stderr)
+    user = without_lr_monitor(user, "fit") if not logger else list(user)
     ordered = [*user, speed, freeze, ema,
                *((Provenance(), BestValidationImages()) if records else ()),
                early_stopping, checkpoint, last]
     return [c for c in ordered if c is not None]
+
+
+def without_lr_monitor(user: Iterable[L.Callback], command: str) -> list[L.Callback]:
+    """The user's callbacks for a run without a logger: the LR monitor, which would stop the
+    run, left out with one line."""
+    user = list(user)
+    kept = [c for c in user if not isinstance(c, LearningRateMonitor)]
+    if len(kept) < len(user):
+        print(f"desertmind {command}: no logger: LearningRateMonitor left out", file=sys.stderr)
+    return kept
 
 
 def evaluation_callbacks(stage: str, out: str | None,
